@@ -1,0 +1,221 @@
+"""MLflow tracking: the only module that talks to MLflow.
+
+Default store: a SQLite database `mlruns/mlflow.db` with artifacts in `mlruns/artifacts/`
+(MLflow 3.13+ refuses its legacy folder store). `MLFLOW_TRACKING_URI` points elsewhere: another
+SQLite file (artifacts go beside it), a database, or a tracking server.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+import ablation
+
+DEFAULT_STORE = Path("mlruns")
+TAG = "ablation."  # prefix of this project's tags
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the embedded store under ./mlruns."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
+
+
+def _sqlite_dir(uri: str) -> Path | None:
+    """Folder of a sqlite:/// store: its artifacts live beside it."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).parent
+
+
+def connect() -> MlflowClient:
+    """Point MLflow at the store, creating the embedded one when needed."""
+    uri = tracking_uri()
+    folder = _sqlite_dir(uri)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(name: str) -> str:
+    """The experiment of a study, created on first use (artifacts beside a SQLite store)."""
+    client = connect()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    folder = _sqlite_dir(tracking_uri())
+    location = (folder / "artifacts" / name).resolve().as_uri() if folder else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def code_version() -> str:
+    """Package version and git commit (with +dirty) of the code that ran."""
+    root = Path(ablation.__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty=+dirty"], cwd=root,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{ablation.__version__}" + (f"@{commit}" if commit else "")
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this: lets a later sweep tell a live run from one whose process died."""
+    return {TAG + "host": socket.gethostname(), TAG + "pid": str(os.getpid()), TAG + "code_version": code_version()}
+
+
+def sweep_stale_runs(experiment: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process on this host no longer exists (SIGKILL, power loss)."""
+    client = connect()
+    stale = []
+    for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=5000):
+        tags = run.data.tags
+        if tags.get(TAG + "host") != socket.gethostname() or not tags.get(TAG + "pid", "").isdigit():
+            continue
+        if not _alive(int(tags[TAG + "pid"])):
+            client.set_tag(run.info.run_id, TAG + "error", "process died without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run(experiment: str, name: str, tags: dict, nested: bool = False):
+    """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error."""
+    active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested,
+                              tags={**{k: str(v) for k, v in tags.items()}, **process_tags()})
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.set_tag(TAG + "error", "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as error:
+        mlflow.set_tag(TAG + "error", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt so runs are closed, not left RUNNING forever."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def log_config(config, extra_tags: dict):
+    """Params (the whole resolved config, flat) and the config as a JSON artifact."""
+    params = {k: _param(v) for k, v in config.params().items()}
+    mlflow.log_params(params)
+    mlflow.set_tags({k: str(v) for k, v in extra_tags.items()})
+    mlflow.log_dict(config.to_dict(), "config.json")
+
+
+def _param(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def data_tags(fingerprint: dict) -> dict[str, str]:
+    """The data fingerprint as tags: source, sizes, subsets, seed, digest."""
+    return {f"data.{k}": str(v) for k, v in fingerprint.items()}
+
+
+def epoch_logger():
+    """A Keras callback logging each epoch's metrics in one call, the epoch (from 1) as step."""
+    import keras  # only the training path needs Keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            mlflow.log_metrics(values, step=epoch + 1)
+
+    return EpochLogger()
+
+
+def log_result(result, class_names):
+    """Final metrics, the per-epoch history as CSV and the test-set predictions."""
+    mlflow.log_metrics({k: float(v) for k, v in result.metrics().items()})
+    mlflow.set_tag(TAG + "stopped_early", str(result.stopped_early))
+    with tempfile.TemporaryDirectory() as folder:
+        history = Path(folder) / "history.csv"
+        keys = [k for k, v in result.history.items() if v]
+        rows = ["epoch," + ",".join(keys)]
+        for i in range(result.epochs_run):
+            rows.append(",".join([str(i + 1)] + [repr(result.history[k][i]) for k in keys]))
+        history.write_text("\n".join(rows) + "\n")
+        mlflow.log_artifact(str(history))
+    mlflow.log_dict({"class_names": list(class_names), "predictions": result.test_predictions.tolist()},
+                    "test_predictions.json")
+
+
+def find_finished(experiment: str, work_key: str):
+    """The newest FINISHED run that did exactly this work, or None."""
+    client = connect()
+    found = client.search_runs(
+        [experiment],
+        f"tags.`{TAG}work_key` = '{work_key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return found[0] if found else None
+
+
+def copy_run(source, experiment: str, name: str, tags: dict):
+    """A nested run that repeats a finished one (params, metrics with their history, artifacts)."""
+    client = connect()
+    kept = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    with run(experiment, name, {**kept, **tags, TAG + "reused_from": source.info.run_id}, nested=True):
+        mlflow.log_params(source.data.params)
+        run_id = mlflow.active_run().info.run_id
+        metrics = []
+        for key in source.data.metrics:
+            metrics.extend(client.get_metric_history(source.info.run_id, key))
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        with tempfile.TemporaryDirectory() as folder:
+            local = client.download_artifacts(source.info.run_id, "", folder)
+            mlflow.log_artifacts(local)
+        return client.get_run(run_id)
+
+
+def log_study_file(path: Path):
+    """Keep the study file with the results it produced."""
+    mlflow.log_artifact(str(path))
+
+
+def log_table(rows: list[dict], name: str):
+    """A summary table (list of rows) as a JSON artifact of the active run."""
+    mlflow.log_dict({"rows": rows}, name)

@@ -1,0 +1,95 @@
+"""The study loader: the shipped studies load; bad files fail naming the file, the key and what is allowed."""
+
+import dataclasses
+
+import pytest
+
+from ablation.config import PROFILES, Config, StudyError, load_study
+
+BASE = """
+[study]
+name = "t"
+
+[base]
+model = "template_resnet"
+
+[[steps]]
+name = "one"
+"""
+
+
+def write(tmp_path, text, name="study.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_assignment_study_is_the_report_ladder():
+    study = load_study("studies/assignment.toml")
+    names = [s.name for s in study.steps]
+    assert names == ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
+    steps = {s.name: s for s in study.steps}
+    # Each step keeps everything before it.
+    assert steps["lr_schedule"].config.rotation_range == 15.0
+    assert steps["lr_schedule"].config.model_args["stage2_blocks"] == 7
+    final = steps["deeper_dropout"].config
+    assert dict(final.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}
+    assert (final.epochs, final.early_stopping_monitor, final.reduce_lr_monitor) == (75, "val_loss", "val_loss")
+    vgg = steps["vgg_like"]
+    assert vgg.is_baseline and vgg.config.model == "vgg_like" and dict(vgg.config.model_args) == {}
+    assert vgg.config.early_stopping_monitor == "val_accuracy" and vgg.config.horizontal_flip
+    assert [s.reported_test_accuracy for s in study.steps] == [0.723, 0.829, 0.834, 0.873, 0.892, 0.879]
+    assert study.search.base_step == "deeper_dropout"
+
+
+@pytest.mark.parametrize("text, needles", [
+    (BASE + "epocs = 3\n", ["study.toml", "epocs", "allowed", "epochs"]),
+    (BASE + "model_args = { dropuot_rate = 0.5 }\n", ["study.toml", "dropuot_rate", "dropout_rate"]),
+    (BASE + "optimizer = 'adamw'\n", ["optimizer", "adam", "sgd"]),
+    (BASE + "epochs = -1\n", ["epochs", "positive integer"]),
+    (BASE + "horizontal_flip = 'yes'\n", ["horizontal_flip", "true or false"]),
+    (BASE + "model = 'resnet9000'\n", ["resnet9000", "template_resnet"]),
+    (BASE + "validation_split = 1.5\n", ["validation_split", "between 0 and 1"]),
+    (BASE + "lr_schedule = [[80]]\n", ["lr_schedule", "[epoch, multiplier]"]),
+    (BASE + "model_args = { stage2_blocks = 2.5 }\n", ["stage2_blocks", "int"]),
+    (BASE + "reported_test_accuracy = 72.3\n", ["reported_test_accuracy", "fraction"]),
+    (BASE + "[[steps]]\nname = 'one'\n", ["unique", "one"]),
+    (BASE + "[[steps]]\nname = 'Two Words'\n", ["snake_case"]),
+    (BASE + "[extra]\n", ["unknown key", "extra"]),
+    (BASE.replace('name = "t"', ''), ["[study] needs a name"]),
+    (BASE + "[search]\n[search.params.depth]\ntype = 'int'\nlow = 1\nhigh = 3\n", ["depth", "allowed", "stage2_blocks"]),
+    (BASE + "[search]\n[search.params.learning_rate]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\nlog = true\n", ["log-scale", "low > 0"]),
+    (BASE + "[search]\n[search.params.dropout_rate]\ntype = 'normal'\n", ["type must be int, float or categorical"]),
+    ("[study\n", ["not valid TOML"]),
+])
+def test_bad_study_names_file_key_and_allowed(tmp_path, text, needles):
+    with pytest.raises(StudyError) as error:
+        load_study(write(tmp_path, text))
+    for needle in needles:
+        assert needle in str(error.value)
+
+
+def test_missing_study_file_says_where_studies_are(tmp_path):
+    with pytest.raises(StudyError, match="studies/"):
+        load_study(tmp_path / "nope.toml")
+
+
+def test_config_is_frozen_and_hash_tracks_every_field():
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    with pytest.raises(TypeError):
+        config.model_args["dropout_rate"] = 0.5
+    assert config.hash() == Config().hash()
+    assert config.hash() != dataclasses.replace(config, seed=1).hash()
+    assert config.hash() != dataclasses.replace(config, model_args={"dropout_rate": 0.5}).hash()
+
+
+def test_profiles_shrink_epochs_patience_and_data_in_proportion():
+    config = load_study("studies/assignment.toml").step("lr_schedule").config
+    quick = PROFILES["quick"].apply(config)
+    assert (quick.epochs, quick.early_stopping_patience, quick.reduce_lr_patience) == (10, 2, 1)
+    assert (quick.train_subset, quick.test_subset) == (4000, 2000)
+    assert PROFILES["full"].apply(config) == config
+    smoke = PROFILES["smoke"].apply(config)
+    assert smoke.epochs >= 1 and smoke.train_subset < quick.train_subset
