@@ -45,4 +45,4 @@ def build_model(name: str, input_shape=(32, 32, 3), num_classes: int = 10, **mod
 
 
 # Importing the modules registers their builders.
-from ablation.models import template, vgg  # noqa: E402,F401
+from ablation.models import template, vgg, keras_resnet, resnet18, preact, inception_resnet  # noqa: E402,F401
