@@ -106,7 +106,8 @@ def run_ladder(study, profile, data_path=None, seed=None, force=False, out=print
                 "step": step.name, "baseline": step.is_baseline, "test_accuracy": metrics["test_accuracy"],
                 "reported_test_accuracy": step.reported_test_accuracy, "epochs_run": int(metrics["epochs_run"]),
                 "epochs": config.epochs, "train_seconds": metrics["train_seconds"],
-                "num_params": int(metrics["num_params"]), "reused": previous is not None,
+                "num_params": int(metrics["num_params"]), "flops": int(metrics["flops"]),
+                "seconds_per_epoch": metrics["seconds_per_epoch"], "reused": previous is not None,
             })
         tracking.log_table(rows, "ladder.json")
     return rows
@@ -146,8 +147,9 @@ def progress_printer(epochs: int, out):
 
 
 def format_table(rows: list[dict]) -> str:
-    """The ladder as a text table: accuracy, change from the previous step, the source's number."""
-    header = f"{'step':<24}{'test acc':>9}{'change':>9}{'source':>9}{'epochs':>9}{'time':>9}"
+    """The ladder as a text table: accuracy, change from the previous step, the source's number, cost."""
+    header = (f"{'step':<24}{'test acc':>9}{'change':>9}{'source':>9}{'epochs':>9}{'time':>9}"
+              f"{'params':>11}{'MFLOPs':>9}{'s/epoch':>9}")
     lines = [header, "-" * len(header)]
     previous = None
     for row in rows:
@@ -157,7 +159,8 @@ def format_table(rows: list[dict]) -> str:
         epochs = f"{row['epochs_run']}/{row['epochs']}"
         seconds = f"{row['train_seconds']:.0f} s" + ("*" if row["reused"] else "")
         name = row["step"] + (" (baseline)" if row["baseline"] else "")
-        lines.append(f"{name:<24}{100 * accuracy:>8.1f}%{change:>9}{reported:>9}{epochs:>9}{seconds:>9}")
+        lines.append(f"{name:<24}{100 * accuracy:>8.1f}%{change:>9}{reported:>9}{epochs:>9}{seconds:>9}"
+                     f"{row['num_params']:>11,}{row['flops'] / 1e6:>9.0f}{row['seconds_per_epoch']:>9.1f}")
         if not row["baseline"]:
             previous = accuracy
     if any(r["reused"] for r in rows):

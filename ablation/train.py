@@ -141,6 +141,7 @@ def train(config: Config, splits: Splits, callbacks=(), verbose=0) -> Result:
         # Integer labels: the same loss as the source's one-hot categorical cross-entropy, 10x less memory.
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        run_eagerly=config.run_eagerly,
     )
     x_train, x_val, x_test = prepare_inputs(splits, config)
     epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), *callbacks]

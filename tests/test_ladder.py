@@ -73,7 +73,7 @@ def test_each_step_run_has_metrics_params_tags_and_artifacts(smoke_store):
                     "data.source", "data.train_size"):
             assert tags[key], (name, key)
         assert tags["ablation.profile"] == "smoke"
-        assert tags["data.train_size"] == "256" and tags["data.test_size"] == "200"
+        assert tags["data.train_size"] == "128" and tags["data.test_size"] == "100"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "history.csv", "test_predictions.json"} <= artifacts
         config = json.loads(open(client.download_artifacts(run.info.run_id, "config.json")).read())
