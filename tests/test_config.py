@@ -88,7 +88,9 @@ def test_config_is_frozen_and_hash_tracks_every_field():
 def test_profiles_shrink_epochs_patience_and_data_in_proportion():
     config = load_study("studies/assignment.toml").step("lr_schedule").config
     quick = PROFILES["quick"].apply(config)
-    assert (quick.epochs, quick.early_stopping_patience, quick.reduce_lr_patience) == (10, 2, 1)
+    assert (quick.epochs, quick.early_stopping_patience, quick.reduce_lr_patience) == (10, 5, 5)
+    longer = dataclasses.replace(config, early_stopping_patience=40)
+    assert PROFILES["quick"].apply(longer).early_stopping_patience == 8  # scaled once above the floor
     assert (quick.train_subset, quick.test_subset) == (4000, 2000)
     assert PROFILES["full"].apply(config) == config
     smoke = PROFILES["smoke"].apply(config)
