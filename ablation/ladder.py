@@ -170,6 +170,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
     from ablation.config import StudyError, get_profile, load_study
     from ablation.data import DataError
 

@@ -6,6 +6,7 @@ SQLite file (artifacts go beside it), a database, or a tracking server.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -39,13 +40,20 @@ def _sqlite_dir(uri: str) -> Path | None:
 
 
 def connect() -> MlflowClient:
-    """Point MLflow at the store, creating the embedded one when needed."""
+    """Point MLflow at the store, creating a SQLite one (tables included) under a file lock.
+
+    Two processes creating one fresh SQLite store at once fail ("table ... already exists",
+    "duplicate column name") every time here (MLflow 3.17): parallel search workers start exactly so.
+    """
     uri = tracking_uri()
-    folder = _sqlite_dir(uri)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    folder = _sqlite_dir(uri)
+    if folder is None:
+        return MlflowClient(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".mlflow-create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return MlflowClient(uri)  # creates or upgrades the tables as it opens the store
 
 
 def experiment_id(name: str) -> str:
@@ -219,3 +227,98 @@ def log_study_file(path: Path):
 def log_table(rows: list[dict], name: str):
     """A summary table (list of rows) as a JSON artifact of the active run."""
     mlflow.log_dict({"rows": rows}, name)
+
+
+# --- the Optuna search (ablation.search) -----------------------------------------------------------
+
+
+def store_folder() -> Path:
+    """Folder of a SQLite tracking store (./mlruns by default); ./mlruns for any other store.
+
+    The search keeps its embedded Optuna storage here, so a temp MLFLOW_TRACKING_URI keeps both together.
+    """
+    folder = _sqlite_dir(tracking_uri())
+    return folder if folder is not None else DEFAULT_STORE
+
+
+def active_run_id() -> str:
+    return mlflow.active_run().info.run_id
+
+
+def set_tags(tags: dict, run_id: str | None = None):
+    """Tags on the active run, or on run `run_id` (e.g. one whose process died)."""
+    tags = {k: str(v) for k, v in tags.items()}
+    if run_id is None:
+        mlflow.set_tags(tags)
+        return
+    client = connect()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def log_metrics(metrics: dict, step: int | None = None):
+    """Metrics of the active run in one call."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_text(text: str, artifact_file: str):
+    """A text artifact of the active run (e.g. the search's best step as TOML)."""
+    mlflow.log_text(text, artifact_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results back (the report): nothing here creates a store or an experiment.
+
+
+def store_exists() -> bool:
+    """Whether the tracking store holds anything yet (a missing SQLite file means no runs at all)."""
+    uri = tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file()
+
+
+def experiment_names() -> list[str]:
+    """Names of the store's experiments (none when there is no store)."""
+    if not store_exists():
+        return []
+    return sorted(e.name for e in connect().search_experiments())
+
+
+def runs_frame(experiment: str):
+    """Every run of an experiment as a pandas DataFrame, MLflow's columns (params.*, metrics.*, tags.*)."""
+    import pandas as pd
+
+    if experiment not in experiment_names():
+        return pd.DataFrame()
+    connect()
+    frame = mlflow.search_runs(experiment_names=[experiment], max_results=100_000,
+                               order_by=["attributes.start_time ASC"])
+    return frame.reset_index(drop=True)
+
+
+def metric_histories(run_id: str, keys) -> "dict[str, list[tuple[int, float]]]":
+    """Per-epoch values of each metric as (step, value) pairs in step order; missing keys are left out."""
+    client = connect()
+    out = {}
+    for key in keys:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        if history:
+            out[key] = [(m.step, m.value) for m in history]
+    return out
+
+
+def load_json_artifact(run_id: str, path: str):
+    """A JSON artifact of a run, parsed; None when the run has no such artifact."""
+    client = connect()
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run_id, path, folder)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def log_report(folder: Path, run_id: str, artifact_path: str = "report") -> str:
+    """Log a report folder as artifacts of a run (finished or not); returns the artifact URI."""
+    client = connect()
+    client.log_artifacts(run_id, str(folder), artifact_path)
+    return f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
