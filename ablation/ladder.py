@@ -187,6 +187,13 @@ def main(argv=None) -> int:
         return 130
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
     print(format_table(rows))
+    if not args.no_report:
+        from ablation.report import ReportError, write_report
+
+        try:
+            print(f"\nreport: {write_report(args.study, data=args.data)}")
+        except ReportError as error:
+            print(f"no report: {error}", file=sys.stderr)
     return 0
 
 

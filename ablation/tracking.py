@@ -186,8 +186,8 @@ def log_result(result, class_names):
             rows.append(",".join([str(i + 1)] + [repr(result.history[k][i]) for k in keys]))
         history.write_text("\n".join(rows) + "\n")
         mlflow.log_artifact(str(history))
-    mlflow.log_dict({"class_names": list(class_names), "predictions": result.test_predictions.tolist()},
-                    "test_predictions.json")
+    mlflow.log_dict({"class_names": list(class_names), "labels": result.test_labels.tolist(),
+                     "predictions": result.test_predictions.tolist()}, "test_predictions.json")
 
 
 def find_finished(experiment: str, work_key: str):

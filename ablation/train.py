@@ -31,6 +31,7 @@ class Result:
     flops: int  # forward FLOPs per image
     stopped_early: bool
     test_predictions: np.ndarray = field(repr=False)  # predicted class per test image
+    test_labels: np.ndarray = field(repr=False)  # the true class of each test image
 
     def metrics(self) -> dict[str, float]:
         """The final numbers, as logged to MLflow."""
@@ -176,6 +177,7 @@ def train(config: Config, splits: Splits, callbacks=(), verbose=0) -> Result:
         flops=count_flops(network),
         stopped_early=epochs_run < config.epochs,
         test_predictions=predictions,
+        test_labels=splits.y_test,
     )
 
 

@@ -1,6 +1,8 @@
-"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), temp MLflow stores."""
+"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a smoke-ladder store."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,24 @@ def cifar_path() -> Path:
     if not path.exists():
         pytest.fail(f"CIFAR-10 not found at {path}: set ABLATION_DATA or put the archive in ../shared/data/")
     return path
+
+
+def run_command(module: str, args, store: Path, **popen):
+    """`python -m ablation.<module> ARGS` on the MLflow store in folder `store`."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", f"ablation.{module}", *args]
+    if popen:
+        return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=1800)
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory, cifar_path):
+    """One smoke ladder of the assignment study in a temp store, shared by the ladder and report tests.
+
+    Tests may add runs to it (a re-run, a search) but must not remove any.
+    """
+    store = tmp_path_factory.mktemp("smoke_store")
+    done = run_command("ladder", ["--profile", "smoke", "--no-report", "--data", str(cifar_path)], store)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return store, done.stdout

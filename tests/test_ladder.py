@@ -1,43 +1,30 @@
 """The smoke ladder end to end: the real command, real CIFAR-10 slices, a real MLflow store in a temp dir."""
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.config import CONFIG_FIELDS, load_study
+from conftest import run_command
 
 pytestmark = pytest.mark.slow
 STEPS = ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
 
 
 def ladder(args, store, **popen):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "ablation.ladder", "--profile", "smoke", "--no-report", *args]
-    if popen:
-        return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
-    return subprocess.run(command, env=env, text=True, capture_output=True, timeout=900)
+    return run_command("ladder", ["--profile", "smoke", "--no-report", *args], store, **popen)
 
 
 def runs_of(store, experiment="assignment"):
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     found = client.get_experiment_by_name(experiment)
     return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
-
-
-@pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory, cifar_path):
-    store = tmp_path_factory.mktemp("store")
-    done = ladder(["--data", str(cifar_path)], store)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return store, done.stdout
 
 
 def test_one_parent_with_a_nested_run_per_step(smoke_store):
@@ -147,3 +134,28 @@ def test_help_imports_no_tensorflow_and_no_mlflow():
     assert done.returncode == 0 and "--profile" in done.stdout
     # -X importtime lists every module imported: --help must stay light (its time is benchmarked).
     assert "tensorflow" not in done.stderr and "mlflow" not in done.stderr and "keras" not in done.stderr
+
+
+@pytest.mark.parametrize("study, steps", [
+    ("studies/architectures.toml",
+     ["vgg_like", "template_resnet", "preact_resnet", "resnet_20", "resnet_18", "inception_resnet"]),
+    ("studies/keras_resnet.toml",
+     ["resnet_v1_20", "resnet_v1_32", "resnet_v1_44", "resnet_v1_56", "resnet_v1_110", "resnet_v2_56", "resnet_v2_110"]),
+])
+def test_network_studies_leave_one_run_per_network(tmp_path, cifar_path, study, steps):
+    done = ladder(["--study", study, "--data", str(cifar_path)], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, runs = runs_of(tmp_path, load_study(study).name)
+    children = [r for r in runs if r.data.tags.get("ablation.kind") == "ladder_step"]
+    assert [r.data.tags["mlflow.runName"] for r in children] == steps
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["num_params"] > 0 and run.data.metrics["flops"] > 0
+        assert run.data.metrics["seconds_per_epoch"] > 0
+    # The summary shows each network's accuracy, parameters, FLOPs and seconds per epoch.
+    table = done.stdout[done.stdout.index("step "):]
+    assert "params" in table and "MFLOPs" in table and "s/epoch" in table
+    by_name = {r.data.tags["mlflow.runName"]: r for r in children}
+    for name in steps:
+        line = next(line for line in table.splitlines() if line.startswith(name + " "))
+        assert f"{int(by_name[name].data.metrics['num_params']):,}" in line
