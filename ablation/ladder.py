@@ -22,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_arguments(parser)
     parser.add_argument("--force", action="store_true",
                         help="train every step again, even one already finished with the same config and data")
+    parser.add_argument("--steps", default=None,
+                        help="comma-separated step names to run (default: every step and baseline)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     return parser.parse_args(argv)
 
@@ -38,10 +40,18 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=None, help="seed for the data split and training (default: the study's)")
 
 
-def resolve_steps(study, profile, seed=None):
-    """The study's steps with the profile (and a --seed) applied to their configs."""
+def resolve_steps(study, profile, seed=None, only=None):
+    """The study's steps (those named in `only`, if given) with the profile and a --seed applied."""
+    from ablation.config import StudyError
+
+    if only:
+        unknown = sorted(set(only) - {s.name for s in study.steps})
+        if unknown:
+            raise StudyError(f"{study.path.name}: no step(s) {unknown}; steps: {', '.join(s.name for s in study.steps)}")
     out = []
     for step in study.steps:
+        if only and step.name not in only:
+            continue
         config = step.config if seed is None else dataclasses.replace(step.config, seed=seed)
         out.append(dataclasses.replace(step, config=profile.apply(config)))
     return out
@@ -53,12 +63,12 @@ def work_key(config, fingerprint: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_ladder(study, profile, data_path=None, seed=None, force=False, out=print) -> list[dict]:
+def run_ladder(study, profile, data_path=None, seed=None, force=False, only=None, out=print) -> list[dict]:
     """Run (or reuse) every step under one parent run; returns one row per step."""
     from ablation import tracking
     from ablation.data import load_cifar10, make_splits
 
-    steps = resolve_steps(study, profile, seed)
+    steps = resolve_steps(study, profile, seed, only)
     experiment = tracking.experiment_id(study.name)
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
@@ -178,7 +188,9 @@ def main(argv=None) -> int:
         study = load_study(args.study)
         profile = get_profile(args.profile)
         started = time.perf_counter()
-        rows = run_ladder(study, profile, args.data, args.seed, args.force)
+        only = [name.strip() for name in args.steps.split(",")] if args.steps else None
+        resolve_steps(study, profile, args.seed, only)  # a misspelled step fails before anything runs
+        rows = run_ladder(study, profile, args.data, args.seed, args.force, only)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
