@@ -280,10 +280,12 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
     import optuna
     from optuna.trial import TrialState
 
+    from ablation import tracking
+
     swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or _process_alive(int(pid)):
+        if host != socket.gethostname() or not pid.isdigit() or tracking.process_alive(int(pid)):
             continue  # another machine's worker, or alive: not ours to judge
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -298,16 +300,6 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
 def worker_id() -> str:
     """This process, as recorded on its trials: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 # ---------------------------------------------------------------------------------------------
 # A trial: train the sampled config inside its own nested MLflow run.

@@ -95,14 +95,15 @@ def sweep_stale_runs(experiment: str) -> list[str]:
         tags = run.data.tags
         if tags.get(TAG + "host") != socket.gethostname() or not tags.get(TAG + "pid", "").isdigit():
             continue
-        if not _alive(int(tags[TAG + "pid"])):
+        if not process_alive(int(tags[TAG + "pid"])):
             client.set_tag(run.info.run_id, TAG + "error", "process died without closing the run")
             client.set_terminated(run.info.run_id, "KILLED")
             stale.append(run.info.run_id)
     return stale
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

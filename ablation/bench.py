@@ -1,0 +1,762 @@
+"""Performance benchmark (issue 6): six ratios, each with its medians, to a CSV and a Markdown table.
+
+    python -m ablation.bench --data ../shared/data/cifar-10-python.tar.gz            # ~15 min on 2 cores
+    python -m ablation.bench --data ... --quick                                       # ~5 min, fewer samples
+    python -m ablation.bench --data ... --only 1,2                                    # some ratios only
+
+Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the source's Keras 2).
+
+1. ladder step vs the source's code (goal >= 1.0): the source's CPU-s per training image divided by
+   the project's, for the template (+ augmentation) and for the final ladder network. Project: the
+   ladder's own `train_step` (augmentation layers, callbacks, MLflow tracking into a temp store,
+   progress lines). Source: the same network written in `tf_keras` (Keras 2, fused BatchNormalization)
+   trained with `model.fit(ImageDataGenerator(...).flow(x, y, batch_size=32))`, as the assignment did;
+   the final network also gets the source's EarlyStopping and ReduceLROnPlateau.
+2. ladder step vs bare fit (goal >= 0.95): `keras.Model.fit` of the same model (augmentation layers
+   included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
+   tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
+3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data) twice;
+   epochs trained until a trial first reaches the best value both searches reached, pruned / unpruned.
+4. re-run of a finished smoke study (goal <= 5 s wall): `python -m ablation.ladder --profile smoke`
+   again on the store the first run filled: nothing to train.
+5. `python -m ablation.ladder --help` (goal <= 1 s wall).
+6. `python -m ablation.report` over a store of 1,000 runs shaped like ladder and search runs (goal <= 10 s).
+
+How training is timed (ratios 1-2): each path (source, project, bare; per network) is one worker
+process with its own TensorFlow state, and the workers take turns: the parent lets one run its setup
+and first epoch (graph tracing, not counted), then each in turn one more epoch per round, while the
+others wait, blocked, at an epoch's end. So every path pays its tracing once, and a slow minute of
+this shared machine hits all paths alike (the order reverses every other round). At each epoch's end
+(the ladder's own progress line, for the project) a worker reads its CPU time (user + sys, all its
+threads) and the wall clock. The cost of a path is the median over its measured epochs; every epoch
+includes its validation pass, in all paths alike. CPU time is the measure: on shared cores wall time
+jumps by 2x from minute to minute (../shared/PITFALLS.md); wall is shown beside it.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+DEFAULT_OUT = "bench_results/bench.csv"
+STUDY = "studies/assignment.toml"
+RESULT_PREFIX = "BENCH_RESULT "  # a worker's last stdout line: this prefix, then its result as JSON
+EPOCH_PREFIX = "BENCH_EPOCH "  # a training worker's line at each epoch's end, then it waits for "go"
+COLUMNS = ("ratio", "case", "value", "goal", "met", "a", "a_median", "b", "b_median", "unit",
+           "a_wall", "b_wall", "wall_unit", "samples", "note")
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How big the benchmark is: the default, --quick, or a test's tiny size."""
+
+    train_images: int = 800  # per epoch; a quarter as many more are the validation images (validation_split 0.2)
+    rounds: int = 4  # measured epochs per path, one per round, after one epoch of graph tracing
+    networks: tuple[str, ...] = ("template", "final")
+    search_trials: int = 10
+    search_train_images: int = 160  # per trial epoch, smoke-sized
+    search_epochs: int = 6
+    command_repeats: int = 3  # ratios 4-6: timed repeats of each command
+    report_runs: int = 1000
+
+
+SIZES = {
+    "default": Size(),
+    "quick": Size(train_images=320, rounds=2, search_trials=6, command_repeats=1),
+}
+
+# The networks of ratios 1-2: the ladder step the project trains, with these depths, and the source's twin.
+NETWORKS = {
+    "template": {"step": "augmentation", "blocks": (5, 3, 1), "dropout_rate": 0.0, "schedule_callbacks": False},
+    "final": {"step": "deeper_dropout", "blocks": (7, 5, 2), "dropout_rate": 0.5, "schedule_callbacks": True},
+    # The machinery's test: the template without identity blocks, traced in seconds.
+    "tiny": {"step": "augmentation", "blocks": (0, 0, 0), "dropout_rate": 0.0, "schedule_callbacks": False},
+}
+GOALS = {1: (">=", 1.0), 2: (">=", 0.95), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training measurements (ratios 1 and 2): each in a worker process.
+
+
+def _clock() -> tuple[float, float]:
+    """(CPU seconds of this process, all threads, user + sys; wall seconds)."""
+    times = os.times()
+    return times.user + times.system, time.perf_counter()
+
+
+class Turns:
+    """A worker's side of taking turns: it runs from the parent's `go` to its next epoch's end, then waits."""
+
+    def __init__(self):
+        self.resumed = _clock()
+
+    def wait(self):
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("benchmark worker: the parent process went away")
+        self.resumed = _clock()
+
+    def epoch_end(self):
+        cpu, wall = _clock()
+        print(EPOCH_PREFIX + json.dumps({"cpu": cpu, "wall": wall, "resumed_cpu": self.resumed[0],
+                                         "resumed_wall": self.resumed[1]}), flush=True)
+        self.wait()
+
+
+def load_splits(data_file: str):
+    """The benchmark's splits, saved once by the parent process."""
+    import numpy as np
+
+    from ablation.data import CLASS_NAMES, Splits
+
+    with np.load(data_file) as arrays:
+        parts = [arrays[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")]
+    fingerprint = json.loads(Path(data_file).with_suffix(".json").read_text())
+    return Splits(*parts, class_names=CLASS_NAMES, fingerprint=fingerprint)
+
+
+def project_step(network: str, splits, epochs: int):
+    """The ladder step as the benchmark trains it: the network's depths, E epochs, the benchmark's splits."""
+    from ablation.config import load_study
+
+    spec = NETWORKS[network]
+    step = load_study(STUDY).step(spec["step"])
+    depths = dict(zip(("stage2_blocks", "stage3_blocks", "stage4_blocks"), spec["blocks"]))
+    config = dataclasses.replace(
+        step.config, epochs=epochs, model_args={**step.config.model_args, **depths, "dropout_rate": spec["dropout_rate"]},
+        train_subset=len(splits.y_train) + len(splits.y_val), test_subset=len(splits.y_test))
+    return dataclasses.replace(step, config=config)
+
+
+def train_project(network: str, splits, epochs: int, turns: Turns):
+    """The ladder's own train_step, tracking to $MLFLOW_TRACKING_URI; a turn ends at each progress line."""
+    import re
+
+    from ablation import tracking
+    from ablation.ladder import train_step, work_key
+
+    step = project_step(network, splits, epochs)
+    config = step.config
+    progress = re.compile(r"^\s*epoch\s+\d+/\d+")
+    lines = []
+
+    def out(text):
+        if progress.match(text):
+            lines.append(text)
+            turns.epoch_end()
+
+    experiment = tracking.experiment_id("bench")
+    tags = {"ablation.kind": "ladder_step", "ablation.study": "bench", "ablation.step": step.name,
+            "ablation.config_hash": config.hash(), "ablation.work_key": work_key(config, splits.fingerprint),
+            **tracking.data_tags(splits.fingerprint)}
+    with tracking.run(experiment, "bench", {"ablation.kind": "ladder", "ablation.study": "bench"}):
+        train_step(experiment, step, config, splits, tags, out)
+    if len(lines) != epochs:
+        raise RuntimeError(f"expected {epochs} epoch lines from ablation.ladder.progress_printer, got "
+                           f"{len(lines)}: has its format changed?")
+
+
+def train_bare(network: str, splits, epochs: int, turns: Turns):
+    """keras.Model.fit of the project's model (augmentation included) on arrays: no callbacks, no tracking."""
+    import keras
+
+    from ablation.train import build, make_optimizer, prepare_inputs
+
+    config = project_step(network, splits, epochs).config
+    keras.utils.set_random_seed(config.seed)
+    _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
+    model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x_train, x_val, _ = prepare_inputs(splits, config)
+
+    class Turn(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            turns.epoch_end()
+
+    model.fit(x_train, splits.y_train, batch_size=config.batch_size, epochs=epochs,
+              validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[Turn()])
+
+
+def source_network(tf_keras, blocks=(5, 3, 1), dropout_rate=0.0):
+    """The assignment's template ResNet (SPEC section 1, code blocks A1-A2) in Keras 2 layers."""
+    layers = tf_keras.layers
+
+    def block(x, filters, strides=1):
+        f1, f2, f3 = filters
+        shortcut = x
+        x = layers.Conv2D(f1, 1, strides=strides, padding="same")(x)
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+        x = layers.Conv2D(f2, 3, padding="same")(x)
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+        x = layers.BatchNormalization()(layers.Conv2D(f3, 1, padding="same")(x))
+        if strides != 1:
+            shortcut = layers.BatchNormalization()(layers.Conv2D(f3, 1, strides=strides, padding="same")(shortcut))
+        return layers.Activation("relu")(layers.Add()([x, shortcut]))
+
+    inputs = layers.Input((32, 32, 3))
+    x = layers.Conv2D(64, 3, padding="same")(inputs)
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    for _ in range(blocks[0]):
+        x = block(x, (16, 16, 64))
+    x = block(x, (32, 32, 128), strides=2)
+    for _ in range(blocks[1]):
+        x = block(x, (32, 32, 128))
+    x = block(x, (64, 64, 256), strides=2)
+    for _ in range(blocks[2]):
+        x = block(x, (64, 64, 256))
+    x = layers.Flatten()(layers.AveragePooling2D(2, padding="same")(x))
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate)(x)
+    return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
+
+
+def train_source(network: str, splits, epochs: int, turns: Turns):
+    """The source's code path: tf_keras, one-hot labels, ImageDataGenerator.flow into model.fit."""
+    import tf_keras
+    from tf_keras.preprocessing.image import ImageDataGenerator
+
+    spec = NETWORKS[network]
+    tf_keras.utils.set_random_seed(0)
+    model = source_network(tf_keras, spec["blocks"], spec["dropout_rate"])
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
+    x_train, x_val = (x.astype("float32") / 255.0 for x in (splits.x_train, splits.x_val))
+    y_train, y_val = (tf_keras.utils.to_categorical(y, 10) for y in (splits.y_train, splits.y_val))
+    datagen = ImageDataGenerator(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1,
+                                 horizontal_flip=True, zoom_range=0.1)
+
+    class Turn(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            turns.epoch_end()
+
+    callbacks = []
+    if spec["schedule_callbacks"]:  # the ladder's last step: SPEC's EarlyStopping and ReduceLROnPlateau
+        callbacks = [tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, min_delta=1e-4,
+                                                      restore_best_weights=True),
+                     tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=5, min_lr=1e-5)]
+    model.fit(datagen.flow(x_train, y_train, batch_size=32), epochs=epochs, validation_data=(x_val, y_val),
+              callbacks=[*callbacks, Turn()], verbose=0)
+
+
+TRAINERS = {"project": train_project, "bare": train_bare, "source": train_source}
+
+
+def training_worker(spec: dict) -> dict:
+    """One training measurement, in this (fresh) process, taking turns with the others."""
+    turns = Turns()
+    turns.wait()  # setup too is one at a time: tracing competes for the cores like training does
+    splits = load_splits(spec["data_file"])
+    TRAINERS[spec["path"]](spec["network"], splits, spec["epochs"], turns)
+    return {"images": len(splits.y_train)}
+
+
+def epoch_costs(marks: list[dict], images: int) -> dict:
+    """Per-image costs from a worker's epoch marks: setup + epoch 1, then each later epoch.
+
+    An epoch's CPU runs from the previous epoch's end to its own (what the process did while it
+    waited for its turn, little, is charged to it); its wall time from its turn's start to its end.
+    """
+    first = marks[0]
+    return {
+        "setup_cpu_ms": 1000 * (first["cpu"] - first["resumed_cpu"]) / images,
+        "cpu_ms": [1000 * (b["cpu"] - a["cpu"]) / images for a, b in zip(marks, marks[1:])],
+        "wall_ms": [1000 * (b["wall"] - b["resumed_wall"]) / images for b in marks[1:]],
+        "waiting_cpu_s": sum(b["resumed_cpu"] - a["cpu"] for a, b in zip(marks, marks[1:])),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratio 3: the search with and without pruning, in a worker process.
+
+
+def search_worker(spec: dict) -> dict:
+    """Run the study's search (a smoke-sized profile with room to prune); epochs and value per trial."""
+    from ablation.config import Profile, load_study
+    from ablation.search import run_search
+
+    study = load_study(STUDY)
+    base = study.step(study.search.base_step).config
+    epochs = spec["epochs"]
+    profile = Profile(
+        "bench", epochs / base.epochs, spec["train_images"] * 5 // 4, 100,
+        f"benchmark: {epochs} epochs, {spec['train_images']} training images, eager", max_epochs=epochs,
+        run_eagerly=True,
+    )
+    cpu, wall = _clock()
+    summary = run_search(study, profile, trials=spec["trials"], data_path=spec["data"], storage=spec["storage"],
+                         study_name=f"bench-{spec['pruner']}", pruner=spec["pruner"], reports=spec["reports"],
+                         out=lambda text: None)
+    cpu1, wall1 = _clock()
+    trials = sorted((r["number"], r["value"], r["epochs_run"], r["state"]) for r in summary["rows"])
+    return {"trials": trials, "cpu_s": cpu1 - cpu, "wall_s": wall1 - wall}
+
+
+def epochs_to_reach(trials, target: float) -> int | None:
+    """Epochs trained, in trial order, until a complete trial's value first reaches `target` (maximize)."""
+    total = 0
+    for _, value, epochs_run, state in trials:
+        total += epochs_run or 0
+        if state == "complete" and value is not None and value >= target - 1e-12:
+            return total
+    return None
+
+
+def best_value(trials) -> float:
+    return max((v for _, v, _, state in trials if state == "complete" and v is not None), default=float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ratio 6: a store of N runs shaped like the ladder's and the search's.
+
+
+def fill_store(uri: str, runs: int, journal: str, epochs: int = 10) -> None:
+    """A store as the ladder and the search leave it: ladders of six steps (seeds 0..), one search parent
+    with the remaining runs as trials (a third pruned) and its Optuna journal; per-epoch metrics, the
+    whole config as params, and the test predictions of every finished step and complete trial."""
+    import random
+
+    import optuna
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from ablation.config import load_study
+    from ablation.data import CLASS_NAMES
+    from ablation.search import open_storage
+
+    study = load_study(STUDY)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(study.name, artifact_location=Path(uri[len("sqlite:///"):]).parent.joinpath(
+        "artifacts").as_uri())
+    rng, now, made = random.Random(0), int(time.time() * 1000), [0]
+
+    def make_run(name, tags, parent=None, config=None, accuracy=None, last_epoch=epochs):
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        run_id = client.create_run(experiment, start_time=now + made[0], tags=tags, run_name=name).info.run_id
+        made[0] += 1
+        if config is None:
+            client.set_terminated(run_id, "FINISHED")
+            return run_id
+        params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))
+                  for k, v in config.params().items()]
+        metrics = []
+        for epoch in range(1, last_epoch + 1):
+            values = {"loss": 2.0 / epoch, "accuracy": accuracy * epoch / epochs, "val_loss": 2.1 / epoch,
+                      "val_accuracy": accuracy * epoch / epochs, "learning_rate": config.learning_rate}
+            metrics += [Metric(k, v, now + epoch, epoch) for k, v in values.items()]
+        if last_epoch == epochs:  # finished: the final metrics and the test predictions, as tracking.log_result
+            final = {"test_loss": 1.0, "test_accuracy": accuracy, "epochs_run": epochs, "train_seconds": 60.0,
+                     "train_cpu_seconds": 110.0, "seconds_per_epoch": 6.0, "num_params": 316394, "flops": 1.2e8,
+                     "best_val_accuracy": accuracy}
+            metrics += [Metric(k, v, now, 0) for k, v in final.items()]
+            client.log_dict(run_id, {"class_names": list(CLASS_NAMES), "predictions": [rng.randrange(10)
+                                                                                          for _ in range(100)]},
+                            "test_predictions.json")
+        client.log_batch(run_id, metrics=metrics, params=params)
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    # Phase 1: ladders, one per seed.
+    ladders = max(1, min(5, runs // 200))
+    for seed in range(ladders):
+        parent = make_run(f"assignment-quick", {"ablation.kind": "ladder", "ablation.study": study.name,
+                                                "ablation.profile": "quick"})
+        for index, step in enumerate(study.steps, start=1):
+            make_run(step.name, {
+                "ablation.kind": "ladder_step", "ablation.study": study.name, "ablation.step": step.name,
+                "ablation.step_index": str(index), "ablation.baseline": str(step.is_baseline),
+                "ablation.profile": "quick", "ablation.description": step.description,
+                "ablation.work_key": f"{seed}-{index}", "ablation.seed": str(seed),
+                "ablation.reported_test_accuracy": str(step.reported_test_accuracy),
+            }, parent, dataclasses.replace(step.config, seed=seed), rng.uniform(0.4, 0.9))
+
+    # Phase 2: one search with the remaining runs as trials, in MLflow and in its Optuna journal.
+    space, base = study.search, study.step(study.search.base_step).config
+    storage, _, where = open_storage(journal)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna_study = optuna.create_study(storage=storage, study_name="assignment-quick", direction="maximize")
+    distributions = {p.name: (optuna.distributions.IntDistribution(int(p.low), int(p.high)) if p.type == "int"
+                              else optuna.distributions.FloatDistribution(p.low, p.high, log=p.log))
+                     for p in space.params}
+    parent = make_run("search-assignment-quick", {
+        "ablation.kind": "search", "ablation.study": study.name, "ablation.profile": "quick",
+        "ablation.optuna_study": "assignment-quick", "ablation.optuna_storage_kind": "journal",
+        "ablation.optuna_storage": where, "ablation.base_step": space.base_step})
+    trials = []
+    for number in range(runs - made[0]):
+        params = {name: (rng.randint(d.low, d.high) if isinstance(d, optuna.distributions.IntDistribution)
+                         else 10 ** rng.uniform(math.log10(d.low), math.log10(d.high)) if d.log
+                         else rng.uniform(d.low, d.high)) for name, d in distributions.items()}
+        pruned, accuracy = number % 3 == 2, rng.uniform(0.3, 0.8)
+        last = epochs // 3 if pruned else epochs
+        config = dataclasses.replace(base, learning_rate=params["learning_rate"], model_args={
+            **base.model_args, **{k: v for k, v in params.items() if k != "learning_rate"}})
+        make_run(f"trial-{number:04d}", {
+            "ablation.kind": "search_trial", "ablation.study": study.name, "ablation.profile": "quick",
+            "ablation.optuna_study": "assignment-quick", "ablation.optuna_trial": str(number),
+            "ablation.base_step": space.base_step, "ablation.trial_state": "pruned" if pruned else "complete",
+            "ablation.search_params": json.dumps(params, sort_keys=True),
+        }, parent, config, accuracy, last)
+        trials.append(optuna.trial.create_trial(
+            params=params, distributions=distributions, value=None if pruned else accuracy,
+            state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+            intermediate_values={e: accuracy * e / epochs for e in range(last)}))
+    optuna_study.add_trials(trials)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent process: run the workers and the commands, compute the ratios.
+
+
+def run_worker(spec: dict, env: dict) -> dict:
+    """Run one measurement in a fresh Python process; its result, or an error with its output's tail."""
+    done = subprocess.run([sys.executable, "-m", "ablation.bench", "--worker", json.dumps(spec)],
+                          env=env, capture_output=True, text=True)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (done.stdout + done.stderr)[-3000:]
+    raise RuntimeError(f"benchmark worker {spec.get('kind')}/{spec.get('path', '')} failed "
+                       f"(exit {done.returncode}):\n{tail}")
+
+
+def timed(command: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child) of a command that must succeed."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def prepare_data(data_path, size: Size, folder: Path) -> str:
+    """The benchmark's splits (seeded, stratified), saved for the workers; returns the .npz path."""
+    import numpy as np
+
+    from ablation.data import load_cifar10, make_splits
+
+    dataset = load_cifar10(data_path)
+    splits = make_splits(dataset, validation_split=0.2, seed=0, train_subset=size.train_images * 5 // 4,
+                         test_subset=100)
+    path = folder / "splits.npz"
+    np.savez(path, x_train=splits.x_train, y_train=splits.y_train, x_val=splits.x_val, y_val=splits.y_val,
+             x_test=splits.x_test, y_test=splits.y_test)
+    path.with_suffix(".json").write_text(json.dumps(splits.fingerprint))
+    return str(path)
+
+
+def _median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def _row(ratio, case, value, a="", a_median="", b="", b_median="", unit="", a_wall="", b_wall="", wall_unit="",
+         samples="", note=""):
+    sign, goal = GOALS[ratio]
+    met = "" if value != value else (value >= goal if sign == ">=" else value <= goal)
+    return {"ratio": ratio, "case": case, "value": value, "goal": f"{sign} {goal:g}", "met": met, "a": a,
+            "a_median": a_median, "b": b, "b_median": b_median, "unit": unit, "a_wall": a_wall, "b_wall": b_wall,
+            "wall_unit": wall_unit, "samples": samples, "note": note}
+
+
+class Worker:
+    """A training worker process that the parent lets run one turn (its setup, or one epoch) at a time."""
+
+    def __init__(self, spec: dict, env: dict, folder: Path):
+        self.name = f"{spec['path']}/{spec['network']}"
+        self.log = open(folder / f"{spec['path']}-{spec['network']}.log", "w+")
+        self.process = subprocess.Popen([sys.executable, "-m", "ablation.bench", "--worker", json.dumps(spec)],
+                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                        text=True)
+        self.marks = []
+        self.result = None
+
+    def turn(self):
+        """Let the worker run until its next epoch's end (or its exit), and record its clock marks."""
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith(EPOCH_PREFIX):
+                self.marks.append(json.loads(line[len(EPOCH_PREFIX):]))
+                return
+            if line.startswith(RESULT_PREFIX):
+                self.result = json.loads(line[len(RESULT_PREFIX):])
+        self.process.wait()
+        if self.process.returncode != 0 or self.result is None:
+            self.log.seek(0)
+            raise RuntimeError(f"benchmark worker {self.name} failed (exit {self.process.returncode}):\n"
+                               f"{self.log.read()[-3000:]}")
+
+    def finish(self):
+        """Let the worker end (the project's step then evaluates and logs), and wait for it."""
+        self.turn()
+        self.log.close()
+
+
+def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, say) -> list[dict]:
+    """Ratios 1 and 2: every path's worker takes turns, one epoch each per round."""
+    plan = []
+    for network in size.networks:
+        if 1 in only:
+            plan.append(("source", network))
+        if 1 in only or (2 in only and network == size.networks[0]):
+            plan.append(("project", network))
+        if 2 in only and network == size.networks[0]:
+            plan.append(("bare", network))
+    images = json.loads(Path(data_file).with_suffix(".json").read_text())["train_size"]
+    workers = {}
+    for path, network in plan:
+        spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + size.rounds, "data_file": data_file}
+        store = folder / f"mlruns-{path}-{network}"
+        workers[path, network] = Worker(spec, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}, folder)
+    try:
+        order = list(workers.values())
+        for worker in order:  # setup and epoch 1 (graph tracing): not counted
+            worker.turn()
+        for round_number in range(1, size.rounds + 1):
+            for worker in order if round_number % 2 else order[::-1]:  # ABC CBA ...: drift hits all alike
+                worker.turn()
+            say(f"  round {round_number}/{size.rounds}: CPU-ms/image " + "  ".join(
+                f"{w.name} {epoch_costs(w.marks, images)['cpu_ms'][-1]:.1f}" for w in order))
+        for worker in order:
+            worker.finish()
+    finally:
+        for worker in workers.values():
+            if worker.process.poll() is None:
+                worker.process.kill()
+    costs = {key: epoch_costs(w.marks, w.result["images"]) for key, w in workers.items()}
+    return training_rows(only, size, costs)
+
+
+def training_rows(only, size: Size, costs: dict) -> list[dict]:
+    """Ratio rows from each path's per-epoch costs (medians over the rounds)."""
+    med = {key: {"cpu_ms": _median(c["cpu_ms"]), "wall_ms": _median(c["wall_ms"])} for key, c in costs.items()}
+    samples = f"{size.rounds} epochs after 1 of tracing, {size.train_images} images each"
+    rows = []
+    for network in size.networks:
+        source, project, bare = ("source", network), ("project", network), ("bare", network)
+        if 1 in only:
+            rows.append(_row(
+                1, network, med[source]["cpu_ms"] / med[project]["cpu_ms"], "source (tf-keras + ImageDataGenerator)",
+                med[source]["cpu_ms"], "project ladder step", med[project]["cpu_ms"], "CPU-ms/image",
+                1000 / med[source]["wall_ms"], 1000 / med[project]["wall_ms"], "images/s", samples,
+                f"setup + epoch 1 (tracing): source {costs[source]['setup_cpu_ms']:.1f}, project "
+                f"{costs[project]['setup_cpu_ms']:.1f} CPU-ms/image; wall ratio "
+                f"{med[source]['wall_ms'] / med[project]['wall_ms']:.2f}"))
+        if 2 in only and bare in med:
+            rows.append(_row(
+                2, network, med[bare]["cpu_ms"] / med[project]["cpu_ms"], "bare keras.Model.fit", med[bare]["cpu_ms"],
+                "project ladder step", med[project]["cpu_ms"], "CPU-ms/image", 1000 / med[bare]["wall_ms"],
+                1000 / med[project]["wall_ms"], "images/s", samples,
+                f"wall ratio {med[bare]['wall_ms'] / med[project]['wall_ms']:.2f}"))
+    return rows
+
+
+def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
+    """Ratio 3: epochs to reach the same best value, with and without the median pruner."""
+    results = {}
+    for pruner in ("none", "median"):
+        spec = {"kind": "search", "pruner": pruner, "trials": size.search_trials, "epochs": size.search_epochs,
+                "train_images": size.search_train_images, "data": str(data_path) if data_path else None,
+                "storage": str(folder / f"optuna-{pruner}.journal"), "reports": str(folder / "reports")}
+        store = folder / f"mlruns-search-{pruner}"
+        results[pruner] = run_worker(spec, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"})
+        trials = results[pruner]["trials"]
+        say(f"  search, pruner {pruner}: " + "  ".join(
+            f"#{n} {s[0]}{e}ep {v:.3f}" if v is not None else f"#{n} {s[0]}{e}ep" for n, v, e, s in trials))
+    plain, pruned = results["none"]["trials"], results["median"]["trials"]
+    target = min(best_value(plain), best_value(pruned))
+    a, b = epochs_to_reach(pruned, target), epochs_to_reach(plain, target)
+    value = a / b if a and b else float("nan")
+    total_a, total_b = (sum(t[2] or 0 for t in trials) for trials in (pruned, plain))
+    note = (f"best val_accuracy both reached {target:.4f} (unpruned best {best_value(plain):.4f}, pruned best "
+            f"{best_value(pruned):.4f}); all epochs: {total_a} pruned vs {total_b}; "
+            f"{sum(t[3] == 'pruned' for t in pruned)} of {len(pruned)} trials pruned; CPU "
+            f"{results['median']['cpu_s']:.0f} s vs {results['none']['cpu_s']:.0f} s")
+    return [_row(3, "median pruner", value, "search with pruning", a, "search without pruning", b,
+                 "epochs to the same best value", results["median"]["wall_s"], results["none"]["wall_s"], "s",
+                 f"{size.search_trials} trials x {size.search_epochs} epochs, {size.search_train_images} images", note)]
+
+
+def bench_commands(only, size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
+    """Ratios 4-6: wall seconds of the project's commands."""
+    python = sys.executable
+    rows = []
+    if 5 in only:
+        walls = [timed([python, "-m", "ablation.ladder", "--help"], env) for _ in range(max(3, size.command_repeats))]
+        say(f"  ladder --help: wall {', '.join(f'{w:.2f}' for w, _ in walls)} s")
+        rows.append(_row(5, "ladder --help", _median([w for w, _ in walls]), "python -m ablation.ladder --help",
+                         _median([w for w, _ in walls]), unit="s wall", a_wall=_median([c for _, c in walls]),
+                         wall_unit="CPU s", samples=len(walls)))
+    if 4 in only:
+        store = folder / "mlruns-smoke"
+        run_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+        command = [python, "-m", "ablation.ladder", "--profile", "smoke", "--no-report"]
+        command += ["--data", str(data_path)] if data_path else []
+        first = timed(command, run_env)
+        say(f"  smoke ladder, first run (trains): wall {first[0]:.1f} s")
+        walls = [timed(command, run_env) for _ in range(size.command_repeats)]
+        say(f"  smoke ladder, re-run (nothing to train): wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
+        rows.append(_row(4, "smoke re-run", _median([w for w, _ in walls]), "re-run of a finished smoke ladder",
+                         _median([w for w, _ in walls]), "first run (trains)", first[0], "s wall",
+                         _median([c for _, c in walls]), first[1], "CPU s", len(walls)))
+    if 6 in only:
+        store = folder / "mlruns-report"
+        uri = f"sqlite:///{store}/mlflow.db"
+        started = time.perf_counter()
+        store.mkdir(parents=True, exist_ok=True)
+        timed([python, "-m", "ablation.bench", "--worker", json.dumps(
+            {"kind": "fill_store", "uri": uri, "runs": size.report_runs, "journal": str(store / "optuna.journal")})],
+              env)
+        say(f"  store of {size.report_runs} runs made in {time.perf_counter() - started:.0f} s")
+        command = [python, "-m", "ablation.report", "--study", STUDY, "--out", str(folder / "report")]
+        walls = [timed(command, {**env, "MLFLOW_TRACKING_URI": uri}) for _ in range(size.command_repeats)]
+        say(f"  report over {size.report_runs} runs: wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
+        rows.append(_row(6, f"report, {size.report_runs} runs", _median([w for w, _ in walls]),
+                         "python -m ablation.report", _median([w for w, _ in walls]), unit="s wall",
+                         a_wall=_median([c for _, c in walls]), wall_unit="CPU s", samples=len(walls)))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+
+def machine() -> str:
+    """The machine and library versions, in one line."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for package in ("tensorflow", "keras", "tf-keras", "mlflow", "optuna"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return (f"{model}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
+            f"{platform.system()}; {', '.join(versions)}")
+
+
+def _fmt(value, digits=2) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's performance table."""
+    lines = ["| # | measure | case | A | B | ratio or value | goal | met |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        a = f"{row['a']}: {_fmt(row['a_median'])}" if row["a"] else ""
+        b = f"{row['b']}: {_fmt(row['b_median'])}" if row["b"] else ""
+        if row["wall_unit"] == "images/s":
+            a += f" ({_fmt(row['a_wall'], 0)} img/s)"
+            b += f" ({_fmt(row['b_wall'], 0)} img/s)"
+        met = "" if row["met"] == "" else ("yes" if row["met"] else "**no**")
+        lines.append(f"| {row['ratio']} | {row['unit']} | {row['case']} | {a} | {b} | {_fmt(row['value'])} | "
+                     f"{row['goal']} | {met} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path, machine_line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, [*COLUMNS, "machine"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{k: _fmt(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+                             "machine": machine_line})
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=None, out=DEFAULT_OUT,
+              say=print) -> list[dict]:
+    """Measure the ratios in `only`; write the CSV; return its rows."""
+    from ablation.data import resolve_data_path
+
+    data_path = resolve_data_path(data_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ablation-bench-") as tmp:
+        folder = Path(tmp)
+        if {1, 2} & set(only):
+            say(f"ratios 1-2: training, {size.rounds} rounds of one epoch of {size.train_images} images per path")
+            data_file = prepare_data(data_path, size, folder)
+            rows += bench_training(only, size, data_file, folder, env, say)
+        if 3 in only:
+            say(f"ratio 3: the search, {size.search_trials} trials, with and without pruning")
+            rows += bench_search(size, data_path, folder, env, say)
+        if {4, 5, 6} & set(only):
+            say("ratios 4-6: commands")
+            rows += bench_commands(only, size, data_path, folder, env, say)
+    rows.sort(key=lambda row: row["ratio"])
+    write_csv(rows, Path(out), machine())
+    say(f"\nbenchmark took {time.perf_counter() - started:.0f} s; results in {out}")
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ablation.bench",
+                                     description="Measure the six performance ratios of issue 6; write a CSV.")
+    parser.add_argument("--data", default=None,
+                        help="CIFAR-10 (archive or folder; default: $ABLATION_DATA, else Keras' download)")
+    parser.add_argument("--quick", action="store_true", help="fewer images, rounds and trials (~5 min)")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="ratios to measure, e.g. 1,2 (default: all)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"CSV file (default: {DEFAULT_OUT})")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
+    args = parser.parse_args(argv)
+    try:
+        args.only = tuple(sorted({int(n) for n in args.only.split(",") if n.strip()}))
+    except ValueError:
+        parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
+    if not args.only or not set(args.only) <= set(GOALS):
+        parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
+    return args
+
+
+WORKERS = {"training": training_worker, "search": search_worker}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        if spec["kind"] == "fill_store":
+            fill_store(spec["uri"], spec["runs"], spec["journal"])
+            return 0
+        print(RESULT_PREFIX + json.dumps(WORKERS[spec["kind"]](spec)), flush=True)
+        return 0
+    rows = run_bench(args.only, SIZES["quick" if args.quick else "default"], args.data, args.out)
+    print()
+    for row in rows:
+        a = f"{row['a']} {_fmt(row['a_median'])}" if row["a"] else ""
+        b = f" / {row['b']} {_fmt(row['b_median'])}" if row["b"] else ""
+        print(f"ratio {row['ratio']} ({row['case']}): {_fmt(row['value'])}  goal {row['goal']}  "
+              f"[{a}{b} {row['unit']}]  {row['note']}")
+    print(f"\nmachine: {machine()}\n")
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
