@@ -73,14 +73,12 @@ def run_ladder(study, profile, data_path=None, seed=None, force=False, only=None
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
 
-    out(f"loading CIFAR-10 ...")
+    out("loading CIFAR-10 ...")
     dataset = load_cifar10(data_path)
     splits_cache = {}
     rows = []
     parent_tags = {"ablation.kind": "ladder", "ablation.study": study.name, "ablation.profile": profile.name}
     with tracking.stop_on_sigterm(), tracking.run(experiment, f"{study.name}-{profile.name}", parent_tags) as parent:
-        import mlflow  # noqa: F401  (tracking owns MLflow; the parent's artifacts go through it)
-
         tracking.log_study_file(study.path)
         out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
