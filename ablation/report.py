@@ -596,11 +596,11 @@ def show_trials(search: Search, top: int = 10):
 
 
 def _int(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
+    return "-" if _isna(value) else str(int(value))
 
 
 def _short(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _isna(value):
         return ""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 

@@ -316,3 +316,11 @@ def test_help_imports_no_tensorflow_keras_or_mlflow():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--experiment" in done.stdout
     assert "tensorflow" not in done.stderr and "mlflow" not in done.stderr and "keras" not in done.stderr
+
+
+def test_a_run_without_metrics_shows_as_a_dash():
+    # A search trial killed before its first epoch has no metrics: pandas gives NA, not NaN.
+    import pandas as pd
+
+    assert report._int(pd.NA) == "-" and report._int(float("nan")) == "-" and report._int(3.0) == "3"
+    assert report._short(pd.NA) == "" and report._short(0.25) == "0.25"
