@@ -1,8 +1,11 @@
 """Performance benchmark (issue 6): six ratios, each with its medians, to a CSV and a Markdown table.
 
-    python -m ablation.bench --data ../shared/data/cifar-10-python.tar.gz            # ~15 min on 2 cores
-    python -m ablation.bench --data ... --quick                                       # ~5 min, fewer samples
-    python -m ablation.bench --data ... --only 1,2                                    # some ratios only
+    python -m ablation.bench --data ../shared/data/cifar-10-python.tar.gz     # all six ratios
+    python -m ablation.bench --data ... --quick                                # fewer images, rounds, trials
+    python -m ablation.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
+
+The default costs about 1,000 CPU-seconds: ~10 minutes on two idle cores, two or three times that
+when other jobs share them (the CPU-time ratios hold; the wall times stretch).
 
 Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the source's Keras 2).
 
@@ -15,8 +18,10 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 2. ladder step vs bare fit (goal >= 0.95): `keras.Model.fit` of the same model (augmentation layers
    included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
    tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
-3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data) twice;
-   epochs trained until a trial first reaches the best value both searches reached, pruned / unpruned.
+3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data) twice,
+   `ablation.search.run_search` with the median pruner and with none, on a small search sized for a
+   CPU (SEARCH_STUDY below); epochs trained until a trial first reaches the best value both searches
+   reached, pruned / unpruned.
 4. re-run of a finished smoke study (goal <= 5 s wall): `python -m ablation.ladder --profile smoke`
    again on the store the first run filled: nothing to train.
 5. `python -m ablation.ladder --help` (goal <= 1 s wall).
@@ -52,8 +57,10 @@ DEFAULT_OUT = "bench_results/bench.csv"
 STUDY = "studies/assignment.toml"
 RESULT_PREFIX = "BENCH_RESULT "  # a worker's last stdout line: this prefix, then its result as JSON
 EPOCH_PREFIX = "BENCH_EPOCH "  # a training worker's line at each epoch's end, then it waits for "go"
+# a_median, b_median: the medians the ratio is made of, in `unit`; a_other, b_other: the same runs
+# measured another way, in `other_unit` (wall images/s beside CPU-ms/image; CPU s beside wall s).
 COLUMNS = ("ratio", "case", "value", "goal", "met", "a", "a_median", "b", "b_median", "unit",
-           "a_wall", "b_wall", "wall_unit", "samples", "note")
+           "a_other", "b_other", "other_unit", "samples", "note")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +70,16 @@ class Size:
     train_images: int = 800  # per epoch; a quarter as many more are the validation images (validation_split 0.2)
     rounds: int = 4  # measured epochs per path, one per round, after one epoch of graph tracing
     networks: tuple[str, ...] = ("template", "final")
-    search_trials: int = 10
-    search_train_images: int = 160  # per trial epoch, smoke-sized
-    search_epochs: int = 6
+    search_trials: int = 8
+    search_train_images: int = 96  # per trial epoch (a quarter as many more validate), smoke-sized
+    search_epochs: int = 6  # per trial; the median pruner judges from epoch 3 on (a third of the budget)
     command_repeats: int = 3  # ratios 4-6: timed repeats of each command
     report_runs: int = 1000
 
 
 SIZES = {
     "default": Size(),
-    "quick": Size(train_images=320, rounds=2, search_trials=6, command_repeats=1),
+    "quick": Size(train_images=320, rounds=2, search_trials=6, search_train_images=64, command_repeats=1),
 }
 
 # The networks of ratios 1-2: the ladder step the project trains, with these depths, and the source's twin.
@@ -277,23 +284,57 @@ def epoch_costs(marks: list[dict], images: int) -> dict:
 # Ratio 3: the search with and without pruning, in a worker process.
 
 
+# A small network on a smoke-sized slice, so that 2 x N trials fit in minutes on a CPU (eager, as the smoke
+# profile runs): the assignment's template with shallow stages, searched over depth, dropout and learning rate.
+SEARCH_STUDY = """
+[study]
+name = "bench_search"
+
+[base]
+model = "template_resnet"
+model_args = {{ stage2_blocks = 1, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.5 }}
+epochs = {epochs}
+train_subset = {train_subset}
+test_subset = 100
+run_eagerly = true
+
+[[steps]]
+name = "small"
+
+[search]
+monitor = "val_accuracy"
+
+[search.params.stage2_blocks]
+type = "int"
+low = 0
+high = 2
+
+[search.params.dropout_rate]
+type = "float"
+low = 0.0
+high = 0.6
+
+[search.params.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+
+
 def search_worker(spec: dict) -> dict:
-    """Run the study's search (a smoke-sized profile with room to prune); epochs and value per trial."""
+    """Run the benchmark's search with one pruner; per trial: number, value, epochs run, state."""
     from ablation.config import Profile, load_study
     from ablation.search import run_search
 
-    study = load_study(STUDY)
-    base = study.step(study.search.base_step).config
-    epochs = spec["epochs"]
-    profile = Profile(
-        "bench", epochs / base.epochs, spec["train_images"] * 5 // 4, 100,
-        f"benchmark: {epochs} epochs, {spec['train_images']} training images, eager", max_epochs=epochs,
-        run_eagerly=True,
-    )
+    path = Path(spec["reports"]) / "bench_search.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SEARCH_STUDY.format(epochs=spec["epochs"], train_subset=spec["train_images"] * 5 // 4))
+    profile = Profile("bench", 1.0, None, None, "the benchmark's search, as its study file says")
     cpu, wall = _clock()
-    summary = run_search(study, profile, trials=spec["trials"], data_path=spec["data"], storage=spec["storage"],
-                         study_name=f"bench-{spec['pruner']}", pruner=spec["pruner"], reports=spec["reports"],
-                         out=lambda text: None)
+    summary = run_search(load_study(path), profile, trials=spec["trials"], data_path=spec["data"],
+                         storage=spec["storage"], study_name=f"bench-{spec['pruner']}", pruner=spec["pruner"],
+                         reports=spec["reports"], out=lambda text: None)
     cpu1, wall1 = _clock()
     trials = sorted((r["number"], r["value"], r["epochs_run"], r["state"]) for r in summary["rows"])
     return {"trials": trials, "cpu_s": cpu1 - cpu, "wall_s": wall1 - wall}
@@ -366,7 +407,7 @@ def fill_store(uri: str, runs: int, journal: str, epochs: int = 10) -> None:
     # Phase 1: ladders, one per seed.
     ladders = max(1, min(5, runs // 200))
     for seed in range(ladders):
-        parent = make_run(f"assignment-quick", {"ablation.kind": "ladder", "ablation.study": study.name,
+        parent = make_run("assignment-quick", {"ablation.kind": "ladder", "ablation.study": study.name,
                                                 "ablation.profile": "quick"})
         for index, step in enumerate(study.steps, start=1):
             make_run(step.name, {
@@ -461,13 +502,13 @@ def _median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def _row(ratio, case, value, a="", a_median="", b="", b_median="", unit="", a_wall="", b_wall="", wall_unit="",
+def _row(ratio, case, value, a="", a_median="", b="", b_median="", unit="", a_other="", b_other="", other_unit="",
          samples="", note=""):
     sign, goal = GOALS[ratio]
     met = "" if value != value else (value >= goal if sign == ">=" else value <= goal)
     return {"ratio": ratio, "case": case, "value": value, "goal": f"{sign} {goal:g}", "met": met, "a": a,
-            "a_median": a_median, "b": b, "b_median": b_median, "unit": unit, "a_wall": a_wall, "b_wall": b_wall,
-            "wall_unit": wall_unit, "samples": samples, "note": note}
+            "a_median": a_median, "b": b, "b_median": b_median, "unit": unit, "a_other": a_other, "b_other": b_other,
+            "other_unit": other_unit, "samples": samples, "note": note}
 
 
 class Worker:
@@ -551,16 +592,21 @@ def training_rows(only, size: Size, costs: dict) -> list[dict]:
                 1, network, med[source]["cpu_ms"] / med[project]["cpu_ms"], "source (tf-keras + ImageDataGenerator)",
                 med[source]["cpu_ms"], "project ladder step", med[project]["cpu_ms"], "CPU-ms/image",
                 1000 / med[source]["wall_ms"], 1000 / med[project]["wall_ms"], "images/s", samples,
-                f"setup + epoch 1 (tracing): source {costs[source]['setup_cpu_ms']:.1f}, project "
-                f"{costs[project]['setup_cpu_ms']:.1f} CPU-ms/image; wall ratio "
-                f"{med[source]['wall_ms'] / med[project]['wall_ms']:.2f}"))
+                f"{_spread(costs[source], costs[project])}; setup + epoch 1 (tracing): source "
+                f"{costs[source]['setup_cpu_ms']:.1f}, project {costs[project]['setup_cpu_ms']:.1f} CPU-ms/image"))
         if 2 in only and bare in med:
             rows.append(_row(
                 2, network, med[bare]["cpu_ms"] / med[project]["cpu_ms"], "bare keras.Model.fit", med[bare]["cpu_ms"],
                 "project ladder step", med[project]["cpu_ms"], "CPU-ms/image", 1000 / med[bare]["wall_ms"],
-                1000 / med[project]["wall_ms"], "images/s", samples,
-                f"wall ratio {med[bare]['wall_ms'] / med[project]['wall_ms']:.2f}"))
+                1000 / med[project]["wall_ms"], "images/s", samples, _spread(costs[bare], costs[project])))
     return rows
+
+
+def _spread(a: dict, b: dict) -> str:
+    """How much the ratio moves from round to round (the same round's epochs ran minutes apart at most)."""
+    ratios = sorted(x / y for x, y in zip(a["cpu_ms"], b["cpu_ms"]))
+    walls = _median(a["wall_ms"]) / _median(b["wall_ms"])
+    return f"per-round CPU ratios {ratios[0]:.2f}-{ratios[-1]:.2f}; wall ratio {walls:.2f}"
 
 
 def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
@@ -597,8 +643,8 @@ def bench_commands(only, size: Size, data_path, folder: Path, env: dict, say) ->
         walls = [timed([python, "-m", "ablation.ladder", "--help"], env) for _ in range(max(3, size.command_repeats))]
         say(f"  ladder --help: wall {', '.join(f'{w:.2f}' for w, _ in walls)} s")
         rows.append(_row(5, "ladder --help", _median([w for w, _ in walls]), "python -m ablation.ladder --help",
-                         _median([w for w, _ in walls]), unit="s wall", a_wall=_median([c for _, c in walls]),
-                         wall_unit="CPU s", samples=len(walls)))
+                         _median([w for w, _ in walls]), unit="s wall", a_other=_median([c for _, c in walls]),
+                         other_unit="CPU s", samples=len(walls)))
     if 4 in only:
         store = folder / "mlruns-smoke"
         run_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
@@ -625,7 +671,7 @@ def bench_commands(only, size: Size, data_path, folder: Path, env: dict, say) ->
         say(f"  report over {size.report_runs} runs: wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
         rows.append(_row(6, f"report, {size.report_runs} runs", _median([w for w, _ in walls]),
                          "python -m ablation.report", _median([w for w, _ in walls]), unit="s wall",
-                         a_wall=_median([c for _, c in walls]), wall_unit="CPU s", samples=len(walls)))
+                         a_other=_median([c for _, c in walls]), other_unit="CPU s", samples=len(walls)))
     return rows
 
 
@@ -665,9 +711,9 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         a = f"{row['a']}: {_fmt(row['a_median'])}" if row["a"] else ""
         b = f"{row['b']}: {_fmt(row['b_median'])}" if row["b"] else ""
-        if row["wall_unit"] == "images/s":
-            a += f" ({_fmt(row['a_wall'], 0)} img/s)"
-            b += f" ({_fmt(row['b_wall'], 0)} img/s)"
+        if row["other_unit"] == "images/s":  # training: wall throughput beside the CPU cost
+            a += f" ({_fmt(row['a_other'], 0)} img/s)"
+            b += f" ({_fmt(row['b_other'], 0)} img/s)"
         met = "" if row["met"] == "" else ("yes" if row["met"] else "**no**")
         lines.append(f"| {row['ratio']} | {row['unit']} | {row['case']} | {a} | {b} | {_fmt(row['value'])} | "
                      f"{row['goal']} | {met} |")
@@ -723,6 +769,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer images, rounds and trials (~5 min)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="ratios to measure, e.g. 1,2 (default: all)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"CSV file (default: {DEFAULT_OUT})")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"training images per epoch, ratios 1-2 (default {SIZES['default'].train_images})")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"measured epochs per path, ratios 1-2 (default {SIZES['default'].rounds})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args(argv)
     try:
@@ -731,6 +781,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
     if not args.only or not set(args.only) <= set(GOALS):
         parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
+    for name in ("images", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     return args
 
 
@@ -746,7 +799,9 @@ def main(argv=None) -> int:
             return 0
         print(RESULT_PREFIX + json.dumps(WORKERS[spec["kind"]](spec)), flush=True)
         return 0
-    rows = run_bench(args.only, SIZES["quick" if args.quick else "default"], args.data, args.out)
+    size = SIZES["quick" if args.quick else "default"]
+    size = dataclasses.replace(size, train_images=args.images or size.train_images, rounds=args.rounds or size.rounds)
+    rows = run_bench(args.only, size, args.data, args.out)
     print()
     for row in rows:
         a = f"{row['a']} {_fmt(row['a_median'])}" if row["a"] else ""
