@@ -139,9 +139,9 @@ def project_step(network: str, splits, epochs: int):
     spec = NETWORKS[network]
     step = load_study(STUDY).step(spec["step"])
     depths = dict(zip(("stage2_blocks", "stage3_blocks", "stage4_blocks"), spec["blocks"]))
-    config = dataclasses.replace(
-        step.config, epochs=epochs, model_args={**step.config.model_args, **depths, "dropout_rate": spec["dropout_rate"]},
-        train_subset=len(splits.y_train) + len(splits.y_val), test_subset=len(splits.y_test))
+    model_args = {**step.config.model_args, **depths, "dropout_rate": spec["dropout_rate"]}
+    config = dataclasses.replace(step.config, epochs=epochs, model_args=model_args,
+                                 train_subset=len(splits.y_train) + len(splits.y_val), test_subset=len(splits.y_test))
     return dataclasses.replace(step, config=config)
 
 
@@ -478,7 +478,8 @@ def timed(command: list[str], env: dict) -> tuple[float, float]:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+        tail = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}):\n{tail}")
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
