@@ -74,6 +74,11 @@ class Config:
         model_args = data.pop("model_args")
         return {**data, **model_args}
 
+    def split_args(self) -> dict[str, Any]:
+        """The arguments of `ablation.data.make_splits` this config trains on."""
+        return {"validation_split": self.validation_split, "seed": self.seed,
+                "train_subset": self.train_subset, "test_subset": self.test_subset}
+
     def hash(self) -> str:
         """Stable short hash of everything that determines the run's work."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)

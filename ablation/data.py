@@ -6,6 +6,7 @@ with `extractfile`, never unpacked to disk (see ../shared/PITFALLS.md, "Pickles 
 """
 
 import hashlib
+import json
 import os
 import pickle
 import tarfile
@@ -343,6 +344,70 @@ def make_splits(dataset: Dataset, *, validation_split: float = 0.2, seed: int = 
         "seed": int(seed), "validation_split": float(validation_split), "digest": _digest(arrays),
     }
     return Splits(*arrays, class_names=dataset.class_names, fingerprint=fingerprint)
+
+
+class LazySplits:
+    """Splits of one data source, made on demand and kept per split arguments.
+
+    `fingerprint()` answers from a small on-disk cache when the source is an archive file whose
+    path, size and modification time are unchanged since the fingerprint was computed; the data
+    is read only when a run needs the arrays. So re-running a finished study skips reading it.
+    The cache is `$ABLATION_CACHE/fingerprints.json` (default `~/.cache/ablation/`).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, out=print):
+        self.path, self.out = path, out
+        self._dataset: Dataset | None = None
+        self._splits: dict[tuple, Splits] = {}
+
+    def fingerprint(self, **split_args) -> dict:
+        key = self._cache_key(split_args)
+        cached = _read_cache().get(key) if key else None
+        return cached if cached is not None else self.splits(**split_args).fingerprint
+
+    def splits(self, **split_args) -> Splits:
+        arguments = tuple(sorted(split_args.items()))
+        if arguments not in self._splits:
+            if self._dataset is None:
+                self.out("loading CIFAR-10 ...")
+                self._dataset = load_cifar10(self.path)
+            self._splits[arguments] = make_splits(self._dataset, **split_args)
+            key = self._cache_key(split_args)
+            if key:
+                _write_cache(key, self._splits[arguments].fingerprint)
+        return self._splits[arguments]
+
+    def _cache_key(self, split_args: dict) -> str | None:
+        path = resolve_data_path(self.path)
+        if path is None or not path.is_file():
+            return None  # folders can change inside without their own mtime changing: never cached
+        stat = path.stat()
+        return json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, sorted(split_args.items())])
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("ABLATION_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "ablation"
+    return Path(root).expanduser() / "fingerprints.json"
+
+
+def _read_cache() -> dict:
+    try:
+        cache = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: recompute
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(key: str, fingerprint: dict) -> None:
+    """Add one entry; a write that fails (read-only home, a race) costs only a recomputation later."""
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps({**_read_cache(), key: fingerprint}, indent=1))
+        os.replace(partial, path)
+    except OSError:
+        pass
 
 
 def _subset_size(subset: int | None, available: int, split: str) -> int:

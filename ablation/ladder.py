@@ -66,16 +66,14 @@ def work_key(config, fingerprint: dict) -> str:
 def run_ladder(study, profile, data_path=None, seed=None, force=False, only=None, out=print) -> list[dict]:
     """Run (or reuse) every step under one parent run; returns one row per step."""
     from ablation import tracking
-    from ablation.data import load_cifar10, make_splits
+    from ablation.data import LazySplits
 
     steps = resolve_steps(study, profile, seed, only)
     experiment = tracking.experiment_id(study.name)
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
 
-    out("loading CIFAR-10 ...")
-    dataset = load_cifar10(data_path)
-    splits_cache = {}
+    data = LazySplits(data_path, out)  # read only if some step has to train
     rows = []
     parent_tags = {"ablation.kind": "ladder", "ablation.study": study.name, "ablation.profile": profile.name}
     with tracking.stop_on_sigterm(), tracking.run(experiment, f"{study.name}-{profile.name}", parent_tags) as parent:
@@ -84,32 +82,27 @@ def run_ladder(study, profile, data_path=None, seed=None, force=False, only=None
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
         for index, step in enumerate(steps, start=1):
             config = step.config
-            split_key = (config.seed, config.validation_split, config.train_subset, config.test_subset)
-            if split_key not in splits_cache:
-                splits_cache[split_key] = make_splits(
-                    dataset, validation_split=config.validation_split, seed=config.seed,
-                    train_subset=config.train_subset, test_subset=config.test_subset)
-            splits = splits_cache[split_key]
-            key = work_key(config, splits.fingerprint)
+            fingerprint = data.fingerprint(**config.split_args())
+            key = work_key(config, fingerprint)
             tags = {
                 "ablation.kind": "ladder_step", "ablation.study": study.name, "ablation.step": step.name,
                 "ablation.step_index": index, "ablation.baseline": step.is_baseline,
                 "ablation.config_hash": config.hash(), "ablation.work_key": key, "ablation.seed": config.seed,
                 "ablation.profile": profile.name, "ablation.description": step.description,
-                **tracking.data_tags(splits.fingerprint),
+                **tracking.data_tags(fingerprint),
             }
             if step.reported_test_accuracy is not None:
                 tags["ablation.reported_test_accuracy"] = step.reported_test_accuracy
             out(f"\n[{index}/{len(steps)}] {step.name}: {step.description}")
-            out(f"    {config.model} {dict(config.model_args)}, {config.epochs} epochs, "
-                f"{len(splits.y_train)} train / {len(splits.y_val)} val / {len(splits.y_test)} test images")
+            out(f"    {config.model} {dict(config.model_args)}, {config.epochs} epochs, {fingerprint['train_size']} "
+                f"train / {fingerprint['val_size']} val / {fingerprint['test_size']} test images")
             previous = None if force else tracking.find_finished(experiment, key)
             if previous is not None:
                 done = tracking.copy_run(previous, experiment, step.name, tags)
                 metrics = done.data.metrics
                 out(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
             else:
-                metrics = train_step(experiment, step, config, splits, tags, out)
+                metrics = train_step(experiment, step, config, data.splits(**config.split_args()), tags, out)
             rows.append({
                 "step": step.name, "baseline": step.is_baseline, "test_accuracy": metrics["test_accuracy"],
                 "reported_test_accuracy": step.reported_test_accuracy, "epochs_run": int(metrics["epochs_run"]),

@@ -308,22 +308,11 @@ def worker_id() -> str:
 class Objective:
     """Optuna objective: one nested MLflow run per trial; returns the best epoch's monitored metric."""
 
-    def __init__(self, *, study, space, base, profile, dataset, experiment, optuna_name, verbose, out):
+    def __init__(self, *, study, space, base, profile, data, experiment, optuna_name, verbose, out):
         self.study, self.space, self.base, self.profile = study, space, base, profile
-        self.dataset, self.experiment, self.optuna_name = dataset, experiment, optuna_name
+        self.data, self.experiment, self.optuna_name = data, experiment, optuna_name  # data: a LazySplits
         self.verbose, self.out = verbose, out
-        self._splits = {}
         self.calls = 0  # trials this invocation ran
-
-    def splits(self, config):
-        """Splits as the ladder makes them, made once per (seed, validation split, subsets)."""
-        from ablation.data import make_splits
-
-        key = (config.seed, config.validation_split, config.train_subset, config.test_subset)
-        if key not in self._splits:
-            self._splits[key] = make_splits(self.dataset, validation_split=config.validation_split, seed=config.seed,
-                                            train_subset=config.train_subset, test_subset=config.test_subset)
-        return self._splits[key]
 
     def __call__(self, trial) -> float:
         import optuna
@@ -358,7 +347,7 @@ class Objective:
 
         params = suggest(trial, self.space)
         config = self.profile.apply(apply_params(self.base, params))
-        splits = self.splits(config)
+        splits = self.data.splits(**config.split_args())
         trial.set_user_attr("epochs", config.epochs)
         tracking.set_tags({"ablation.search_params": json.dumps(params, sort_keys=True),
                            "ablation.config_hash": config.hash(), "ablation.seed": config.seed,
@@ -450,7 +439,7 @@ def run_search(study, profile, *, trials=DEFAULT_TRIALS, data_path=None, seed=No
 
     from ablation import tracking
     from ablation.config import StudyError
-    from ablation.data import load_cifar10
+    from ablation.data import LazySplits
 
     out = out or (lambda text: print(text, flush=True))  # flushed: progress shows through `| tee` and in logs
 
@@ -480,13 +469,13 @@ def run_search(study, profile, *, trials=DEFAULT_TRIALS, data_path=None, seed=No
         out(f"marked stale run {run_id} KILLED (its process had died)")
 
     # Phase 3: data once, then the trials under one parent run.
-    out("loading CIFAR-10 ...")
-    dataset = load_cifar10(data_path)
+    data = LazySplits(data_path, out)
+    data.splits(**profile.apply(base).split_args())  # read now: a data problem fails before the first trial
     parent_tags = {"ablation.kind": "search", "ablation.study": study.name, "ablation.profile": profile.name,
                    "ablation.optuna_study": optuna_name, "ablation.optuna_storage_kind": storage_kind,
                    "ablation.optuna_storage": where, "ablation.base_step": space.base_step,
                    "ablation.pruner": type(pruner_obj).__name__, "ablation.seed": base.seed}
-    objective = Objective(study=study, space=space, base=base, profile=profile, dataset=dataset,
+    objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
                           experiment=experiment, optuna_name=optuna_name, verbose=verbose, out=out)
     with tracking.stop_on_sigterm(), tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
         tracking.log_study_file(study.path)

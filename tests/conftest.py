@@ -3,12 +3,16 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+
+# The data fingerprints the tests compute stay out of the user's cache (commands inherit this).
+os.environ["ABLATION_CACHE"] = tempfile.mkdtemp(prefix="ablation-test-cache-")
 
 
 @pytest.fixture(scope="session")

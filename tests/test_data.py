@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import tarfile
 
 import numpy as np
@@ -14,6 +15,7 @@ from ablation.data import (
     CLASS_NAMES,
     DataError,
     Dataset,
+    LazySplits,
     load_cifar10,
     make_splits,
     resolve_data_path,
@@ -303,3 +305,27 @@ def test_fingerprint_tracks_subset_and_seed(cifar):
 def test_bad_split_arguments_are_data_errors(tagged, arguments):
     with pytest.raises(DataError, match="must be"):
         make_splits(tagged, **arguments)
+
+
+def test_fingerprint_comes_from_the_cache_until_the_archive_changes(cifar, cifar_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / cifar_path.name
+    shutil.copyfile(cifar_path, archive)
+    arguments = {"validation_split": 0.2, "seed": 0, "train_subset": 500, "test_subset": 100}
+    expected = make_splits(cifar, **arguments).fingerprint
+    said = []
+    assert LazySplits(archive, said.append).fingerprint(**arguments) == expected
+    assert said == ["loading CIFAR-10 ..."]
+
+    said.clear()
+    again = LazySplits(archive, said.append)
+    assert again.fingerprint(**arguments) == expected
+    assert said == []  # nothing read
+    assert again.fingerprint(**{**arguments, "seed": 1}) == make_splits(cifar, **{**arguments, "seed": 1}).fingerprint
+    assert said == ["loading CIFAR-10 ..."]  # other splits: computed
+
+    said.clear()
+    stat = archive.stat()
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the archive was replaced
+    assert LazySplits(archive, said.append).fingerprint(**arguments) == expected
+    assert said == ["loading CIFAR-10 ..."]

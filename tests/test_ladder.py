@@ -85,6 +85,7 @@ def test_rerun_reuses_finished_steps_without_training(smoke_store, cifar_path):
     again = ladder(["--data", str(cifar_path)], store)
     assert again.returncode == 0, again.stderr
     assert not re.search(r"epoch +\d+/\d+ ", again.stdout)  # no epoch was trained
+    assert "loading CIFAR-10" not in again.stdout  # the data's fingerprint came from the cache
     assert again.stdout.count("reused finished run") == len(STEPS)
     client, runs = runs_of(store)
     parents = [r for r in runs if r.data.tags.get("ablation.kind") == "ladder"]

@@ -18,13 +18,17 @@ gamma, beta and the two moving statistics; every conv has a bias unless noted):
 """
 
 import functools
+import inspect
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from ablation.models import MODELS, build_model
+from ablation.models import MODELS, build_model, get_builder
 from ablation.models.flops import count_flops
 
 EXPECTED_PARAMS = {
@@ -135,3 +139,20 @@ def test_resnet_depth_must_fit_the_formula():
         build_model("resnet_v1", depth=21)
     with pytest.raises(ValueError, match="9n \\+ 2"):
         build_model("resnet_v2", depth=21)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_knobs_read_from_source_match_the_builder(name):
+    signature = inspect.signature(get_builder(name)).parameters.values()
+    knobs = {p.name: p.default for p in signature if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert MODELS[name] == knobs
+
+
+def test_study_files_load_without_keras():
+    # Checking a study (and re-running a finished one) must not pay for TensorFlow's start-up.
+    code = ("import sys, pathlib; from ablation.config import load_study; "
+            "[load_study(p) for p in sorted(pathlib.Path('studies').glob('*.toml'))]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[1])
+    assert result.stdout.strip() == "[]"

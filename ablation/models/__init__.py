@@ -1,38 +1,63 @@
 """Model registry: every network is a function `name(input_shape, num_classes, **knobs) -> keras.Model`.
 
-Register a builder with `@register`; its keyword-only arguments (with their defaults) are the
-knobs a study may set under `model_args`. Tests are parametrized over `MODELS`, so a network
-added here is tested the moment it is registered.
+A builder is registered by decorating it with `@register` in a module of this folder; its
+keyword-only arguments (with literal defaults) are the knobs a study may set under `model_args`.
+`MODELS` maps each name to its knobs. It is read from the modules' source, without importing
+Keras, so that checking a study file or re-running a finished one costs no TensorFlow start-up;
+the module is imported when the network is built. Tests are parametrized over `MODELS`, so a
+network added here is tested the moment it is registered.
 """
 
-import inspect
+import ast
+import importlib
+from pathlib import Path
 from typing import Any, Callable
 
-MODELS: dict[str, Callable[..., Any]] = {}
+_BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by @register as the modules are imported
 
 
 def register(builder):
-    """Add a model builder to the registry under its function name."""
-    if builder.__name__ in MODELS:
+    """Mark a model builder; it is registered under its function name."""
+    if _BUILDERS.get(builder.__name__, builder) is not builder:
         raise ValueError(f"model {builder.__name__!r} is registered twice")
-    MODELS[builder.__name__] = builder
+    _BUILDERS[builder.__name__] = builder
     return builder
+
+
+def _read_registry() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Every @register builder in this folder: name -> knobs with defaults, and name -> module."""
+    knobs, modules = {}, {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if not (isinstance(node, ast.FunctionDef)
+                    and any(isinstance(d, ast.Name) and d.id == "register" for d in node.decorator_list)):
+                continue
+            if node.name in knobs:
+                raise ValueError(f"model {node.name!r} is registered twice ({modules[node.name]} and {path.stem})")
+            try:
+                defaults = [ast.literal_eval(default) for default in node.args.kw_defaults]
+            except ValueError:
+                raise ValueError(f"{path.name}: {node.name}: every knob needs a literal default") from None
+            knobs[node.name] = {arg.arg: default for arg, default in zip(node.args.kwonlyargs, defaults)}
+            modules[node.name] = path.stem
+    return knobs, modules
+
+
+MODELS, _MODULES = _read_registry()
 
 
 def model_defaults(name: str) -> dict[str, Any]:
     """The knobs of model `name` and their default values."""
-    builder = get_builder(name)
-    return {
-        p.name: p.default
-        for p in inspect.signature(builder).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    return dict(MODELS[name])
 
 
 def get_builder(name: str):
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
-    return MODELS[name]
+    """The builder function of model `name` (imports its module, and with it Keras)."""
+    model_defaults(name)
+    importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    return _BUILDERS[name]
 
 
 def build_model(name: str, input_shape=(32, 32, 3), num_classes: int = 10, **model_args):
@@ -42,7 +67,3 @@ def build_model(name: str, input_shape=(32, 32, 3), num_classes: int = 10, **mod
     if unknown:
         raise TypeError(f"model {name!r} has no knob(s) {unknown}; allowed: {sorted(allowed)}")
     return get_builder(name)(input_shape, num_classes, **model_args)
-
-
-# Importing the modules registers their builders.
-from ablation.models import template, vgg, keras_resnet, resnet18, preact, inception_resnet  # noqa: E402,F401
