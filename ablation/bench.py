@@ -18,10 +18,10 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 2. ladder step vs bare fit (goal >= 0.95): `keras.Model.fit` of the same model (augmentation layers
    included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
    tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
-3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data) twice,
-   `ablation.search.run_search` with the median pruner and with none, on a small search sized for a
-   CPU (SEARCH_STUDY below); epochs trained until a trial first reaches the best value both searches
-   reached, pruned / unpruned.
+3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data),
+   `ablation.search.run_search` with no pruner, with the median pruner (the default) and with
+   Hyperband, on a small search sized for a CPU (SEARCH_STUDY below); for each pruner, epochs trained
+   until a trial first reaches the best value both searches reached, pruned / unpruned.
 4. re-run of a finished smoke study (goal <= 5 s wall): `python -m ablation.ladder --profile smoke`
    again on the store the first run filled: nothing to train.
 5. `python -m ablation.ladder --help` (goal <= 1 s wall).
@@ -70,8 +70,8 @@ class Size:
     train_images: int = 800  # per epoch; a quarter as many more are the validation images (validation_split 0.2)
     rounds: int = 4  # measured epochs per path, one per round, after one epoch of graph tracing
     networks: tuple[str, ...] = ("template", "final")
-    search_trials: int = 8
-    search_train_images: int = 96  # per trial epoch (a quarter as many more validate), smoke-sized
+    search_trials: int = 16  # with 8, the best trial came among the median pruner's 3 unpruned first ones
+    search_train_images: int = 160  # per trial epoch (a quarter as many more validate), smoke-sized
     search_epochs: int = 6  # per trial; the median pruner judges from epoch 3 on (a third of the budget)
     command_repeats: int = 3  # ratios 4-6: timed repeats of each command
     report_runs: int = 1000
@@ -79,7 +79,7 @@ class Size:
 
 SIZES = {
     "default": Size(),
-    "quick": Size(train_images=320, rounds=2, search_trials=6, search_train_images=64, command_repeats=1),
+    "quick": Size(train_images=320, rounds=2, search_trials=8, search_train_images=64, command_repeats=1),
 }
 
 # The networks of ratios 1-2: the ladder step the project trains, with these depths, and the source's twin.
@@ -611,9 +611,9 @@ def _spread(a: dict, b: dict) -> str:
 
 
 def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
-    """Ratio 3: epochs to reach the same best value, with and without the median pruner."""
+    """Ratio 3: epochs to reach the same best value, with the median pruner and with Hyperband, against none."""
     results = {}
-    for pruner in ("none", "median"):
+    for pruner in PRUNERS:
         spec = {"kind": "search", "pruner": pruner, "trials": size.search_trials, "epochs": size.search_epochs,
                 "train_images": size.search_train_images, "data": str(data_path) if data_path else None,
                 "storage": str(folder / f"optuna-{pruner}.journal"), "reports": str(folder / "reports")}
@@ -622,18 +622,26 @@ def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[di
         trials = results[pruner]["trials"]
         say(f"  search, pruner {pruner}: " + "  ".join(
             f"#{n} {s[0]}{e}ep {v:.3f}" if v is not None else f"#{n} {s[0]}{e}ep" for n, v, e, s in trials))
-    plain, pruned = results["none"]["trials"], results["median"]["trials"]
-    target = min(best_value(plain), best_value(pruned))
-    a, b = epochs_to_reach(pruned, target), epochs_to_reach(plain, target)
-    value = a / b if a and b else float("nan")
-    total_a, total_b = (sum(t[2] or 0 for t in trials) for trials in (pruned, plain))
-    note = (f"best val_accuracy both reached {target:.4f} (unpruned best {best_value(plain):.4f}, pruned best "
-            f"{best_value(pruned):.4f}); all epochs: {total_a} pruned vs {total_b}; "
-            f"{sum(t[3] == 'pruned' for t in pruned)} of {len(pruned)} trials pruned; CPU "
-            f"{results['median']['cpu_s']:.0f} s vs {results['none']['cpu_s']:.0f} s")
-    return [_row(3, "median pruner", value, "search with pruning", a, "search without pruning", b,
-                 "epochs to the same best value", results["median"]["wall_s"], results["none"]["wall_s"], "s",
-                 f"{size.search_trials} trials x {size.search_epochs} epochs, {size.search_train_images} images", note)]
+    plain = results["none"]["trials"]
+    rows = []
+    for pruner in PRUNERS[1:]:
+        pruned = results[pruner]["trials"]
+        target = min(best_value(plain), best_value(pruned))
+        a, b = epochs_to_reach(pruned, target), epochs_to_reach(plain, target)
+        value = a / b if a and b else float("nan")
+        total_a, total_b = (sum(t[2] or 0 for t in trials) for trials in (pruned, plain))
+        note = (f"best val_accuracy both reached {target:.4f} (unpruned best {best_value(plain):.4f}, pruned best "
+                f"{best_value(pruned):.4f}); all epochs: {total_a} pruned vs {total_b}; "
+                f"{sum(t[3] == 'pruned' for t in pruned)} of {len(pruned)} trials pruned; CPU "
+                f"{results[pruner]['cpu_s']:.0f} s vs {results['none']['cpu_s']:.0f} s")
+        rows.append(_row(3, f"{pruner} pruner", value, "search with pruning", a, "search without pruning", b,
+                         "epochs to the same best value", results[pruner]["wall_s"], results["none"]["wall_s"], "s",
+                         f"{size.search_trials} trials x {size.search_epochs} epochs, "
+                         f"{size.search_train_images} images", note))
+    return rows
+
+
+PRUNERS = ("none", "median", "hyperband")  # the reference first
 
 
 def bench_commands(only, size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
@@ -751,7 +759,7 @@ def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=
             data_file = prepare_data(data_path, size, folder)
             rows += bench_training(only, size, data_file, folder, env, say)
         if 3 in only:
-            say(f"ratio 3: the search, {size.search_trials} trials, with and without pruning")
+            say(f"ratio 3: the search, {size.search_trials} trials, without pruning, median, hyperband")
             rows += bench_search(size, data_path, folder, env, say)
         if {4, 5, 6} & set(only):
             say("ratios 4-6: commands")
