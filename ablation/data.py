@@ -99,15 +99,21 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path | None:
 
 def load_cifar10(path: str | os.PathLike | None = None) -> Dataset:
     """Load CIFAR-10 from PATH (archive, extracted folder, image tree), $ABLATION_DATA, or a Keras download."""
-    resolved = resolve_data_path(path)
+    resolved = _existing_data_path(path)
     if resolved is None:
         return _download_with_keras()
-    if not resolved.exists():
-        given = "--data" if path is not None and str(path).strip() else "$ABLATION_DATA"
-        raise DataError(f"CIFAR-10 data not found at {resolved} (from {given}); {LAYOUTS}")
     if resolved.is_file():
         return _load_archive(resolved)
     return _load_folder(resolved)
+
+
+def _existing_data_path(path) -> Path | None:
+    """resolve_data_path's answer, or a DataError when it names nothing."""
+    resolved = resolve_data_path(path)
+    if resolved is not None and not resolved.exists():
+        given = "--data" if path is not None and str(path).strip() else "$ABLATION_DATA"
+        raise DataError(f"CIFAR-10 data not found at {resolved} (from {given}); {LAYOUTS}")
+    return resolved
 
 
 # --- the official python batches -------------------------------------------------------------------
@@ -356,6 +362,7 @@ class LazySplits:
     """
 
     def __init__(self, path: str | os.PathLike | None = None, out=print):
+        _existing_data_path(path)  # a wrong path fails now, before any run starts
         self.path, self.out = path, out
         self._dataset: Dataset | None = None
         self._splits: dict[tuple, Splits] = {}

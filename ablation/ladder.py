@@ -69,11 +69,10 @@ def run_ladder(study, profile, data_path=None, seed=None, force=False, only=None
     from ablation.data import LazySplits
 
     steps = resolve_steps(study, profile, seed, only)
+    data = LazySplits(data_path, out)  # read only if some step has to train (a wrong path fails here)
     experiment = tracking.experiment_id(study.name)
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
-
-    data = LazySplits(data_path, out)  # read only if some step has to train
     rows = []
     parent_tags = {"ablation.kind": "ladder", "ablation.study": study.name, "ablation.profile": profile.name}
     with tracking.stop_on_sigterm(), tracking.run(experiment, f"{study.name}-{profile.name}", parent_tags) as parent:

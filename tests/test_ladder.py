@@ -135,6 +135,13 @@ def test_bad_study_is_an_error_before_anything_runs(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_missing_data_is_an_error_before_anything_runs(tmp_path):
+    done = ladder(["--data", str(tmp_path / "cifar-10-python.tar.gz")], tmp_path)
+    assert done.returncode == 2
+    assert "not found" in done.stderr and "cifar-10-python.tar.gz" in done.stderr and "https://" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_help_imports_no_tensorflow_and_no_mlflow():
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ablation.ladder", "--help"],
                           capture_output=True, text=True, timeout=60)
