@@ -4,7 +4,7 @@
     python -m ablation.bench --data ... --quick                                # fewer images, rounds, trials
     python -m ablation.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
 
-The default costs about 1,000 CPU-seconds: ~10 minutes on two idle cores, two or three times that
+The default costs about 900 CPU-seconds: ~16 minutes on two idle cores, two or three times that
 when other jobs share them (the CPU-time ratios hold; the wall times stretch).
 
 Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the source's Keras 2).
