@@ -368,6 +368,9 @@ class LazySplits:
         self._splits: dict[tuple, Splits] = {}
 
     def fingerprint(self, **split_args) -> dict:
+        made = self._splits.get(tuple(sorted(split_args.items())))
+        if made is not None:
+            return made.fingerprint
         key = self._cache_key(split_args)
         cached = _read_cache().get(key) if key else None
         return cached if cached is not None else self.splits(**split_args).fingerprint

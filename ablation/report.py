@@ -23,9 +23,10 @@ import math
 import re
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ablation.config import SearchSpace, StudyError, load_study  # light: no Keras, no MLflow
 
 DEFAULT_STUDY = "studies/assignment.toml"
 FIGURES = ("ladder.png", "curves.png", "baselines.png", "search_history.png", "search_importances.png",
@@ -46,7 +47,7 @@ class StudyInfo:
     title: str
     source: str = ""
     path: Path | None = None
-    search: dict | None = None  # the study file's [search] table, as written
+    search: SearchSpace | None = None
 
 
 @dataclass
@@ -83,15 +84,11 @@ def resolve_study(study_name_or_path) -> StudyInfo:
             raise ReportError(f"study file {text} not found; the studies shipped are in studies/ "
                               f"(e.g. {DEFAULT_STUDY})")
         return StudyInfo(text, text)
-    # Only [study] is read: validating the whole file (config.load_study) would import Keras for nothing.
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ReportError(f"{path}: not valid TOML: {error}") from None
-    meta = data.get("study", {})
-    if "name" not in meta:
-        raise ReportError(f"{path}: [study] needs a name (the MLflow experiment the report reads)")
-    return StudyInfo(meta["name"], meta.get("title", meta["name"]), meta.get("source", ""), path, data.get("search"))
+        study = load_study(path)
+    except StudyError as error:
+        raise ReportError(str(error)) from None
+    return StudyInfo(study.name, study.title, study.source, path, study.search)
 
 
 def how_to_make_runs(study: StudyInfo) -> str:
@@ -528,9 +525,8 @@ def latest_search(runs, study: StudyInfo) -> Search | None:
     if "kind" not in runs.columns or not runs["kind"].eq("search").any():
         return None
     parent = runs[runs["kind"].eq("search")].sort_values("start_time").iloc[-1]
-    spec = study.search or {}
-    monitor = spec.get("monitor", "val_accuracy")
-    direction = spec.get("direction", "minimize" if monitor.endswith("loss") else "maximize")
+    space = study.search
+    monitor, direction = (space.monitor, space.direction) if space else ("val_accuracy", "maximize")
     # A run still RUNNING has no state yet; the newest run of a trial number is the one that counts.
     states = runs["trial_state"] if "trial_state" in runs.columns else pd.Series("", index=runs.index)
     trials = runs[runs["kind"].eq("search_trial") & runs["optuna_study"].eq(parent["optuna_study"])
@@ -544,8 +540,8 @@ def latest_search(runs, study: StudyInfo) -> Search | None:
         rows.append({"number": int(run["optuna_trial"]), "state": run["trial_state"], "value": value,
                      "test_accuracy": run.get("test_accuracy"), "epochs_run": run.get("epochs_run"),
                      "epochs": run.get("epochs"), "run_id": run["run_id"], "run_name": run["run_name"], **searched})
-    log_params = {name for name, p in spec.get("params", {}).items() if p.get("log")}
-    order = list(spec.get("params", {}))  # the study file's order, not the tag's sorted JSON
+    log_params = {p.name for p in space.params if p.log} if space else set()
+    order = [p.name for p in space.params] if space else []  # the study file's order, not the tag's sorted JSON
     params.sort(key=lambda p: order.index(p) if p in order else len(order))
     columns = ["number", "state", "value", "test_accuracy", "epochs_run", "epochs", "run_id", "run_name", *params]
     frame = pd.DataFrame(rows, columns=columns)
