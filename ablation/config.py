@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from ablation.models import MODELS, model_defaults  # the registry: read from source, no Keras
+
 
 class StudyError(ValueError):
     """A study file or option that cannot be used; the message names the file and the key."""
@@ -90,6 +92,34 @@ def _plain(value):
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")  # what training logs per epoch
+
+
+def check_knob_names(models: Mapping[str, Mapping[str, Any]]):
+    """A model knob named like a Config field would overwrite it in the flat params: refuse it."""
+    colliding = sorted(f"{model}.{knob}" for model, knobs in models.items() for knob in knobs if knob in CONFIG_FIELDS)
+    if colliding:
+        raise ValueError(f"model knobs named like Config fields: {colliding}; rename the knobs")
+
+
+check_knob_names(MODELS)
+
+
+def split_values(model: str, values: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(Config fields, model knobs) of a flat name -> value mapping: the one place a name is routed."""
+    knobs = model_defaults(model)
+    unknown = sorted(set(values) - set(knobs) - (set(CONFIG_FIELDS) - {"model_args"}))
+    if unknown:
+        raise StudyError(f"{unknown} are neither Config fields nor knobs of model {model}; "
+                         f"allowed: {sorted((set(CONFIG_FIELDS) - {'model_args'}) | set(knobs))}")
+    fields = {k: v for k, v in values.items() if k not in knobs}
+    return fields, {k: v for k, v in values.items() if k in knobs}
+
+
+def with_values(config: "Config", values: Mapping[str, Any]) -> "Config":
+    """The config with flat values put in: knobs into model_args, other names into their fields."""
+    fields, knobs = split_values(config.model, values)
+    return dataclasses.replace(config, **fields, model_args={**config.model_args, **knobs})
 CHOICES = {
     "optimizer": ("adam", "sgd"),
     "normalization": ("scale", "per_pixel_mean"),
@@ -285,8 +315,6 @@ def _check_name(name, where, at):
 
 def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     """Apply a table of overrides to a config, checking every key, type and value."""
-    from ablation.models import MODELS, model_defaults  # the registry knows each model's knobs
-
     _check_keys(overrides, set(CONFIG_FIELDS), where, at)
     values = {}
     for key, value in overrides.items():
@@ -358,8 +386,6 @@ def _check_value(key, value, where, at):
 
 
 def _make_search(data, study: Study, where: str) -> SearchSpace:
-    from ablation.models import model_defaults
-
     _check_keys(data, SEARCH_KEYS, where, "[search]")
     base_name = data.get("base_step", [s for s in study.steps if not s.is_baseline][-1].name)
     base = study.step(base_name).config

@@ -552,7 +552,7 @@ def importances(search: Search) -> tuple[dict | None, str]:
     """Optuna's parameter importances (its default evaluator, PED-ANOVA) of the study; (None, why) if not."""
     import optuna
 
-    from ablation.search import open_storage
+    from ablation.tracking import open_storage
 
     location = search.parent.get("optuna_storage", "")
     if search.parent.get("optuna_storage_kind") == "journal" and not Path(location).is_file():

@@ -1,8 +1,9 @@
-"""MLflow tracking: the only module that talks to MLflow.
+"""Tracking: the only module that talks to MLflow and opens Optuna storages.
 
 Default store: a SQLite database `mlruns/mlflow.db` with artifacts in `mlruns/artifacts/`
 (MLflow 3.13+ refuses its legacy folder store). `MLFLOW_TRACKING_URI` points elsewhere: another
-SQLite file (artifacts go beside it), a database, or a tracking server.
+SQLite file (artifacts go beside it), a database, or a tracking server. The search's default
+Optuna storage is a journal file beside the SQLite store (see `open_storage`).
 """
 
 import contextlib
@@ -13,15 +14,73 @@ import signal
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
+import optuna
+import pandas as pd
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy.engine import make_url
 
 import ablation
+from ablation.config import StudyError
 
 DEFAULT_STORE = Path("mlruns")
-TAG = "ablation."  # prefix of this project's tags
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only
+
+
+class Tag:
+    """The project's MLflow tags (and the Optuna study attributes of a search), each named once."""
+
+    PREFIX = "ablation."
+    DATA_PREFIX = "data."  # the data fingerprint: data.source, data.digest, data.train_size, ...
+    # Who a run is.
+    KIND = PREFIX + "kind"  # one of the Kind values
+    STUDY = PREFIX + "study"
+    PROFILE = PREFIX + "profile"
+    DESCRIPTION = PREFIX + "description"
+    # A ladder step.
+    STEP = PREFIX + "step"
+    STEP_INDEX = PREFIX + "step_index"
+    BASELINE = PREFIX + "baseline"
+    REPORTED_TEST_ACCURACY = PREFIX + "reported_test_accuracy"
+    # The work a run did, and where it came from.
+    CONFIG_HASH = PREFIX + "config_hash"
+    WORK_KEY = PREFIX + "work_key"
+    SEED = PREFIX + "seed"
+    REUSED_FROM = PREFIX + "reused_from"
+    STOPPED_EARLY = PREFIX + "stopped_early"
+    ERROR = PREFIX + "error"
+    # The process that ran it (the stale-run sweep reads these).
+    HOST = PREFIX + "host"
+    PID = PREFIX + "pid"
+    CODE_VERSION = PREFIX + "code_version"
+    # The search.
+    OPTUNA_STUDY = PREFIX + "optuna_study"
+    OPTUNA_STORAGE = PREFIX + "optuna_storage"
+    OPTUNA_STORAGE_KIND = PREFIX + "optuna_storage_kind"
+    OPTUNA_TRIAL = PREFIX + "optuna_trial"
+    BASE_STEP = PREFIX + "base_step"
+    PRUNER = PREFIX + "pruner"
+    TRIAL_STATE = PREFIX + "trial_state"  # complete | pruned | failed
+    PRUNED_AT_EPOCH = PREFIX + "pruned_at_epoch"
+    SEARCH_PARAMS = PREFIX + "search_params"
+    # Optuna study attributes that identify a search (a resumed study must match them).
+    BASE_CONFIG = PREFIX + "base_config"
+    MONITOR = PREFIX + "monitor"
+    SEARCH_SPACE = PREFIX + "search_space"
+
+
+class Kind:
+    """Values of Tag.KIND."""
+
+    LADDER = "ladder"  # a ladder invocation: the parent run
+    LADDER_STEP = "ladder_step"
+    SEARCH = "search"  # a search invocation: the parent run
+    SEARCH_TRIAL = "search_trial"
 
 
 def tracking_uri() -> str:
@@ -84,7 +143,7 @@ def code_version() -> str:
 
 def process_tags() -> dict[str, str]:
     """Who runs this: lets a later sweep tell a live run from one whose process died."""
-    return {TAG + "host": socket.gethostname(), TAG + "pid": str(os.getpid()), TAG + "code_version": code_version()}
+    return {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()), Tag.CODE_VERSION: code_version()}
 
 
 def sweep_stale_runs(experiment: str) -> list[str]:
@@ -93,10 +152,10 @@ def sweep_stale_runs(experiment: str) -> list[str]:
     stale = []
     for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=5000):
         tags = run.data.tags
-        if tags.get(TAG + "host") != socket.gethostname() or not tags.get(TAG + "pid", "").isdigit():
+        if tags.get(Tag.HOST) != socket.gethostname() or not tags.get(Tag.PID, "").isdigit():
             continue
-        if not process_alive(int(tags[TAG + "pid"])):
-            client.set_tag(run.info.run_id, TAG + "error", "process died without closing the run")
+        if not process_alive(int(tags[Tag.PID])):
+            client.set_tag(run.info.run_id, Tag.ERROR, "process died without closing the run")
             client.set_terminated(run.info.run_id, "KILLED")
             stale.append(run.info.run_id)
     return stale
@@ -121,11 +180,11 @@ def run(experiment: str, name: str, tags: dict, nested: bool = False):
     try:
         yield active
     except KeyboardInterrupt:
-        mlflow.set_tag(TAG + "error", "interrupted")
+        mlflow.set_tag(Tag.ERROR, "interrupted")
         mlflow.end_run("KILLED")
         raise
     except BaseException as error:
-        mlflow.set_tag(TAG + "error", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.set_tag(Tag.ERROR, f"{type(error).__name__}: {error}"[:5000])
         mlflow.end_run("FAILED")
         raise
     else:
@@ -160,25 +219,19 @@ def _param(value) -> str:
 
 def data_tags(fingerprint: dict) -> dict[str, str]:
     """The data fingerprint as tags: source, sizes, subsets, seed, digest."""
-    return {f"data.{k}": str(v) for k, v in fingerprint.items()}
+    return {Tag.DATA_PREFIX + k: str(v) for k, v in fingerprint.items()}
 
 
-def epoch_logger():
-    """A Keras callback logging each epoch's metrics in one call, the epoch (from 1) as step."""
-    import keras  # only the training path needs Keras
-
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            values = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            mlflow.log_metrics(values, step=epoch + 1)
-
-    return EpochLogger()
+def log_epoch(epoch: int, logs: dict):
+    """One epoch's metrics in one call, the epoch (from 1) as the step: an epoch hook of `train`."""
+    values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+    mlflow.log_metrics(values, step=epoch)
 
 
 def log_result(result, class_names):
     """Final metrics, the per-epoch history as CSV and the test-set predictions."""
     mlflow.log_metrics({k: float(v) for k, v in result.metrics().items()})
-    mlflow.set_tag(TAG + "stopped_early", str(result.stopped_early))
+    mlflow.set_tag(Tag.STOPPED_EARLY, str(result.stopped_early))
     with tempfile.TemporaryDirectory() as folder:
         history = Path(folder) / "history.csv"
         keys = [k for k, v in result.history.items() if v]
@@ -196,7 +249,7 @@ def find_finished(experiment: str, work_key: str):
     client = connect()
     found = client.search_runs(
         [experiment],
-        f"tags.`{TAG}work_key` = '{work_key}' and attributes.status = 'FINISHED'",
+        f"tags.`{Tag.WORK_KEY}` = '{work_key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return found[0] if found else None
@@ -206,7 +259,7 @@ def copy_run(source, experiment: str, name: str, tags: dict):
     """A nested run that repeats a finished one (params, metrics with their history, artifacts)."""
     client = connect()
     kept = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    with run(experiment, name, {**kept, **tags, TAG + "reused_from": source.info.run_id}, nested=True):
+    with run(experiment, name, {**kept, **tags, Tag.REUSED_FROM: source.info.run_id}, nested=True):
         mlflow.log_params(source.data.params)
         run_id = mlflow.active_run().info.run_id
         metrics = []
@@ -230,7 +283,8 @@ def log_table(rows: list[dict], name: str):
     mlflow.log_dict({"rows": rows}, name)
 
 
-# --- the Optuna search (ablation.search) -----------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Optuna storage (the search's trials live there).
 
 
 def store_folder() -> Path:
@@ -240,6 +294,53 @@ def store_folder() -> Path:
     """
     folder = _sqlite_dir(tracking_uri())
     return folder if folder is not None else DEFAULT_STORE
+
+
+def open_storage(spec: str | None):
+    """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
+
+    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and retried once.
+    """
+    if spec is not None and "://" in spec:
+        kind = spec.split(":", 1)[0].split("+")[0]
+        engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
+        with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        return storage, kind, make_url(spec).render_as_string(hide_password=True)
+    if spec is None:
+        path = store_folder() / "optuna.journal"
+    elif spec.endswith((".journal", ".log")):
+        path = Path(spec)
+    else:
+        raise StudyError(f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///search.db, "
+                         "postgresql://user@host/db) or a journal file path ending in .journal or .log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path))), "journal", str(path.resolve())
+
+
+def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: list[tuple[str, float, int]],
+              parent_run_id: str | None = None, status: str = "FINISHED") -> str:
+    """A whole run written at once, not from a live process (the benchmark fills a store so)."""
+    client = connect()
+    tags = {**{k: str(v) for k, v in tags.items()}, "mlflow.runName": name,
+            **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    stamp = client.get_run(run_id).info.start_time
+    entries = [Metric(key, float(value), stamp + step, step) for key, value, step in metrics]
+    for start in range(0, len(entries), 1000):  # MLflow's batch limits: 1,000 metrics, 100 params
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+    params = [Param(k, _param(v)) for k, v in params.items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    client.set_terminated(run_id, status)
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing to the active run.
 
 
 def active_run_id() -> str:
@@ -286,8 +387,6 @@ def experiment_names() -> list[str]:
 
 def runs_frame(experiment: str):
     """Every run of an experiment as a pandas DataFrame, MLflow's columns (params.*, metrics.*, tags.*)."""
-    import pandas as pd
-
     if experiment not in experiment_names():
         return pd.DataFrame()
     connect()

@@ -9,12 +9,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from ablation.config import Config
+from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
 from ablation.models import build_model
 from ablation.models.flops import count_flops
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
 @dataclass
@@ -127,14 +126,37 @@ class _RecordLearningRate(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class EpochHooks(keras.callbacks.Callback):
+    """Calls plain functions `hook(epoch, logs)` (epoch from 1) at each epoch's end and start.
+
+    Tracking, progress and pruning are such functions: they need no Keras of their own.
+    """
+
+    def __init__(self, on_end=(), on_begin=()):
+        super().__init__()
+        self.on_end, self.on_begin = tuple(on_end), tuple(on_begin)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for hook in self.on_begin:
+            hook(epoch + 1, {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        for hook in self.on_end:
+            hook(epoch + 1, dict(logs or {}))
+
+
 def make_optimizer(config: Config):
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(config.learning_rate, momentum=0.9)
     return keras.optimizers.Adam(config.learning_rate)
 
 
-def train(config: Config, splits: Splits, callbacks=(), verbose=0) -> Result:
-    """Train `config` on `splits` and evaluate on the test set once, at the end."""
+def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0) -> Result:
+    """Train `config` on `splits` and evaluate on the test set once, at the end.
+
+    `on_epoch`: functions called as `hook(epoch, logs)` after each epoch (epoch from 1, logs with
+    loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it.
+    """
     keras.utils.set_random_seed(config.seed)
     network, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(
@@ -145,7 +167,7 @@ def train(config: Config, splits: Splits, callbacks=(), verbose=0) -> Result:
         run_eagerly=config.run_eagerly,
     )
     x_train, x_val, x_test = prepare_inputs(splits, config)
-    epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), *callbacks]
+    epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), EpochHooks(on_epoch, on_epoch_begin)]
 
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     fit = model.fit(
@@ -159,7 +181,7 @@ def train(config: Config, splits: Splits, callbacks=(), verbose=0) -> Result:
     )
     wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
 
-    history = {key: [float(v) for v in fit.history.get(key, [])] for key in HISTORY_KEYS}
+    history = {key: [float(v) for v in fit.history.get(key, [])] for key in EPOCH_METRICS}
     if any(not math.isfinite(v) for v in history["loss"]):
         raise FloatingPointError(f"training diverged: loss {history['loss'][-1]} at epoch {len(history['loss'])}")
     # One pass over the test set gives predictions, loss and accuracy (augmentation is off here).
