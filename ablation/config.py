@@ -45,7 +45,9 @@ class Config:
     early_stopping_monitor: str = ""
     early_stopping_patience: int = 10  # epochs
     early_stopping_min_delta: float = 1e-4
-    restore_best_weights: bool = True
+    # When early stopping puts the best epoch's weights back: "always" (Keras 3: at the end of training,
+    # stopped or not), "on_stop" (Keras 2, the assignment's code: only when stopping fired), "never".
+    restore_best_weights: str = "always"
     # ReduceLROnPlateau; off when the monitor is "".
     reduce_lr_monitor: str = ""
     reduce_lr_factor: float = 0.2
@@ -53,7 +55,10 @@ class Config:
     min_lr: float = 1e-5
     # Step schedule: [[epoch, multiplier], ...]: from that epoch on, lr = learning_rate * multiplier.
     lr_schedule: tuple = ()
-    seed: int = 0
+    seed: int = 0  # the training seed: initial weights, batch order, augmentation draws, dropout masks
+    split_seed: int = 0  # which images are train, validation and test subset: fixed across a ladder's replicates
+    augment_validation: bool = False  # validate on augmented images, as the assignment's generator did
+    deterministic: bool = False  # TensorFlow's op determinism: bit-identical repeats of a seed, slower
     train_subset: int | None = None  # a seeded, stratified subset of the training images (profiles)
     test_subset: int | None = None  # likewise for the test images
     run_eagerly: bool = False  # no graph tracing: slower per image, far faster to start (smoke runs)
@@ -78,7 +83,7 @@ class Config:
 
     def split_args(self) -> dict[str, Any]:
         """The arguments of `ablation.data.make_splits` this config trains on."""
-        return {"validation_split": self.validation_split, "seed": self.seed,
+        return {"validation_split": self.validation_split, "seed": self.split_seed,
                 "train_subset": self.train_subset, "test_subset": self.test_subset}
 
     def hash(self) -> str:
@@ -125,6 +130,7 @@ CHOICES = {
     "normalization": ("scale", "per_pixel_mean"),
     "early_stopping_monitor": ("", "val_accuracy", "val_loss"),
     "reduce_lr_monitor": ("", "val_accuracy", "val_loss"),
+    "restore_best_weights": ("always", "on_stop", "never"),
 }
 
 
@@ -153,12 +159,18 @@ class Profile:
         # subset the first epochs' validation numbers swing while BatchNorm's moving statistics
         # catch up, and a quick run with patience 2 stopped the LR-schedule step at epoch 3.
         patience = lambda n: max(min(n, MIN_SCALED_PATIENCE), scale(n))  # noqa: E731
+        stopping, lowering = patience(config.early_stopping_patience), patience(config.reduce_lr_patience)
+        if (config.early_stopping_monitor and config.reduce_lr_monitor
+                and config.reduce_lr_patience < config.early_stopping_patience and lowering >= stopping):
+            # The floor must not undo the recipe's order (the LR drops before training stops), or the
+            # step would stop in the very epoch its rate would fall: keep the recipe's ratio instead.
+            lowering = max(1, math.ceil(stopping * config.reduce_lr_patience / config.early_stopping_patience))
         return dataclasses.replace(
             config,
             epochs=min(scale(config.epochs), self.max_epochs or config.epochs),
             run_eagerly=config.run_eagerly or self.run_eagerly,
-            early_stopping_patience=patience(config.early_stopping_patience),
-            reduce_lr_patience=patience(config.reduce_lr_patience),
+            early_stopping_patience=stopping,
+            reduce_lr_patience=lowering,
             lr_schedule=tuple((scale(epoch), mult) for epoch, mult in config.lr_schedule),
             train_subset=_smaller(config.train_subset, self.train_subset),
             test_subset=_smaller(config.test_subset, self.test_subset),
@@ -206,6 +218,7 @@ class Step:
     config: Config
     reported_test_accuracy: float | None = None
     is_baseline: bool = False
+    compare_to: str | None = None  # a baseline's `from_step`: the step its change is tested against
 
 
 @dataclass(frozen=True)
@@ -234,6 +247,7 @@ class Study:
     path: Path
     steps: tuple[Step, ...]
     search: SearchSpace | None = None
+    seeds: tuple[int, ...] = (0,)  # the training seeds every step is replicated with (a paired design)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -243,7 +257,7 @@ class Study:
 
 
 STEP_META_KEYS = {"name", "description", "reported_test_accuracy", "from_step"}
-STUDY_KEYS = {"name", "title", "source", "cumulative"}
+STUDY_KEYS = {"name", "title", "source", "cumulative", "seeds"}
 SEARCH_KEYS = {"base_step", "monitor", "direction", "params"}
 SEARCH_PARAM_KEYS = {"type", "low", "high", "log", "choices"}
 
@@ -274,10 +288,22 @@ def load_study(path: str | Path) -> Study:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StudyError(f"{where}: step names must be unique; repeated: {duplicates}")
-    study = Study(meta["name"], meta.get("title", meta["name"]), meta.get("source", ""), path, all_steps)
+    study = Study(meta["name"], meta.get("title", meta["name"]), meta.get("source", ""), path, all_steps,
+                  seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"))
     if "search" in data:
         study = dataclasses.replace(study, search=_make_search(data["search"], study, where))
     return study
+
+
+def parse_seeds(value, where: str) -> tuple[int, ...]:
+    """`seeds`: a count N (the seeds 0..N-1) or a list of distinct integers."""
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if whole(value) and value >= 1:
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(whole(v) and v >= 0 for v in value) and len(set(value)) == len(value):
+        return tuple(value)
+    raise StudyError(f"{where} must be a count of seeds (1 or more) or a list of distinct non-negative integers, "
+                     f"got {value!r}")
 
 
 def _make_steps(entries, base, cumulative, where, table, *, baseline, earlier=()):
@@ -301,7 +327,8 @@ def _make_steps(entries, base, cumulative, where, table, *, baseline, earlier=()
         reported = entry.get("reported_test_accuracy")
         if reported is not None and not (isinstance(reported, (int, float)) and 0 <= reported <= 1):
             raise StudyError(f"{where}: {at}: reported_test_accuracy must be a fraction in [0, 1], got {reported!r}")
-        step = Step(entry["name"], entry.get("description", ""), config, reported, baseline)
+        step = Step(entry["name"], entry.get("description", ""), config, reported, baseline,
+                    entry.get("from_step") if baseline else None)
         steps.append(step)
         known[step.name] = step
         previous = config

@@ -50,7 +50,10 @@ class Tag:
     # The work a run did, and where it came from.
     CONFIG_HASH = PREFIX + "config_hash"
     WORK_KEY = PREFIX + "work_key"
-    SEED = PREFIX + "seed"
+    SEED = PREFIX + "seed"  # the training seed of a run; a ladder parent lists all of them in SEEDS
+    SPLIT_SEED = PREFIX + "split_seed"  # which images were train / validation / test subset
+    SEEDS = PREFIX + "seeds"  # on a ladder parent: the JSON list of training seeds every step ran with
+    COMPARE_TO = PREFIX + "compare_to"  # on a baseline: the step its change is tested against
     REUSED_FROM = PREFIX + "reused_from"
     STOPPED_EARLY = PREFIX + "stopped_early"
     ERROR = PREFIX + "error"
