@@ -143,13 +143,19 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
     return rows
 
 
+def run_tags(unit: Unit, fingerprint: dict) -> dict:
+    """A unit's tags with the identity of its work: config hash, work key, seeds and the data fingerprint."""
+    config = unit.config
+    return {**unit.tags, Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: work_key(config, fingerprint),
+            Tag.SEED: config.seed, Tag.SPLIT_SEED: config.split_seed, **tracking.data_tags(fingerprint)}
+
+
 def run_unit(experiment, unit: Unit, data, force=False, say=print) -> dict:
     """One unit: reuse the finished run of the same work, or train it in a nested run; its row of results."""
     config = unit.config
     fingerprint = data.fingerprint(**config.split_args())
-    key = work_key(config, fingerprint)
-    tags = {**unit.tags, Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: key, Tag.SEED: config.seed,
-            Tag.SPLIT_SEED: config.split_seed, **tracking.data_tags(fingerprint)}
+    tags = run_tags(unit, fingerprint)
+    key = tags[Tag.WORK_KEY]
     say(f"    {config.model} {dict(config.model_args)}, {config.epochs} epochs, seed {config.seed}, "
         f"{fingerprint['train_size']} train / {fingerprint['val_size']} val / {fingerprint['test_size']} test images")
     previous = None if force else tracking.find_finished(experiment, key)

@@ -164,8 +164,7 @@ def train_project(network: str, splits, epochs: int, turns: Turns):
     """The ladder's path for one step, tracking to $MLFLOW_TRACKING_URI; a turn ends after its epoch hooks."""
     study, step = project_step(network, splits, epochs)
     config = step.config
-    key = runner.work_key(config, splits.fingerprint)
-    tags = runner.step_tags(study, step, 1, BENCH_PROFILE, config, splits.fingerprint, key)
+    tags = runner.run_tags(runner.ladder_units(study, BENCH_PROFILE, [step])[0], splits.fingerprint)
     lines = []
     begin, end = runner.progress_printer(epochs, lines.append)
     experiment = tracking.experiment_id("bench")
@@ -403,12 +402,10 @@ def fill_ladders(runs: SyntheticRuns, study, ladders: int):
     for seed in range(ladders):
         parent = runs.write(f"{study.name}-quick", {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name,
                                                     Tag.PROFILE: profile.name})
-        for index, step in enumerate(study.steps, start=1):
-            config = dataclasses.replace(step.config, seed=seed)
-            fingerprint = synthetic_fingerprint(config)
-            tags = runner.step_tags(study, step, index, profile, config, fingerprint,
-                                    runner.work_key(config, fingerprint))
-            runs.write(step.name, tags, parent, config, runs.rng.uniform(0.4, 0.9))
+        steps = [dataclasses.replace(step, config=dataclasses.replace(step.config, seed=seed)) for step in study.steps]
+        for unit in runner.ladder_units(study, profile, steps):
+            tags = runner.run_tags(unit, synthetic_fingerprint(unit.config))
+            runs.write(unit.name, tags, parent, unit.config, runs.rng.uniform(0.4, 0.9))
 
 
 def fill_search(runs: SyntheticRuns, study, journal: str, trials: int):
