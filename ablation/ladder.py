@@ -10,13 +10,13 @@ import dataclasses
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
+from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, ArgumentParser, add_common_arguments, seed_count
 from ablation.config import StudyError, get_profile, load_study
 from ablation.data import DataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.ladder",
         description="Replay a study's improvement ladder on CIFAR-10; each step is a nested MLflow run.",
     )
@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train every step again, even one already finished with the same config and data")
     parser.add_argument("--steps", default=None,
                         help="comma-separated step names to run (default: every step and baseline)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=seed_count, default=None,
                         help="train every step with the training seeds 0..N-1 (a paired design; default: the "
                              "study's [study] seeds, else 1); finished replicates are reused")
     parser.add_argument("--vary-split", action="store_true",
@@ -37,8 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
-    if args.seeds is not None and args.seeds < 1:
-        parser.error("--seeds must be at least 1")
     return args
 
 

@@ -67,7 +67,8 @@ import argparse
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
+from ablation.cli import (EXIT_INPUT_ERROR, EXIT_SIGINT, ArgumentParser, add_common_arguments, plain_name,
+                          positive_count, positive_seconds)
 from ablation.config import StudyError, get_profile, load_study
 from ablation.data import DataError
 
@@ -76,32 +77,29 @@ DEFAULT_REPORTS = "reports"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.search",
         description="Optuna search over a study's [search] space on CIFAR-10; each trial is a nested MLflow run.",
     )
     add_common_arguments(parser)
-    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    parser.add_argument("--trials", type=positive_count, default=DEFAULT_TRIALS,
                         help=f"trials this invocation adds to the study (default {DEFAULT_TRIALS}); "
                              "each worker on the same storage adds its own")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage: a URL (sqlite:///search.db, postgresql://...) or a journal file "
                              "(*.journal, *.log); default: optuna.journal beside the MLflow store (./mlruns)")
-    parser.add_argument("--study-name", default=None,
+    parser.add_argument("--study-name", type=plain_name, default=None,
                         help="Optuna study name (default: <study>-<profile>, -seed<N> added with --seed)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=positive_seconds, default=None,
                         help="seconds after which no new trial starts (the running one finishes)")
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
                         help="median (default): prune below the median of complete trials at the same epoch; "
                              "hyperband: for larger budgets; none")
-    parser.add_argument("--top", type=int, default=10, help="rows of the final table (default 10)")
+    parser.add_argument("--top", type=positive_count, default=10, help="rows of the final table (default 10)")
     parser.add_argument("--reports", default=DEFAULT_REPORTS,
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
     parser.add_argument("--verbose", action="store_true", help="also print one line per epoch")
-    args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error("--trials must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:

@@ -128,7 +128,7 @@ def test_unknown_step_is_an_error_before_anything_runs(tmp_path):
 
 def test_bad_study_is_an_error_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[study]\nname = "x"\n[[steps]]\nname = "a"\nepocs = 3\n')
+    bad.write_text('[study]\nname = "x"\n[base]\n[[steps]]\nname = "a"\nepocs = 3\n')
     done = ladder(["--study", str(bad)], tmp_path)
     assert done.returncode == 2
     assert "bad.toml" in done.stderr and "epocs" in done.stderr and "allowed" in done.stderr
