@@ -6,12 +6,23 @@ heavy engines (MLflow, Optuna, Keras).
 
 import argparse
 import math
+import signal
 
 from ablation.config import MAX_SEEDS, SEED, STUDY_NAME
 
 DEFAULT_STUDY = "studies/assignment.toml"
+EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)
 EXIT_INPUT_ERROR = 2  # a bad study file, option, data source or store: one line on stderr, nothing written
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, the shell's convention
+
+
+def exit_code_of(stop: KeyboardInterrupt) -> int:
+    """143 for a stop asked by SIGTERM, 130 for Ctrl-C (SIGINT)."""
+    return EXIT_SIGTERM if getattr(stop, "signum", signal.SIGINT) == signal.SIGTERM else EXIT_SIGINT
+
+
+def describe_stop(stop: KeyboardInterrupt) -> str:
+    return f"interrupted by {signal.Signals(getattr(stop, 'signum', signal.SIGINT)).name}"
 
 
 class ArgumentParser(argparse.ArgumentParser):

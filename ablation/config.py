@@ -24,6 +24,10 @@ class StudyError(ValueError):
     """A study file or option that cannot be used; the message names the file and the key."""
 
 
+class StoreError(ValueError):
+    """A tracking store or Optuna storage that cannot be used; the message names it and what to do."""
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything one training run needs; variants are made with `dataclasses.replace`."""

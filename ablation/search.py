@@ -67,9 +67,10 @@ import argparse
 import sys
 import time
 
-from ablation.cli import (EXIT_INPUT_ERROR, EXIT_SIGINT, ArgumentParser, add_common_arguments, plain_name,
-                          positive_count, positive_seconds)
-from ablation.config import StudyError, get_profile, load_study
+from ablation import interrupt
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop, exit_code_of,
+                          plain_name, positive_count, positive_seconds)
+from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError
 
 DEFAULT_TRIALS = 10
@@ -105,21 +106,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    try:
-        study = load_study(args.study)
-        profile = get_profile(args.profile)
-        from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
+    with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
+        try:
+            study = load_study(args.study)
+            profile = get_profile(args.profile)
+            from ablation import tracking
+            from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
 
-        summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                             storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                             pruner=args.pruner, reports=args.reports, verbose=args.verbose)
-    except (StudyError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are kept; the running one is marked failed (Optuna) and KILLED "
-              "(MLflow); run the same command again to go on", file=sys.stderr)
-        return EXIT_SIGINT
+            tracking.check_store()
+            summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                 storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                 pruner=args.pruner, reports=args.reports, verbose=args.verbose)
+        except (StudyError, DataError, StoreError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as stop:
+            print(f"\n{describe_stop(stop)}: finished trials are kept; the running one is marked failed (Optuna) "
+                  "and KILLED (MLflow); run the same command again to go on", file=sys.stderr)
+            return exit_code_of(stop)
     print(f"\n{study.title}: Optuna study {summary['optuna_study']!r} ({profile.name} profile), "
           f"{summary['added']} trial(s) added in {time.perf_counter() - started:.0f} s\n")
     print(format_table(summary, study.search.monitor, args.top))
