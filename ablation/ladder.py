@@ -14,7 +14,7 @@ from ablation import interrupt
 from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop,
                           exit_code_of, seed_count)
 from ablation.config import StoreError, StudyError, get_profile, load_study
-from ablation.data import DataError
+from ablation.data import DataError, check_data_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,10 +127,11 @@ def main(argv=None) -> int:
             return exit_code_of(stop)
 
 
-def run(args) -> int:
-    """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
-    started = time.perf_counter()
-    # Phase 1: every input is checked before the store is touched.
+def prepare(args):
+    """Phase 1 of the ladder: every input checked (study, options, data path, store), nothing written.
+
+    Returns the study, the profile and the resolved steps, or raises StudyError, DataError or StoreError.
+    """
     study = load_study(args.study)
     if args.seeds is not None:
         study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
@@ -139,10 +140,20 @@ def run(args) -> int:
             dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
     profile = get_profile(args.profile)
     only = [name.strip() for name in args.steps.split(",")] if args.steps else None
-    from ablation import report, runner, tracking  # the engines (MLflow; Keras when a step trains): after --help
+    from ablation import runner, tracking  # the engines (MLflow; Keras when a step trains): after --help
 
     steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
+    check_data_path(args.data)
     tracking.check_store()
+    return study, profile, steps
+
+
+def run(args) -> int:
+    """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
+    started = time.perf_counter()
+    study, profile, steps = prepare(args)
+    from ablation import report, runner
+
     # Phase 2: the steps, seed by seed.
     try:
         rows = runner.run_ladder(study, profile, steps, args.data, args.force, keep_checkpoints=args.keep_checkpoints,

@@ -161,6 +161,7 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
     for unit, tags in tagged:
         if force or tracking.find_finished(experiment, tags[Tag.WORK_KEY]) is None:
             data.splits(**unit.config.split_args())  # a data problem fails now, leaving no run behind
+    interrupt.check()  # a stop asked for while the data was read: no run opened yet
     # Phase 2: the parent run (resumed when this plan was interrupted) and its units.
     earlier = None if force else tracking.find_interrupted(experiment, {Tag.PLAN_KEY: plan})
     children = tracking.child_runs(experiment, earlier.info.run_id) if earlier else {}

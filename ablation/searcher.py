@@ -283,6 +283,7 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     base = study.step(space.base_step).config
     base = base if seed is None else dataclasses.replace(base, seed=seed)
     optuna_name = study_name or f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+    tracking.check_storage(storage)
 
     # Phase 2: the data, read once: a data problem fails before any storage is written.
     data = LazySplits(data_path, out)

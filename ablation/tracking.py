@@ -192,18 +192,23 @@ def _check_sqlite(uri: str):
 
 
 def _check_sqlite_file(path: Path):
+    """An existing store file: writable, an SQLite database, undamaged, and not locked by another writer."""
     try:
-        with open(path, "rb") as file:
+        with open(path, "r+b") as file:  # opened for writing (nothing written): a read-only file fails here
             header = file.read(16)
+    except OSError as error:
+        raise StoreError(f"tracking store {path} is not writable ({error.strerror}); fix its permissions, "
+                         "or point MLFLOW_TRACKING_URI at another store") from None
+    try:
+        if header and header != b"SQLite format 3\x00":
+            raise sqlite3.DatabaseError("not an SQLite database")
         with contextlib.closing(sqlite3.connect(path, timeout=PROBE_SECONDS, isolation_level=None)) as db:
-            if header and header != b"SQLite format 3\x00":
-                raise sqlite3.DatabaseError("not an SQLite database")
             damage = db.execute("PRAGMA quick_check").fetchone()[0]
             if damage != "ok":
                 raise sqlite3.DatabaseError(f"damaged: {damage}")
-            db.execute("BEGIN IMMEDIATE")  # takes the write lock without writing: fails on a read-only file
+            db.execute("BEGIN IMMEDIATE")  # the write lock, taken and given back: nothing is written
             db.execute("ROLLBACK")
-    except (OSError, sqlite3.Error) as error:
+    except sqlite3.Error as error:
         raise StoreError(f"tracking store {path} cannot be used: {_first_line(error)}; repair or move it, "
                          "or point MLFLOW_TRACKING_URI at another store") from None
 
@@ -485,18 +490,47 @@ def store_folder() -> Path:
     return folder if folder is not None else DEFAULT_STORE
 
 
-def open_storage(spec: str | None):
-    """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
-
-    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and retried once. A storage
-    that cannot be opened is a StoreError, found within PROBE_SECONDS.
-    """
+def check_storage(spec: str | None):
+    """Raise StoreError unless the Optuna storage of --storage can be opened and written; creates nothing."""
     if spec is not None and "://" in spec:
         kind = spec.split(":", 1)[0].split("+")[0]
         if kind not in ("sqlite", *DATABASE_SCHEMES, "oracle"):
             raise StoreError(f"--storage {_safe(spec)}: unknown scheme {kind!r}; expected an Optuna storage URL "
                              "(sqlite:///search.db, postgresql://user@host/db, mysql://...) or a .journal file")
         check_database(spec, "Optuna storage")
+        return
+    path = _journal_path(spec)
+    existing = existing_ancestor(path, f"Optuna storage {path}")
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"Optuna storage {path} is not a file; pass another --storage")
+        try:  # every complete line is one JSON record (the last may be a write in progress)
+            for line in path.read_bytes().split(b"\n")[:-1]:
+                json.loads(line)
+        except (OSError, ValueError) as error:
+            raise StoreError(f"Optuna storage {path} cannot be read ({_first_line(error)}): is it an Optuna "
+                             "journal? Move it away or pass another --storage") from None
+    check_writable_folder(path.parent if path.parent.exists() else existing, f"Optuna storage {path}")
+
+
+def _journal_path(spec: str | None) -> Path:
+    if spec is None:
+        return store_folder() / "optuna.journal"
+    if spec.endswith((".journal", ".log")):
+        return Path(spec)
+    raise StudyError(f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///search.db, "
+                     "postgresql://user@host/db) or a journal file path ending in .journal or .log")
+
+
+def open_storage(spec: str | None):
+    """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
+
+    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and retried once. A storage
+    that cannot be opened is a StoreError (see `check_storage`).
+    """
+    check_storage(spec)
+    if spec is not None and "://" in spec:
+        kind = spec.split(":", 1)[0].split("+")[0]
         engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
         with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -504,27 +538,9 @@ def open_storage(spec: str | None):
                 spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         return storage, kind, make_url(spec).render_as_string(hide_password=True)
-    if spec is None:
-        path = store_folder() / "optuna.journal"
-    elif spec.endswith((".journal", ".log")):
-        path = Path(spec)
-    else:
-        raise StudyError(f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///search.db, "
-                         "postgresql://user@host/db) or a journal file path ending in .journal or .log")
-    existing_ancestor(path, f"Optuna storage {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"Optuna storage {path}: cannot make its folder ({error.strerror})") from None
-    if path.exists() and not path.is_file():
-        raise StoreError(f"Optuna storage {path} is not a file")
-    check_writable_folder(path.parent, f"Optuna storage {path}")
-    try:
-        storage = JournalStorage(JournalFileBackend(str(path)))  # reads the whole journal now
-    except (ValueError, KeyError, TypeError, OSError) as error:
-        raise StoreError(f"Optuna storage {path} cannot be read ({_first_line(error)}): is it an Optuna "
-                         "journal? Move it away or pass another --storage") from None
-    return storage, "journal", str(path.resolve())
+    path = _journal_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path))), "journal", str(path.resolve())
 
 
 def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: list[tuple[str, float, int]],

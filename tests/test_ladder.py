@@ -111,7 +111,7 @@ def test_sigterm_closes_runs_and_keeps_finished_steps(tmp_path, cifar_path):
             process.send_signal(signal.SIGTERM)
             break
     rest = process.communicate(timeout=300)[0]
-    assert process.returncode == 130, "".join(lines) + rest
+    assert process.returncode == 143, "".join(lines) + rest
     _, runs = runs_of(tmp_path)
     status = {r.data.tags["mlflow.runName"]: r.info.status for r in runs}
     assert status["template"] == "FINISHED"
