@@ -117,3 +117,14 @@ def test_tag_names_are_spelled_once():
         (module_name(p), node.value) for p in files for node in ast.walk(ast.parse(p.read_text()))
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in tag_values())
     assert not spelled, f"tag names spelled out instead of tracking.Tag: {spelled}"
+
+
+SCREEN = 60  # lines: a function longer than a screen is split into named phases
+
+
+def test_every_function_fits_on_a_screen():
+    lengths = sorted(((node.end_lineno - node.lineno + 1, f"{module_name(path)}.{node.name}")
+                      for path in SOURCES for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))), reverse=True)
+    assert len(lengths) > 100  # the package's functions were read
+    assert lengths[0][0] <= SCREEN, f"longer than {SCREEN} lines: {[item for item in lengths if item[0] > SCREEN]}"
