@@ -1,7 +1,7 @@
 """Configs, profiles and study files.
 
 A `Config` is one frozen object with every knob of a training run and the known-good defaults
-(the assignment's recipe, report 002). A study file (`studies/*.toml`) holds a base config, the
+(the assignment report's recipe, docs/sources.md#the-ladder). A study file (`studies/*.toml`) holds a base config, the
 steps as deltas, baselines, the numbers the source reported and an optional search space. The
 loader rejects unknown keys and bad values, naming the file, the key and what is allowed.
 """
