@@ -270,18 +270,18 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
     if dry_run:
         return None
     # Phase 3: the units under one parent run; the attribution logged on it and written under reports/.
-    outcome = {}
+    outcome, files = {}, []
 
     def summarize(rows):
         outcome.update(attribute(study, profile, game, plan, seeds, rows, data, deterministic))
-        outcome["files"] = write_outputs(outcome, Path(reports) / study.name)
+        files.extend(write_outputs(outcome, Path(reports) / study.name))
         return outcome
 
     parent_tags = {Tag.KIND: Kind.DESIGN, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.DESIGN: design,
                    Tag.SEEDS: list(seeds), Tag.DESCRIPTION: f"{design} of {game.full_name} against {game.base_name}"}
     runner.run_units(study, f"{study.name}-{profile.name}-{file_stem(game.kind, design)}", parent_tags, units,
                      data_path, force, say, summarize)
-    return outcome
+    return {**outcome, "files": files}
 
 
 def file_stem(kind: str, design: str) -> str:
