@@ -259,6 +259,20 @@ def restore(model, saved, seed_variables: list):
     random.setstate((version, tuple(internal), gauss))
 
 
+def resume(folder: Path | None, model, validation):
+    """(the save in `folder` or None, the seed generators' states, a clock of training time so far).
+
+    The save, if any, is put back into the compiled model; the clock counts the save's time too.
+    """
+    saved = checkpoint.read(folder) if folder else None
+    seeds = seed_variables(model, *([validation.augment] if isinstance(validation, AugmentedImages) else []))
+    if saved is not None:
+        restore(model, saved, seeds)
+    wall_before, cpu_before = (saved.state["train_seconds"], saved.state["train_cpu_seconds"]) if saved else (0.0, 0.0)
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    return saved, seeds, lambda: (wall_before + time.perf_counter() - wall0, cpu_before + _cpu_seconds() - cpu0)
+
+
 def _numpy_state() -> list:
     name, keys, position, has_gauss, gauss = np.random.get_state()
     return [name, keys.tolist(), position, has_gauss, gauss]
@@ -305,16 +319,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
                   and has_augmentation(config) else (x_val, splits.y_val))
 
-    # Phase 1: a save to go on from, put back before fit.
-    saved = checkpoint.read(checkpoint_folder) if checkpoint_folder else None
-    seeds = seed_variables(model, *([validation.augment] if isinstance(validation, AugmentedImages) else []))
-    if saved is not None:
-        restore(model, saved, seeds)
-    before = (saved.state["train_seconds"], saved.state["train_cpu_seconds"]) if saved else (0.0, 0.0)
-    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-    clock = lambda: (before[0] + time.perf_counter() - wall0, before[1] + _cpu_seconds() - cpu0)  # noqa: E731
-
-    # Phase 2: the epochs left, guarded.
+    # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
+    saved, seeds, clock = resume(checkpoint_folder, model, validation)
     schedule = schedule_callbacks(config)
     saving = [Checkpoint(checkpoint_folder, saved, schedule, seeds, clock)] if checkpoint_folder else []
     fit = model.fit(
@@ -337,17 +343,9 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
     epochs_run = len(history["loss"])
     return Result(
-        history=history,
-        test_loss=float(test_loss),
-        test_accuracy=float(test_accuracy),
-        epochs_run=epochs_run,
-        train_seconds=wall,
-        train_cpu_seconds=cpu,
-        num_params=network.count_params(),
-        flops=count_flops(network),
-        stopped_early=epochs_run < config.epochs,
-        test_predictions=predictions,
-        test_labels=splits.y_test,
+        history=history, test_loss=float(test_loss), test_accuracy=float(test_accuracy), epochs_run=epochs_run,
+        train_seconds=wall, train_cpu_seconds=cpu, num_params=network.count_params(), flops=count_flops(network),
+        stopped_early=epochs_run < config.epochs, test_predictions=predictions, test_labels=splits.y_test,
     )
 
 
