@@ -16,7 +16,7 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import EXIT_INPUT_ERROR, add_common_arguments, describe_stop, exit_code_of
+from ablation.cli import EXIT_INPUT_ERROR, add_common_arguments, describe_stop, exit_code_of, one_line
 from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                                             data_path=args.data, force=args.force, deterministic=args.deterministic,
                                             search=search, reports=args.reports, dry_run=args.dry_run)
         except (StudyError, DataError, StoreError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt as stop:
             print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "

@@ -6,6 +6,7 @@ heavy engines (MLflow, Optuna, Keras).
 
 import argparse
 import math
+import re
 import signal
 
 from ablation.config import MAX_SEEDS, SEED, STUDY_NAME
@@ -25,11 +26,19 @@ def describe_stop(stop: KeyboardInterrupt) -> str:
     return f"interrupted by {signal.Signals(getattr(stop, 'signum', signal.SIGINT)).name}"
 
 
+LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines() breaks on
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: line breaks that came with a user's value are shown escaped."""
+    return LINE_BREAKS.sub(lambda match: repr(match.group())[1:-1], str(text))
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line (the option, what is allowed) and exit with EXIT_INPUT_ERROR."""
 
     def error(self, message):
-        self.exit(EXIT_INPUT_ERROR, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(EXIT_INPUT_ERROR, f"error: {self.prog}: {one_line(message)} (see --help)\n")
 
 
 def seed_value(text: str) -> int:

@@ -12,7 +12,7 @@ import time
 
 from ablation import interrupt
 from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop,
-                          exit_code_of, seed_count)
+                          exit_code_of, one_line, seed_count)
 from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError, check_data_path
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         try:
             return run(args)
         except (StudyError, DataError, StoreError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt as stop:
             print(f"\n{describe_stop(stop)}: finished steps are kept; the interrupted step's run is KILLED with its "

@@ -69,7 +69,7 @@ import time
 
 from ablation import interrupt
 from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop, exit_code_of,
-                          plain_name, positive_count, positive_seconds)
+                          one_line, plain_name, positive_count, positive_seconds)
 from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                                  storage=args.storage, study_name=args.study_name, timeout=args.timeout,
                                  pruner=args.pruner, reports=args.reports, verbose=args.verbose)
         except (StudyError, DataError, StoreError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
         except KeyboardInterrupt as stop:
             print(f"\n{describe_stop(stop)}: finished trials are kept; the running one is marked failed (Optuna) "
