@@ -74,6 +74,7 @@ def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_fold
     With a save in `checkpoint_folder`, training goes on from it: the epochs it holds that the run has
     not logged (a kill between the save and the log, or a new run) are logged first.
     """
+    interrupt.check()  # a stop asked for already: spare TensorFlow's start-up
     from ablation.train import train  # Keras: imported only when something trains
 
     tracking.log_config(config, {})
@@ -223,6 +224,8 @@ def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoint
     """
     config, key = unit.config, tags[Tag.WORK_KEY]
     splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(key)
+    if resume and checkpoint.read(folder) is None and tracking.logged_epochs(resume) > 0:
+        resume = None  # its epochs cannot go on (the checkpoint is gone): a new run, not the same epochs twice
     begin, end = progress_printer(config.epochs, say)
     try:
         with tracking.run(experiment, unit.name, tags, nested=True, resume=resume):
