@@ -49,9 +49,15 @@ def stop_at(process, trigger: str, signum, delay: float) -> str:
 def finished(tmp_path_factory, cifar_tree) -> Path:
     """A store holding one uninterrupted ladder of the one-step study: the reference, copied by tests that add runs."""
     store = tmp_path_factory.mktemp("finished")
-    done = ladder(store, ONE_STEP, cifar_tree)
+    done = ladder(store, ONE_STEP, cifar_tree, "--keep-checkpoints")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return store
+
+
+def test_keep_checkpoints_keeps_a_finished_steps_last_save(finished):
+    saves = list((finished / "checkpoints").glob("*/latest"))
+    assert len(saves) == 1
+    assert json.loads((saves[0].parent / saves[0].read_text() / "state.json").read_text())["epoch"] == 3
 
 
 def test_sigkill_mid_epoch_then_the_same_command_resumes_the_same_run(tmp_path, cifar_tree, finished):
@@ -150,11 +156,15 @@ def test_a_copied_store_reads_and_writes_its_own_artifacts(tmp_path, cifar_tree,
     original = snapshot(finished / "artifacts")
     done = ladder(tmp_path / "copy", ONE_STEP, cifar_tree)
     assert done.returncode == 0 and "reused finished run" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    assert snapshot(finished / "artifacts") == original  # the original store got nothing
+    report = run_command("report", ["--study", str(tmp_path / "copy" / "tiny.toml"), "--out", str(tmp_path / "report")],
+                         tmp_path / "copy")
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert snapshot(finished / "artifacts") == original  # the original store got nothing, from either command
     client, runs = runs_of(tmp_path / "copy")
     here = (tmp_path / "copy" / "artifacts").resolve().as_uri()
     assert len(runs) == 4 and all(r.info.artifact_uri.startswith(here) for r in runs)
     assert {"config.json", "history.csv"} <= {a.path for a in client.list_artifacts(runs[-1].info.run_id)}
+    assert "report" in {a.path for a in client.list_artifacts(runs[-2].info.run_id)}  # the latest parent's
 
 
 def test_a_data_error_on_a_store_with_runs_adds_no_run(tmp_path, cifar_path, finished):
