@@ -2,7 +2,6 @@
 its three outputs checked against the runs they came from, and report.html rendered in headless Chromium."""
 
 import base64
-import importlib.util
 import io
 import math
 import os
@@ -18,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ablation import report
+from ablation.report import figures, gather, tables
 
 STEPS = ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
-HAS_SEARCH = importlib.util.find_spec("ablation.search") is not None
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -45,12 +44,11 @@ def markdown_table(text: str, section: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def smoke(smoke_store, cifar_path):
-    """A store with the smoke ladder (and a 3-trial smoke search when the search module exists), and its report."""
+    """A store with the smoke ladder and a 3-trial smoke search, and its report."""
     store, _ = smoke_store  # the session's smoke ladder (the ladder tests may have re-run it once)
-    if HAS_SEARCH:
-        done = command("search", ["--profile", "smoke", "--trials", "3", "--data", str(cifar_path),
-                                  "--reports", str(store / "search-reports")], store)
-        assert done.returncode == 0, done.stdout + done.stderr
+    done = command("search", ["--profile", "smoke", "--trials", "3", "--data", str(cifar_path),
+                              "--reports", str(store / "search-reports")], store)
+    assert done.returncode == 0, done.stdout + done.stderr
     out = store / "report"
     made = command("report", ["--data", str(cifar_path), "--out", str(out)], store)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -88,7 +86,8 @@ def test_ladder_table_holds_the_mlflow_values(smoke, ladder_runs):
     table = markdown_table((out / "report.md").read_text(), "Ladder")
     assert [s.removesuffix(" (baseline)") for s in table["step"]] == STEPS
     html = (out / "report.html").read_text()
-    for row, run in zip(table.to_dict("records"), steps):
+    assert len(steps) == len(STEPS)
+    for row, run in zip(table.to_dict("records"), steps, strict=True):
         metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
         assert row["step"].removesuffix(" (baseline)") == tags["mlflow.runName"]
         assert row["test accuracy"] == f"{100 * metrics['test_accuracy']:.1f}%"  # one seed: no ± here
@@ -111,7 +110,7 @@ def test_architecture_table_holds_the_mlflow_values(smoke, ladder_runs):
     _, _, _, steps = ladder_runs
     table = markdown_table((out / "report.md").read_text(), "Architectures: baselines vs the final step")
     assert list(table["run"]) == STEPS
-    for row, run in zip(table.to_dict("records"), steps):
+    for row, run in zip(table.to_dict("records"), steps, strict=True):
         assert row["model"] == run.data.params["model"]
         assert row["parameters"] == f"{int(run.data.metrics['num_params']):,}"
         assert row["test accuracy"] == f"{100 * run.data.metrics['test_accuracy']:.1f}%"
@@ -122,7 +121,7 @@ def test_runs_csv_has_one_row_per_run_named_as_the_config(smoke, ladder_runs):
     _, out = smoke
     _, runs, _, _ = ladder_runs
     frame = pd.read_csv(out / "runs.csv")
-    assert sorted(frame["run_id"]) == sorted(r.info.run_id for r in runs)
+    assert runs and sorted(frame["run_id"]) == sorted(r.info.run_id for r in runs)
     for column in ("test_accuracy", "dropout_rate", "learning_rate", "epochs", "epochs_run", "step", "run_name"):
         assert column in frame.columns, column
     assert not [c for c in frame.columns if c.startswith(("params.", "metrics.test", "tags."))]
@@ -156,13 +155,17 @@ def test_every_html_image_is_an_embedded_png(smoke):
 def test_confusion_matrix_of_the_best_run(smoke, ladder_runs):
     _, out = smoke
     _, _, _, steps = ladder_runs
+    client, runs, _, steps = ladder_runs
     markdown = (out / "report.md").read_text()
-    best = max(steps, key=lambda r: r.data.metrics["test_accuracy"]).data.metrics["test_accuracy"]
     section = markdown.split("## Confusion matrix of the best run\n", 1)[1]
     assert "![" in section and "(confusion.png)" in section
-    if not HAS_SEARCH:  # with a search, a trial may be the best run
-        chosen = re.search(r"\(run ([0-9a-f]{32})\)", section).group(1)
-        assert next(r for r in steps if r.info.run_id == chosen).data.metrics["test_accuracy"] == best
+    # The candidates: the ladder's steps and the search's finished trials; the best by test accuracy.
+    trials = [r for r in runs if r.data.tags.get("ablation.kind") == "search_trial" and r.info.status == "FINISHED"]
+    candidates = {r.info.run_id: r for r in steps + trials if "test_accuracy" in r.data.metrics}
+    assert steps and trials
+    chosen = re.search(r"\(run ([0-9a-f]{32})\)", section).group(1)
+    best = max(r.data.metrics["test_accuracy"] for r in candidates.values())
+    assert candidates[chosen].data.metrics["test_accuracy"] == best
 
 
 @pytest.mark.slow
@@ -187,7 +190,6 @@ def test_without_data_the_confusion_matrix_uses_the_logged_labels(smoke, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SEARCH, reason="the search module (issue 4) is not there yet")
 def test_search_part_matches_the_trials(smoke):
     store, out = smoke
     client = client_of(store)
@@ -196,7 +198,8 @@ def test_search_part_matches_the_trials(smoke):
     markdown = (out / "report.md").read_text()
     table = markdown_table(markdown, "Search")
     states = {str(int(t.data.tags["ablation.optuna_trial"])): t.data.tags["ablation.trial_state"] for t in trials}
-    assert dict(zip(table["trial"], table["state"])) == {k: states[k] for k in table["trial"]}
+    assert len(trials) == 3 and len(table) == 3
+    assert dict(zip(table["trial"], table["state"], strict=True)) == states
     for trial in trials:
         row = table[table["trial"] == trial.data.tags["ablation.optuna_trial"]].iloc[0]
         if trial.data.tags["ablation.trial_state"] == "complete":
@@ -260,9 +263,9 @@ def test_report_renders_in_headless_chromium(smoke, tmp_path):
 
 def test_lr_drops_marks_the_epoch_whose_rate_fell():
     rates = pd.Series([1e-3, 1e-3, 2e-4, 2e-4, 4e-5], index=[1, 2, 3, 4, 5])
-    assert report.lr_drops(rates, 1e-3) == [3, 5]
-    assert report.lr_drops(pd.Series([5e-4], index=[1]), 1e-3) == [1]  # a schedule that starts lower
-    assert report.lr_drops(pd.Series([1e-3, 1e-3], index=[1, 2]), 1e-3) == []
+    assert figures.lr_drops(rates, 1e-3) == [3, 5]
+    assert figures.lr_drops(pd.Series([5e-4], index=[1]), 1e-3) == [1]  # a schedule that starts lower
+    assert figures.lr_drops(pd.Series([1e-3, 1e-3], index=[1, 2]), 1e-3) == []
 
 
 def test_replicas_are_other_seeds_of_the_same_config_counted_once():
@@ -277,17 +280,17 @@ def test_replicas_are_other_seeds_of_the_same_config_counted_once():
             run("p4", None, None, None, None, 7, kind="ladder"), run("d", "p4", "s", 2, "k2", 8, dropout=0.5),
             run("p5", None, None, None, None, 9, kind="ladder", profile="quick"), run("e", "p5", "s", 3, "k3", 10)]
     runs = pd.DataFrame(rows)
-    parent, steps = report.latest_ladder(runs)
+    parent, steps = gather.latest_ladder(runs)
     assert parent["run_id"] == "p5"  # the newest ladder, whatever its profile
     runs.loc[runs["run_id"].isin(["p5", "e"]), "start_time"] = 0  # now p4 is the newest
-    parent, steps = report.latest_ladder(runs)
+    parent, steps = gather.latest_ladder(runs)
     assert parent["run_id"] == "p4" and list(steps["run_id"]) == ["d"]
     parent3 = runs[runs["run_id"] == "p3"].iloc[0]
     steps3 = runs[runs["run_id"] == "c"]
-    groups = report.replicas(runs, parent3, steps3, ["seed", "dropout_rate"])
+    groups = gather.replicas(runs, parent3, steps3, ["seed", "dropout_rate"])
     # seeds 0 and 1 of the same config; the reused copy of seed 0 once; not the other config or profile
     assert sorted(groups["s"]["run_id"]) == ["b", "c"]
-    table = report.ladder_table(steps3.assign(baseline=False, model="m", description="", epochs_run=1, epochs=1,
+    table = tables.ladder_table(steps3.assign(baseline=False, model="m", description="", epochs_run=1, epochs=1,
                                               train_seconds=1.0, reported_test_accuracy=None), groups)
     assert table["seeds"].iloc[0] == 2
     assert math.isclose(table["mean_test_accuracy"].iloc[0], (0.4 + 0.6) / 2)
@@ -301,7 +304,7 @@ def test_tidy_names_columns_as_the_config():
         "metrics.num_params": [316394.0], "tags.ablation.seed": ["0"], "tags.ablation.step": ["template"],
         "tags.data.digest": ["12e45"], "tags.mlflow.runName": ["template"],
     })
-    runs, params = report.tidy(frame)
+    runs, params = gather.tidy(frame)
     assert sorted(params) == ["epochs", "learning_rate", "seed", "train_subset"]
     assert runs["learning_rate"].iloc[0] == 0.001 and runs["metrics.learning_rate"].iloc[0] == 0.0002
     assert runs["epochs"].iloc[0] == 25 and str(runs["epochs"].dtype) == "Int64"
@@ -320,7 +323,5 @@ def test_help_imports_no_tensorflow_keras_or_mlflow():
 
 def test_a_run_without_metrics_shows_as_a_dash():
     # A search trial killed before its first epoch has no metrics: pandas gives NA, not NaN.
-    import pandas as pd
-
-    assert report._int(pd.NA) == "-" and report._int(float("nan")) == "-" and report._int(3.0) == "3"
-    assert report._short(pd.NA) == "" and report._short(0.25) == "0.25"
+    assert tables.whole(pd.NA) == "-" and tables.whole(float("nan")) == "-" and tables.whole(3.0) == "3"
+    assert tables.short(pd.NA) == "" and tables.short(0.25) == "0.25"
