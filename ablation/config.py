@@ -164,7 +164,7 @@ class Profile:
                 and config.reduce_lr_patience < config.early_stopping_patience and lowering >= stopping):
             # The floor must not undo the recipe's order (the LR drops before training stops), or the
             # step would stop in the very epoch its rate would fall: keep the recipe's ratio instead.
-            lowering = max(1, math.ceil(stopping * config.reduce_lr_patience / config.early_stopping_patience))
+            lowering = max(1, min(stopping - 1, math.ceil(stopping * config.reduce_lr_patience / config.early_stopping_patience)))
         return dataclasses.replace(
             config,
             epochs=min(scale(config.epochs), self.max_epochs or config.epochs),

@@ -66,7 +66,8 @@ def compare_steps(records: list[dict], pairs: list[tuple[str, str]]) -> list[Cha
     out = []
     for (step, against, seeds, _), change in zip(tested, adjusted, strict=True):
         mcnemar, verdict = None, change.verdict
-        if len(seeds) == 1 and "correct" in by_step[step][seeds[0]] and "correct" in by_step[against][seeds[0]]:
+        if len(seeds) == 1 and by_step[step][seeds[0]].get("correct") is not None \
+                and by_step[against][seeds[0]].get("correct") is not None:
             mcnemar = stats.mcnemar_exact(np.asarray(by_step[against][seeds[0]]["correct"]),
                                           np.asarray(by_step[step][seeds[0]]["correct"]))
             verdict = stats.sampling_verdict(mcnemar, change.mean)

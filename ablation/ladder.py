@@ -6,6 +6,7 @@
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -24,29 +25,74 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train every step again, even one already finished with the same config and data")
     parser.add_argument("--steps", default=None,
                         help="comma-separated step names to run (default: every step and baseline)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="train every step with the training seeds 0..N-1 (a paired design; default: the "
+                             "study's [study] seeds, else 1); finished replicates are reused")
+    parser.add_argument("--vary-split", action="store_true",
+                        help="vary the split seed with the training seed too (default: every replicate is scored "
+                             "on the same train/validation/test images)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seed is not None:
+        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    return args
 
 
-def format_table(rows: list[dict]) -> str:
-    """The ladder as a text table: accuracy, change from the previous step, the source's number, cost."""
-    header = (f"{'step':<24}{'test acc':>9}{'change':>9}{'source':>9}{'epochs':>9}{'time':>9}"
-              f"{'params':>11}{'MFLOPs':>9}{'s/epoch':>9}")
+def format_steps(rows: list[dict], summary: dict) -> str:
+    """Per step: n seeds, mean and std of test accuracy with its 95% interval, the source's number, cost."""
+    header = (f"{'step':<24}{'n':>3}{'test acc':>10}{'± std':>7}{'95% interval':>16}{'source':>8}{'epochs':>9}"
+              f"{'CPU-s':>8}{'params':>11}{'MFLOPs':>8}{'s/epoch':>9}")
     lines = [header, "-" * len(header)]
-    previous = None
-    for row in rows:
-        accuracy = row["test_accuracy"]
-        change = "" if previous is None or row["baseline"] else f"{100 * (accuracy - previous):+.1f}"
-        reported = "" if row["reported_test_accuracy"] is None else f"{100 * row['reported_test_accuracy']:.1f}%"
-        epochs = f"{row['epochs_run']}/{row['epochs']}"
-        seconds = f"{row['train_seconds']:.0f} s" + ("*" if row["reused"] else "")
-        name = row["step"] + (" (baseline)" if row["baseline"] else "")
-        lines.append(f"{name:<24}{100 * accuracy:>8.1f}%{change:>9}{reported:>9}{epochs:>9}{seconds:>9}"
-                     f"{row['num_params']:>11,}{row['flops'] / 1e6:>9.0f}{row['seconds_per_epoch']:>9.1f}")
-        if not row["baseline"]:
-            previous = accuracy
+    for step in summary["steps"]:
+        mine = [r for r in rows if r["step"] == step["step"]]
+        first, test = mine[0], step["test"]
+        reported = "" if first["reported_test_accuracy"] is None else f"{100 * first['reported_test_accuracy']:.1f}%"
+        interval = "" if test["n"] < 2 else f"[{100 * test['low']:.1f}, {100 * test['high']:.1f}]"
+        spread = "" if test["n"] < 2 else f"{100 * test['std']:.1f}"
+        epochs = "/".join(sorted({f"{r['epochs_run']}" for r in mine})) + f"/{first['epochs']}"
+        cpu = sum(r["train_cpu_seconds"] for r in mine) / len(mine)
+        name = step["step"] + (" (baseline)" if step["baseline"] else "")
+        lines.append(f"{name:<24}{test['n']:>3}{100 * test['mean']:>9.1f}%{spread:>7}{interval:>16}{reported:>8}"
+                     f"{epochs:>9}{cpu:>7.0f}{'*' if any(r['reused'] for r in mine) else ' '}"
+                     f"{first['num_params']:>11,}{first['flops'] / 1e6:>8.0f}"
+                     f"{sum(r['seconds_per_epoch'] for r in mine) / len(mine):>9.1f}")
+    lines.append("test acc: mean over the n training seeds; CPU-s: mean training CPU time of a replicate")
     if any(r["reused"] for r in rows):
         lines.append("* reused from an earlier finished run with the same config and data")
+    return "\n".join(lines)
+
+
+def format_changes(summary: dict) -> str:
+    """Per change: the paired difference over seeds, its interval, the tests and the verdict in words."""
+    header = (f"{'change':<36}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
+              f"{'detectable':>11}  verdict")
+    lines = [header, "-" * len(header)]
+    for item in summary["changes"]:
+        change, n = item["change"], item["change"]["n"]
+        name = f"{item['step']} vs {item['against']}"
+        points = lambda v: "" if v != v else f"{100 * v:+.1f}"  # noqa: E731  (NaN: not defined at this n)
+        interval = "" if n < 2 else f"[{points(change['low'])}, {points(change['high'])}]"
+        if n < 2 and item["mcnemar"] is not None:
+            tests = f"{'':>8}{'':>9}{item['mcnemar']['p']:>9.3f}"
+        else:
+            tests = "".join(f"{change[k]:>{w}.3f}" if change[k] == change[k] else f"{'':>{w}}"
+                            for k, w in (("p_t", 8), ("p_perm", 9), ("p_adjusted", 9)))
+        detectable = "" if n < 2 else f"{100 * change['mde']:.1f}"
+        lines.append(f"{name:<36}{n:>3}{points(change['mean']):>7}{interval:>16}{tests}{detectable:>11}  {item['verdict']}")
+    ns = sorted({item["change"]["n"] for item in summary["changes"]})
+    if ns and ns[0] >= 2:
+        floor = 2 / 2 ** ns[0]
+        lines.append(f"diff, interval, detectable: points of test accuracy, paired by training seed; p (t): paired "
+                     f"t-test; p (flip): exact sign-flip test (cannot go below {floor:.3g} with {ns[0]} seeds); "
+                     f"p (Holm): the t-test's p corrected over these {len(summary['changes'])} changes; detectable: "
+                     f"the smallest true difference this design finds with 80% power")
+    elif ns:
+        lines.append("one seed: there is no test over seeds; p (Holm) here is McNemar's exact test on the test "
+                     "images, which measures test-set sampling noise only (not training noise): run --seeds 3 or more")
     return "\n".join(lines)
 
 
@@ -57,21 +103,30 @@ def main(argv=None) -> int:
     try:
         # Phase 1: every input is checked before the store is touched.
         study = load_study(args.study)
+        if args.seeds is not None:
+            study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
+        if args.deterministic:
+            study = dataclasses.replace(study, steps=tuple(
+                dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
         profile = get_profile(args.profile)
         only = [name.strip() for name in args.steps.split(",")] if args.steps else None
         from ablation import report, runner  # the engines (MLflow; Keras when a step trains): after --help
 
-        runner.resolve_steps(study, profile, args.seed, only)  # a misspelled step fails before anything runs
-        # Phase 2: the steps.
-        rows = runner.run_ladder(study, profile, args.data, args.seed, args.force, only)
+        steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
+        # Phase 2: the steps, seed by seed.
+        rows = runner.run_ladder(study, profile, steps, args.data, args.force)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted: finished steps are kept; the interrupted one is marked KILLED", file=sys.stderr)
         return EXIT_SIGINT
+    summary = runner.ladder_evidence(rows, steps)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
-    print(format_table(rows))
+    print(format_steps(rows, summary))
+    if summary["changes"]:
+        print("\nWhich steps helped\n")
+        print(format_changes(summary))
     # Phase 3: the report.
     if not args.no_report:
         try:

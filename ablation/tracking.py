@@ -281,6 +281,11 @@ def log_study_file(path: Path):
     mlflow.log_artifact(str(path))
 
 
+def log_dict(data: dict, name: str):
+    """A JSON artifact of the active run."""
+    mlflow.log_dict(data, name)
+
+
 def log_table(rows: list[dict], name: str):
     """A summary table (list of rows) as a JSON artifact of the active run."""
     mlflow.log_dict({"rows": rows}, name)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
-from keras import layers
 
+from ablation.augment import RandomAffine, has_augmentation
 from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
 from ablation.models import build_model
@@ -47,33 +47,30 @@ class Result:
         }
 
 
-def augmentation(config: Config) -> list:
-    """The source's ImageDataGenerator settings as preprocessing layers (active in training only)."""
-    out = []
-    if config.rotation_range:
-        # ImageDataGenerator takes degrees; RandomRotation a fraction of a full turn.
-        out.append(layers.RandomRotation(config.rotation_range / 360, fill_mode="nearest"))
-    if config.width_shift_range or config.height_shift_range:
-        out.append(layers.RandomTranslation(config.height_shift_range, config.width_shift_range, fill_mode="nearest"))
-    if config.horizontal_flip:
-        out.append(layers.RandomFlip("horizontal"))
-    if config.zoom_range:
-        # ImageDataGenerator zooms by [1 - z, 1 + z]; RandomZoom's factor is the same range, both signs.
-        out.append(layers.RandomZoom((-config.zoom_range, config.zoom_range), fill_mode="nearest"))
-    return out
-
-
 def build(config: Config, input_shape=(32, 32, 3), num_classes=10) -> tuple[keras.Model, keras.Model]:
-    """The network, and the model that is trained: augmentation layers in front of the network."""
+    """The network, and the model that is trained: the augmentation layer in front of the network."""
     network = build_model(config.model, input_shape, num_classes, **config.model_args)
-    steps = augmentation(config)
-    if not steps:
+    if not has_augmentation(config):
         return network, network
     inputs = keras.Input(input_shape)
-    x = inputs
-    for layer in steps:
-        x = layer(x)
-    return network, keras.Model(inputs, network(x), name=f"augmented_{network.name}")
+    outputs = network(RandomAffine(config, seed=config.seed)(inputs))
+    return network, keras.Model(inputs, outputs, name=f"augmented_{network.name}")
+
+
+class AugmentedImages(keras.utils.PyDataset):
+    """Validation images augmented afresh every epoch, as the source's generator fed them."""
+
+    def __init__(self, x, y, config: Config, batch_size: int = 256):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.augment = RandomAffine(config, seed=config.seed + 1)  # its own stream: training draws stay as they were
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return keras.ops.convert_to_numpy(self.augment(self.x[part], training=True)), self.y[part]
 
 
 def prepare_inputs(splits: Splits, config: Config):
@@ -91,11 +88,12 @@ def schedule_callbacks(config: Config) -> list:
     """Early stopping, ReduceLROnPlateau and the step schedule, as the config asks."""
     out = []
     if config.early_stopping_monitor:
-        out.append(keras.callbacks.EarlyStopping(
+        out.append(EarlyStopping(
             monitor=config.early_stopping_monitor,
             patience=config.early_stopping_patience,
             min_delta=config.early_stopping_min_delta,
-            restore_best_weights=config.restore_best_weights,
+            restore_best_weights=config.restore_best_weights != "never",
+            restore_on_stop_only=config.restore_best_weights == "on_stop",
         ))
     if config.reduce_lr_monitor:
         out.append(keras.callbacks.ReduceLROnPlateau(
@@ -116,6 +114,23 @@ def step_learning_rate(config: Config, epoch: int) -> float:
         if epoch >= start:
             multiplier = mult
     return config.learning_rate * multiplier
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping, optionally restoring the best weights only when it fired (Keras 2's behaviour).
+
+    Keras 3 restores them at the end of training even when stopping never fired; tf.keras up to 2.15
+    kept the last epoch's weights then. A replay of a Keras 2 recipe sets restore_best_weights = "on_stop".
+    """
+
+    def __init__(self, *, restore_on_stop_only: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.restore_on_stop_only = restore_on_stop_only
+
+    def on_train_end(self, logs=None):
+        if self.restore_on_stop_only and self.stopped_epoch == 0:
+            self.best_weights = None  # training ran its course: keep the last epoch's weights
+        super().on_train_end(logs)
 
 
 class _RecordLearningRate(keras.callbacks.Callback):
@@ -158,6 +173,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it.
     """
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        enable_op_determinism()
     network, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(
         optimizer=make_optimizer(config),
@@ -174,7 +191,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         x_train, splits.y_train,
         batch_size=config.batch_size,
         epochs=config.epochs,
-        validation_data=(x_val, splits.y_val),
+        validation_data=AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
+        and has_augmentation(config) else (x_val, splits.y_val),
         callbacks=epoch_callbacks,
         shuffle=True,
         verbose=verbose,
@@ -208,6 +226,14 @@ def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     predictions = np.argmax(probabilities, axis=1).astype("int64")
     return float(-np.log(picked).mean()), float((predictions == labels).mean()), predictions
+
+
+def enable_op_determinism():
+    """Bit-identical repeats of a seed on TensorFlow (slower kernels); other backends: nothing to do."""
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf  # the backend itself, already loaded by Keras
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def _cpu_seconds() -> float:

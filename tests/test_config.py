@@ -1,6 +1,8 @@
 """The study loader: the shipped studies load; bad files fail naming the file, the key and what is allowed."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -88,10 +90,60 @@ def test_config_is_frozen_and_hash_tracks_every_field():
 def test_profiles_shrink_epochs_patience_and_data_in_proportion():
     config = load_study("studies/assignment.toml").step("lr_schedule").config
     quick = PROFILES["quick"].apply(config)
-    assert (quick.epochs, quick.early_stopping_patience, quick.reduce_lr_patience) == (10, 5, 5)
+    # Stopping patience 10 -> 5 (the floor); LR patience 5 would floor to 5 too and collide: it keeps the
+    # recipe's ratio instead (5 * 5/10, rounded up), so the rate drops before training stops.
+    assert (quick.epochs, quick.early_stopping_patience, quick.reduce_lr_patience) == (10, 5, 3)
     longer = dataclasses.replace(config, early_stopping_patience=40)
     assert PROFILES["quick"].apply(longer).early_stopping_patience == 8  # scaled once above the floor
     assert (quick.train_subset, quick.test_subset) == (4000, 2000)
     assert PROFILES["full"].apply(config) == config
     smoke = PROFILES["smoke"].apply(config)
     assert smoke.epochs >= 1 and smoke.train_subset < quick.train_subset
+
+
+SHIPPED = sorted(Path("studies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_step_lowers_its_rate_before_it_stops(path, profile):
+    """Where a recipe drops the LR before stopping (LR patience < stopping patience), every profile keeps that order."""
+    steps = [s for s in load_study(path).steps if s.config.early_stopping_monitor and s.config.reduce_lr_monitor
+             and s.config.reduce_lr_patience < s.config.early_stopping_patience]
+    scaled = [PROFILES[profile].apply(s.config) for s in steps]
+    assert all(c.reduce_lr_patience < c.early_stopping_patience for c in scaled), [
+        (s.name, c.reduce_lr_patience, c.early_stopping_patience) for s, c in zip(steps, scaled, strict=True)]
+
+
+def test_the_assignment_study_has_steps_that_both_lower_and_stop():
+    # The parametrized test above would pass vacuously on a study without such a step.
+    steps = load_study("studies/assignment.toml").steps
+    assert any(s.config.early_stopping_monitor and s.config.reduce_lr_monitor for s in steps)
+
+
+@pytest.mark.parametrize("stopping, lowering, expected", [
+    (10, 5, (5, 3)),  # both floor to 5: the LR keeps the recipe's ratio, 5 * 5/10 rounded up
+    (10, 9, (5, 4)),  # the ratio rounds up to 5, which would collide again: one below stopping
+    (6, 4, (5, 4)),  # floors 5 and 4 keep the order already
+    (20, 5, (5, 2)),  # 5 * 5/20 rounded up: the ratio of the recipe, not a fixed gap
+])
+def test_colliding_patiences_are_corrected_to_the_recipes_order(stopping, lowering, expected):
+    config = Config(early_stopping_monitor="val_loss", early_stopping_patience=stopping,
+                    reduce_lr_monitor="val_loss", reduce_lr_patience=lowering, epochs=50)
+    quick = PROFILES["quick"].apply(config)
+    assert (quick.early_stopping_patience, quick.reduce_lr_patience) == expected
+
+
+@pytest.mark.parametrize("seeds, expected", [(3, (0, 1, 2)), ([4, 7], (4, 7))])
+def test_study_seeds_are_a_count_or_a_list(tmp_path, seeds, expected):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nname = "s"\nseeds = {json.dumps(seeds)}\n[[steps]]\nname = "a"\n')
+    assert load_study(path).seeds == expected
+
+
+@pytest.mark.parametrize("seeds", ["0", "[1, 1]", "[-1]", '"3"', "true"])
+def test_bad_seeds_name_the_file_and_key(tmp_path, seeds):
+    path = tmp_path / "s.toml"
+    path.write_text(f'[study]\nname = "s"\nseeds = {seeds}\n[[steps]]\nname = "a"\n')
+    with pytest.raises(StudyError, match=r"s\.toml: \[study\] seeds"):
+        load_study(path)

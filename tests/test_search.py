@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import types
 
 import optuna
@@ -18,8 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from ablation import search
-from ablation.config import StudyError, get_profile, load_study
+from ablation import search, searcher, tracking
+from ablation.config import StudyError, get_profile, load_study, with_values
+from ablation.tracking import Kind, Tag
 
 TINY = """
 [study]
@@ -87,7 +87,7 @@ def store(tmp_path, monkeypatch):
 
 
 def optuna_study(journal, name):
-    storage, _, _ = search.open_storage(str(journal))
+    storage, _, _ = tracking.open_storage(str(journal))
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -95,9 +95,9 @@ def trial_runs(folder, experiment="tiny"):
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
-    parents = [r for r in runs if r.data.tags.get("ablation.kind") == "search"]
-    trials = sorted((r for r in runs if r.data.tags.get("ablation.kind") == "search_trial"),
-                    key=lambda r: int(r.data.tags["ablation.optuna_trial"]))
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SEARCH]
+    trials = sorted((r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SEARCH_TRIAL),
+                    key=lambda r: int(r.data.tags[Tag.OPTUNA_TRIAL]))
     return client, parents, trials
 
 
@@ -105,16 +105,14 @@ def trial_runs(folder, experiment="tiny"):
 # Fast: no training.
 
 
-def test_help_is_fast_and_imports_no_framework():
+def test_help_imports_no_framework():
     code = ("import runpy, sys\nsys.argv = ['search', '--help']\n"
             "try:\n    runpy.run_module('ablation.search', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print('loaded:', sorted(m for m in ('keras', 'tensorflow', 'mlflow', 'optuna') if m in sys.modules))")
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--storage" in done.stdout and "--trials" in done.stdout
-    assert "loaded: []" in done.stdout
-    assert time.perf_counter() - started < 5  # about 0.3 s; generous for a loaded machine
+    assert "loaded: []" in done.stdout  # its time is measured by the benchmark, not asserted here
 
 
 def test_misspelled_monitor_is_an_error_before_anything_runs(tmp_path, store, capsys):
@@ -126,24 +124,24 @@ def test_misspelled_monitor_is_an_error_before_anything_runs(tmp_path, store, ca
     study = load_study(write_study(tmp_path))
     study = dataclasses.replace(study, search=dataclasses.replace(study.search, monitor="val_acuracy"))
     with pytest.raises(StudyError, match="val_acuracy.*allowed: loss, accuracy, val_loss, val_accuracy"):
-        search.run_search(study, get_profile("smoke"), trials=1, data_path="/nonexistent")
+        searcher.run_search(study, get_profile("smoke"), trials=1, data_path="/nonexistent")
     assert not store.exists()  # no MLflow store, no Optuna journal
 
 
 def test_storage_option(tmp_path, store):
-    storage, kind, where = search.open_storage(None)
+    storage, kind, where = tracking.open_storage(None)
     assert kind == "journal" and where == str((store / "optuna.journal").resolve())  # beside the MLflow store
-    _, kind, where = search.open_storage(str(tmp_path / "other.log"))
+    _, kind, where = tracking.open_storage(str(tmp_path / "other.log"))
     assert kind == "journal" and where.endswith("other.log")
-    storage, kind, _ = search.open_storage(f"sqlite:///{tmp_path}/optuna.db")
-    assert kind == "sqlite" and storage.get_heartbeat_interval() == search.HEARTBEAT_SECONDS
+    storage, kind, _ = tracking.open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    assert kind == "sqlite" and storage.get_heartbeat_interval() == tracking.HEARTBEAT_SECONDS
     with pytest.raises(StudyError, match="journal"):
-        search.open_storage(str(tmp_path / "optuna.db"))
+        tracking.open_storage(str(tmp_path / "optuna.db"))
 
 
 def test_sampler_is_reproducible_and_never_repeats_across_trials():
     def draws(n):
-        study = optuna.create_study(sampler=search.make_sampler(seed=7))
+        study = optuna.create_study(sampler=searcher.TrialSeededTPE(7))
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
         return [t.params["x"] for t in study.trials]
 
@@ -153,7 +151,7 @@ def test_sampler_is_reproducible_and_never_repeats_across_trials():
 
 
 def test_stale_trial_of_a_dead_worker_is_failed_and_queued_again(tmp_path):
-    storage, _, _ = search.open_storage(str(tmp_path / "optuna.journal"))
+    storage, _, _ = tracking.open_storage(str(tmp_path / "optuna.journal"))
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -167,24 +165,24 @@ def test_stale_trial_of_a_dead_worker_is_failed_and_queued_again(tmp_path):
     other_host.set_user_attr("worker", f"elsewhere:{dead.pid}")
 
     # Another process (a new worker) opens the same journal and sweeps.
-    storage, _, _ = search.open_storage(str(tmp_path / "optuna.journal"))
+    storage, _, _ = tracking.open_storage(str(tmp_path / "optuna.journal"))
     again = optuna.load_study(study_name="s", storage=storage)
-    assert search.sweep_stale_trials(again) == [(0, "abc")]
+    assert searcher.sweep_stale_trials(again) == [(0, "abc")]
     states = [t.state for t in again.get_trials()]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
     retry = again.trials[3]
     assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == {"x": stale.params["x"]}
-    assert search.sweep_stale_trials(again) == []  # swept once only
+    assert searcher.sweep_stale_trials(again) == []  # swept once only
 
 
 def test_resuming_with_another_search_is_refused(tmp_path, store):
     study = load_study(write_study(tmp_path))
     space, base, smoke = study.search, study.step("small").config, get_profile("smoke")
-    storage, _, where = search.open_storage(None)
+    storage, _, where = tracking.open_storage(None)
 
     def open_with(base, space):
-        return search.open_study(storage, where, "s", "maximize", search.study_identity(study, space, base, smoke),
-                                 search.make_sampler(0), None)
+        return searcher.open_study(storage, where, "s", "maximize", searcher.study_identity(study, space, base, smoke),
+                                 searcher.TrialSeededTPE(0), None)
 
     open_with(base, space)
     open_with(base, space)  # the same search resumes
@@ -203,14 +201,14 @@ def test_resuming_with_another_search_is_refused(tmp_path, store):
 def test_pruned_and_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, store, cifar_path):
     study = load_study(write_study(tmp_path, params=BREAKABLE))
     # Fixed trials, in this order: completes (1 epoch), fails (Dropout(1.5)), pruned at epoch 2 of 3.
-    storage, _, _ = search.open_storage(None)
+    storage, _, _ = tracking.open_storage(None)
     queued = optuna.create_study(storage=storage, study_name="tiny-full", direction="maximize")
     for params in ({"dropout_rate": 0.0, "epochs": 1}, {"dropout_rate": 1.5, "epochs": 1},
                    {"dropout_rate": 0.0, "epochs": 3}):
         queued.enqueue_trial(params)
     # A real pruner that prunes every trial from the second epoch on: no accuracy exceeds 1.1.
     pruner = optuna.pruners.ThresholdPruner(lower=1.1, n_warmup_steps=1)
-    summary = search.run_search(study, get_profile("full"), trials=3, data_path=cifar_path, pruner=pruner)
+    summary = searcher.run_search(study, get_profile("full"), trials=3, data_path=cifar_path, pruner=pruner)
 
     trials = optuna_study(store / "optuna.journal", "tiny-full").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
@@ -219,14 +217,14 @@ def test_pruned_and_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, 
     assert (summary["complete"], summary["pruned"], summary["failed"], summary["epochs_saved"]) == (1, 1, 1, 1)
 
     client, _, runs = trial_runs(store)
-    assert [(r.info.status, r.data.tags[search.STATE_TAG]) for r in runs] == [
+    assert [(r.info.status, r.data.tags[Tag.TRIAL_STATE]) for r in runs] == [
         ("FINISHED", "complete"), ("FAILED", "failed"), ("FINISHED", "pruned")]
     assert "rate" in runs[1].data.tags["ablation.error"]
     assert runs[2].data.tags["ablation.pruned_at_epoch"] == "2"
     history = client.get_metric_history(runs[2].info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]  # the epochs it ran are logged before it was pruned
     assert "test_accuracy" not in runs[2].data.metrics
-    assert "complete, 1 pruned, 1 failed; pruning saved 1 of" in search.format_table(summary, "val_accuracy")
+    assert "complete, 1 pruned, 1 failed; pruning saved 1 of" in searcher.format_table(summary, "val_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +258,7 @@ def test_two_workers_share_one_study_and_record_every_trial_once(workers_then_re
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # one trial from each worker
     assert [r.data.tags["ablation.optuna_trial"] for r in runs] == ["0", "1"]  # each exactly once
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in runs}
-    assert all(r.info.status == "FINISHED" and r.data.tags[search.STATE_TAG] == "complete" for r in runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags[Tag.TRIAL_STATE] == "complete" for r in runs)
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 2  # each under its worker's parent run
 
 
@@ -277,7 +275,7 @@ def test_a_second_invocation_adds_trials_to_the_same_study(workers_then_resume):
     assert [r.data.tags["mlflow.runName"] for r in runs] == ["trial-0000", "trial-0001", "trial-0002"]
     for run, trial in zip(runs, trials):
         tags, params = run.data.tags, run.data.params
-        assert run.info.status == "FINISHED" and tags[search.STATE_TAG] == "complete"
+        assert run.info.status == "FINISHED" and tags[Tag.TRIAL_STATE] == "complete"
         assert tags["ablation.optuna_study"] == "tiny-smoke" and trial.user_attrs["mlflow_run_id"] == run.info.run_id
         assert params["learning_rate"] == str(trial.params["learning_rate"])  # the resolved config, flat
         assert params["stage2_blocks"] == str(trial.params["stage2_blocks"]) and params["epochs"] == "1"
@@ -293,7 +291,7 @@ def test_a_second_invocation_adds_trials_to_the_same_study(workers_then_resume):
     extended = workers_then_resume.tmp / "extended.toml"
     extended.write_text(path.read_text() + "\n" + snippet)
     step = load_study(extended).step("search_best")
-    assert step.config == search.apply_params(load_study(path).step("small").config, best.params)
+    assert step.config == with_values(load_study(path).step("small").config, best.params)
     latest = max(parents, key=lambda p: p.info.start_time)
     assert "best_step.toml" in {a.path for a in client.list_artifacts(latest.info.run_id)}
 

@@ -1,8 +1,10 @@
 """Performance benchmark (issue 6): six ratios, each with its medians, to a CSV and a Markdown table.
 
-    python -m ablation.bench --data ../shared/data/cifar-10-python.tar.gz     # all six ratios
-    python -m ablation.bench --data ... --quick                                # fewer images, rounds, trials
-    python -m ablation.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
+Run from the repository root:
+
+    python -m benchmarks.bench --data ../shared/data/cifar-10-python.tar.gz     # all six ratios
+    python -m benchmarks.bench --data ... --quick                                # fewer images, rounds, trials
+    python -m benchmarks.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
 
 The default costs about 900 CPU-seconds: ~16 minutes on two idle cores, two or three times that
 when other jobs share them (the CPU-time ratios hold; the wall times stretch).
@@ -11,15 +13,16 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 
 1. ladder step vs the source's code (goal >= 1.0): the source's CPU-s per training image divided by
    the project's, for the template (+ augmentation) and for the final ladder network. Project: the
-   ladder's own `train_step` (augmentation layers, callbacks, MLflow tracking into a temp store,
-   progress lines). Source: the same network written in `tf_keras` (Keras 2, fused BatchNormalization)
+   ladder's path for one step (`ablation.runner`: a nested run tagged as a ladder step under a ladder
+   parent, `train_in_run` with the ladder's progress hooks; augmentation layers, MLflow tracking into
+   a temp store). Source: the same network written in `tf_keras` (Keras 2, fused BatchNormalization)
    trained with `model.fit(ImageDataGenerator(...).flow(x, y, batch_size=32))`, as the assignment did;
    the final network also gets the source's EarlyStopping and ReduceLROnPlateau.
 2. ladder step vs bare fit (goal >= 0.95): `keras.Model.fit` of the same model (augmentation layers
    included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
    tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
 3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data),
-   `ablation.search.run_search` with no pruner, with the median pruner (the default) and with
+   `ablation.searcher.run_search` with no pruner, with the median pruner (the default) and with
    Hyperband, on a small search sized for a CPU (SEARCH_STUDY below); for each pruner, epochs trained
    until a trial first reaches the best value both searches reached, pruned / unpruned.
 4. re-run of a finished smoke study (goal <= 5 s wall): `python -m ablation.ladder --profile smoke`
@@ -32,19 +35,20 @@ process with its own TensorFlow state, and the workers take turns: the parent le
 and first epoch (graph tracing, not counted), then each in turn one more epoch per round, while the
 others wait, blocked, at an epoch's end. So every path pays its tracing once, and a slow minute of
 this shared machine hits all paths alike (the order reverses every other round). At each epoch's end
-(the ladder's own progress line, for the project) a worker reads its CPU time (user + sys, all its
-threads) and the wall clock. The cost of a path is the median over its measured epochs; every epoch
-includes its validation pass, in all paths alike. CPU time is the measure: on shared cores wall time
-jumps by 2x from minute to minute (../shared/PITFALLS.md); wall is shown beside it.
+(after the ladder's tracking and progress hooks, for the project) a worker reads its CPU time (user +
+sys, all its threads) and the wall clock. The cost of a path is the median over its measured epochs;
+every epoch includes its validation pass, in all paths alike. CPU time is the measure: on shared
+cores the wall time of the same epoch doubles from one minute to the next; wall is shown beside it.
 """
 
 import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
+import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,14 +57,28 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import keras
+import numpy as np
+import optuna
+
+from ablation import runner, searcher, tracking
+from ablation.config import Profile, get_profile, load_study, with_values
+from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
+from ablation.tracking import Kind, Tag
+from ablation.train import build, make_optimizer, prepare_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = "benchmarks.bench"  # what the workers run: `python -m benchmarks.bench --worker SPEC`
 DEFAULT_OUT = "bench_results/bench.csv"
-STUDY = "studies/assignment.toml"
+STUDY = REPO / "studies" / "assignment.toml"
 RESULT_PREFIX = "BENCH_RESULT "  # a worker's last stdout line: this prefix, then its result as JSON
 EPOCH_PREFIX = "BENCH_EPOCH "  # a training worker's line at each epoch's end, then it waits for "go"
 # a_median, b_median: the medians the ratio is made of, in `unit`; a_other, b_other: the same runs
 # measured another way, in `other_unit` (wall images/s beside CPU-ms/image; CPU s beside wall s).
 COLUMNS = ("ratio", "case", "value", "goal", "met", "a", "a_median", "b", "b_median", "unit",
            "a_other", "b_other", "other_unit", "samples", "note")
+# The profile of the benchmark's own runs: its sizes are set by the benchmark, not scaled.
+BENCH_PROFILE = Profile("bench", 1.0, None, None, "the benchmark's own sizes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +108,7 @@ NETWORKS = {
     "tiny": {"step": "augmentation", "blocks": (0, 0, 0), "dropout_rate": 0.0, "schedule_callbacks": False},
 }
 GOALS = {1: (">=", 1.0), 2: (">=", 0.95), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0)}
+PRUNERS = ("none", "median", "hyperband")  # the reference first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,19 +132,16 @@ class Turns:
             raise SystemExit("benchmark worker: the parent process went away")
         self.resumed = _clock()
 
-    def epoch_end(self):
+    def epoch_end(self, epoch=None, logs=None):
+        """Mark the epoch's end and wait for the next turn; an epoch hook of `ablation.train.train` too."""
         cpu, wall = _clock()
         print(EPOCH_PREFIX + json.dumps({"cpu": cpu, "wall": wall, "resumed_cpu": self.resumed[0],
                                          "resumed_wall": self.resumed[1]}), flush=True)
         self.wait()
 
 
-def load_splits(data_file: str):
+def load_splits(data_file: str) -> Splits:
     """The benchmark's splits, saved once by the parent process."""
-    import numpy as np
-
-    from ablation.data import CLASS_NAMES, Splits
-
     with np.load(data_file) as arrays:
         parts = [arrays[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")]
     fingerprint = json.loads(Path(data_file).with_suffix(".json").read_text())
@@ -133,68 +149,47 @@ def load_splits(data_file: str):
 
 
 def project_step(network: str, splits, epochs: int):
-    """The ladder step as the benchmark trains it: the network's depths, E epochs, the benchmark's splits."""
-    from ablation.config import load_study
-
+    """(study, step): the ladder step the benchmark trains, at the network's depths, E epochs, its splits."""
     spec = NETWORKS[network]
-    step = load_study(STUDY).step(spec["step"])
+    study = load_study(STUDY)
+    step = study.step(spec["step"])
     depths = dict(zip(("stage2_blocks", "stage3_blocks", "stage4_blocks"), spec["blocks"]))
-    model_args = {**step.config.model_args, **depths, "dropout_rate": spec["dropout_rate"]}
-    config = dataclasses.replace(step.config, epochs=epochs, model_args=model_args,
-                                 train_subset=len(splits.y_train) + len(splits.y_val), test_subset=len(splits.y_test))
-    return dataclasses.replace(step, config=config)
+    config = with_values(step.config, {
+        **depths, "dropout_rate": spec["dropout_rate"], "epochs": epochs,
+        "train_subset": len(splits.y_train) + len(splits.y_val), "test_subset": len(splits.y_test)})
+    return study, dataclasses.replace(step, config=config)
 
 
 def train_project(network: str, splits, epochs: int, turns: Turns):
-    """The ladder's own train_step, tracking to $MLFLOW_TRACKING_URI; a turn ends at each progress line."""
-    import re
-
-    from ablation import tracking
-    from ablation.ladder import train_step, work_key
-
-    step = project_step(network, splits, epochs)
+    """The ladder's path for one step, tracking to $MLFLOW_TRACKING_URI; a turn ends after its epoch hooks."""
+    study, step = project_step(network, splits, epochs)
     config = step.config
-    progress = re.compile(r"^\s*epoch\s+\d+/\d+")
+    tags = runner.run_tags(runner.ladder_units(study, BENCH_PROFILE, [step])[0], splits.fingerprint)
     lines = []
-
-    def out(text):
-        if progress.match(text):
-            lines.append(text)
-            turns.epoch_end()
-
+    begin, end = runner.progress_printer(epochs, lines.append)
     experiment = tracking.experiment_id("bench")
-    tags = {"ablation.kind": "ladder_step", "ablation.study": "bench", "ablation.step": step.name,
-            "ablation.config_hash": config.hash(), "ablation.work_key": work_key(config, splits.fingerprint),
-            **tracking.data_tags(splits.fingerprint)}
-    with tracking.run(experiment, "bench", {"ablation.kind": "ladder", "ablation.study": "bench"}):
-        train_step(experiment, step, config, splits, tags, out)
+    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: BENCH_PROFILE.name}
+    with tracking.run(experiment, "bench", parent_tags), tracking.run(experiment, step.name, tags, nested=True):
+        runner.train_in_run(config, splits, on_epoch=(end, turns.epoch_end), on_epoch_begin=(begin,))
     if len(lines) != epochs:
-        raise RuntimeError(f"expected {epochs} epoch lines from ablation.ladder.progress_printer, got "
-                           f"{len(lines)}: has its format changed?")
+        raise RuntimeError(f"expected {epochs} progress lines from runner.progress_printer, got {len(lines)}")
 
 
 def train_bare(network: str, splits, epochs: int, turns: Turns):
-    """keras.Model.fit of the project's model (augmentation included) on arrays: no callbacks, no tracking."""
-    import keras
-
-    from ablation.train import build, make_optimizer, prepare_inputs
-
-    config = project_step(network, splits, epochs).config
+    """keras.Model.fit of the project's model (augmentation included) on arrays: no tracking, no hooks."""
+    _, step = project_step(network, splits, epochs)
+    config = step.config
     keras.utils.set_random_seed(config.seed)
     _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x_train, x_val, _ = prepare_inputs(splits, config)
-
-    class Turn(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            turns.epoch_end()
-
+    turn = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: turns.epoch_end())
     model.fit(x_train, splits.y_train, batch_size=config.batch_size, epochs=epochs,
-              validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[Turn()])
+              validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[turn])
 
 
 def source_network(tf_keras, blocks=(5, 3, 1), dropout_rate=0.0):
-    """The assignment's template ResNet (SPEC section 1, code blocks A1-A2) in Keras 2 layers."""
+    """The assignment's template ResNet, as the assignment's Keras 2 code builds it."""
     layers = tf_keras.layers
 
     def block(x, filters, strides=1):
@@ -226,34 +221,24 @@ def source_network(tf_keras, blocks=(5, 3, 1), dropout_rate=0.0):
     return tf_keras.Model(inputs, layers.Dense(10, activation="softmax")(x))
 
 
-def train_source(network: str, splits, epochs: int, turns: Turns):
+def train_source(tf_keras, network: str, splits, epochs: int, turns: Turns):
     """The source's code path: tf_keras, one-hot labels, ImageDataGenerator.flow into model.fit."""
-    import tf_keras
-    from tf_keras.preprocessing.image import ImageDataGenerator
-
     spec = NETWORKS[network]
     tf_keras.utils.set_random_seed(0)
     model = source_network(tf_keras, spec["blocks"], spec["dropout_rate"])
     model.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
     x_train, x_val = (x.astype("float32") / 255.0 for x in (splits.x_train, splits.x_val))
     y_train, y_val = (tf_keras.utils.to_categorical(y, 10) for y in (splits.y_train, splits.y_val))
-    datagen = ImageDataGenerator(rotation_range=15, width_shift_range=0.1, height_shift_range=0.1,
-                                 horizontal_flip=True, zoom_range=0.1)
-
-    class Turn(tf_keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            turns.epoch_end()
-
-    callbacks = []
-    if spec["schedule_callbacks"]:  # the ladder's last step: SPEC's EarlyStopping and ReduceLROnPlateau
-        callbacks = [tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, min_delta=1e-4,
-                                                      restore_best_weights=True),
-                     tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=5, min_lr=1e-5)]
+    datagen = tf_keras.preprocessing.image.ImageDataGenerator(
+        rotation_range=15, width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True, zoom_range=0.1)
+    callbacks = [tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: turns.epoch_end())]
+    if spec["schedule_callbacks"]:  # the ladder's last step: the assignment's EarlyStopping and ReduceLROnPlateau
+        callbacks[:0] = [tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, min_delta=1e-4,
+                                                          restore_best_weights=True),
+                         tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=5,
+                                                              min_lr=1e-5)]
     model.fit(datagen.flow(x_train, y_train, batch_size=32), epochs=epochs, validation_data=(x_val, y_val),
-              callbacks=[*callbacks, Turn()], verbose=0)
-
-
-TRAINERS = {"project": train_project, "bare": train_bare, "source": train_source}
+              callbacks=callbacks, verbose=0)
 
 
 def training_worker(spec: dict) -> dict:
@@ -261,7 +246,13 @@ def training_worker(spec: dict) -> dict:
     turns = Turns()
     turns.wait()  # setup too is one at a time: tracing competes for the cores like training does
     splits = load_splits(spec["data_file"])
-    TRAINERS[spec["path"]](spec["network"], splits, spec["epochs"], turns)
+    network, epochs = spec["network"], spec["epochs"]
+    if spec["path"] == "source":
+        import tf_keras  # the `bench` extra (Keras 2): loaded by the source's worker alone
+
+        train_source(tf_keras, network, splits, epochs, turns)
+    else:
+        {"project": train_project, "bare": train_bare}[spec["path"]](network, splits, epochs, turns)
     return {"images": len(splits.y_train)}
 
 
@@ -324,17 +315,13 @@ log = true
 
 def search_worker(spec: dict) -> dict:
     """Run the benchmark's search with one pruner; per trial: number, value, epochs run, state."""
-    from ablation.config import Profile, load_study
-    from ablation.search import run_search
-
     path = Path(spec["reports"]) / "bench_search.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(SEARCH_STUDY.format(epochs=spec["epochs"], train_subset=spec["train_images"] * 5 // 4))
-    profile = Profile("bench", 1.0, None, None, "the benchmark's search, as its study file says")
     cpu, wall = _clock()
-    summary = run_search(load_study(path), profile, trials=spec["trials"], data_path=spec["data"],
-                         storage=spec["storage"], study_name=f"bench-{spec['pruner']}", pruner=spec["pruner"],
-                         reports=spec["reports"], out=lambda text: None)
+    summary = searcher.run_search(load_study(path), BENCH_PROFILE, trials=spec["trials"], data_path=spec["data"],
+                                  storage=spec["storage"], study_name=f"bench-{spec['pruner']}",
+                                  pruner=spec["pruner"], reports=spec["reports"], out=lambda text: None)
     cpu1, wall1 = _clock()
     trials = sorted((r["number"], r["value"], r["epochs_run"], r["state"]) for r in summary["rows"])
     return {"trials": trials, "cpu_s": cpu1 - cpu, "wall_s": wall1 - wall}
@@ -355,111 +342,127 @@ def best_value(trials) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ratio 6: a store of N runs shaped like the ladder's and the search's.
+# Ratio 6: a store of N runs shaped like the ladder's and the search's, in a worker process.
 
 
-def fill_store(uri: str, runs: int, journal: str, epochs: int = 10) -> None:
-    """A store as the ladder and the search leave it: ladders of six steps (seeds 0..), one search parent
-    with the remaining runs as trials (a third pruned) and its Optuna journal; per-epoch metrics, the
-    whole config as params, and the test predictions of every finished step and complete trial."""
-    import random
+class SyntheticRuns:
+    """Writes finished runs into one experiment of $MLFLOW_TRACKING_URI, as the ladder and the search leave
+    them: the whole config as params, per-epoch metrics, and for a finished training its final metrics and
+    test predictions."""
 
-    import optuna
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+    def __init__(self, experiment: str, epochs: int, folder: Path):
+        self.experiment, self.epochs, self.folder = experiment, epochs, folder
+        self.rng = random.Random(0)
+        self.count = 0
 
-    from ablation.config import load_study
-    from ablation.data import CLASS_NAMES
-    from ablation.search import open_storage
-
-    study = load_study(STUDY)
-    client = MlflowClient(uri)
-    experiment = client.create_experiment(study.name, artifact_location=Path(uri[len("sqlite:///"):]).parent.joinpath(
-        "artifacts").as_uri())
-    rng, now, made = random.Random(0), int(time.time() * 1000), [0]
-
-    def make_run(name, tags, parent=None, config=None, accuracy=None, last_epoch=epochs):
-        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
-        run_id = client.create_run(experiment, start_time=now + made[0], tags=tags, run_name=name).info.run_id
-        made[0] += 1
-        if config is None:
-            client.set_terminated(run_id, "FINISHED")
-            return run_id
-        params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))
-                  for k, v in config.params().items()]
-        metrics = []
-        for epoch in range(1, last_epoch + 1):
-            values = {"loss": 2.0 / epoch, "accuracy": accuracy * epoch / epochs, "val_loss": 2.1 / epoch,
-                      "val_accuracy": accuracy * epoch / epochs, "learning_rate": config.learning_rate}
-            metrics += [Metric(k, v, now + epoch, epoch) for k, v in values.items()]
-        if last_epoch == epochs:  # finished: the final metrics and the test predictions, as tracking.log_result
-            final = {"test_loss": 1.0, "test_accuracy": accuracy, "epochs_run": epochs, "train_seconds": 60.0,
-                     "train_cpu_seconds": 110.0, "seconds_per_epoch": 6.0, "num_params": 316394, "flops": 1.2e8,
-                     "best_val_accuracy": accuracy}
-            metrics += [Metric(k, v, now, 0) for k, v in final.items()]
-            client.log_dict(run_id, {"class_names": list(CLASS_NAMES), "predictions": [rng.randrange(10)
-                                                                                          for _ in range(100)]},
-                            "test_predictions.json")
-        client.log_batch(run_id, metrics=metrics, params=params)
-        client.set_terminated(run_id, "FINISHED")
+    def write(self, name: str, tags: dict, parent=None, config=None, accuracy=0.0, last_epoch=None) -> str:
+        """One run (a parent run when `config` is None); trained to `last_epoch` of the epochs (all: finished)."""
+        last_epoch = self.epochs if last_epoch is None else last_epoch
+        finished = config is not None and last_epoch == self.epochs
+        metrics = [] if config is None else self.metrics(config, accuracy, last_epoch)
+        run_id = tracking.write_run(self.experiment, name, tags=tags, params={} if config is None else config.params(),
+                                    metrics=metrics, parent_run_id=parent)
+        if finished:
+            self.log_predictions(run_id)
+        self.count += 1
         return run_id
 
-    # Phase 1: ladders, one per seed.
-    ladders = max(1, min(5, runs // 200))
-    for seed in range(ladders):
-        parent = make_run("assignment-quick", {"ablation.kind": "ladder", "ablation.study": study.name,
-                                                "ablation.profile": "quick"})
-        for index, step in enumerate(study.steps, start=1):
-            make_run(step.name, {
-                "ablation.kind": "ladder_step", "ablation.study": study.name, "ablation.step": step.name,
-                "ablation.step_index": str(index), "ablation.baseline": str(step.is_baseline),
-                "ablation.profile": "quick", "ablation.description": step.description,
-                "ablation.work_key": f"{seed}-{index}", "ablation.seed": str(seed),
-                "ablation.reported_test_accuracy": str(step.reported_test_accuracy),
-            }, parent, dataclasses.replace(step.config, seed=seed), rng.uniform(0.4, 0.9))
+    def metrics(self, config, accuracy: float, last_epoch: int) -> list[tuple[str, float, int]]:
+        """Per-epoch metrics (the epoch as the step), then the final ones (step 0) if the run finished."""
+        out = []
+        for epoch in range(1, last_epoch + 1):
+            values = {"loss": 2.0 / epoch, "accuracy": accuracy * epoch / self.epochs, "val_loss": 2.1 / epoch,
+                      "val_accuracy": accuracy * epoch / self.epochs, "learning_rate": config.learning_rate}
+            out += [(key, value, epoch) for key, value in values.items()]
+        if last_epoch == self.epochs:
+            final = {"test_loss": 1.0, "test_accuracy": accuracy, "epochs_run": self.epochs, "train_seconds": 60.0,
+                     "train_cpu_seconds": 110.0, "seconds_per_epoch": 6.0, "num_params": 316394, "flops": 1.2e8,
+                     "best_val_accuracy": accuracy}
+            out += [(key, value, 0) for key, value in final.items()]
+        return out
 
-    # Phase 2: one search with the remaining runs as trials, in MLflow and in its Optuna journal.
+    def log_predictions(self, run_id: str):
+        """test_predictions.json as `tracking.log_result` writes it: class names, labels and predictions."""
+        draw = lambda: [self.rng.randrange(10) for _ in range(100)]  # noqa: E731
+        payload = {"class_names": list(CLASS_NAMES), "labels": draw(), "predictions": draw()}
+        (self.folder / "test_predictions.json").write_text(json.dumps(payload))
+        tracking.log_report(self.folder, run_id, artifact_path="")  # the folder's files as the run's artifacts
+
+
+def synthetic_fingerprint(config) -> dict:
+    """A data fingerprint shaped like `make_splits`' (the quick profile's sizes), for the data.* tags."""
+    return {"source": "synthetic", "train_size": 3200, "val_size": 800, "test_size": 2000, "subset_train": 4000,
+            "subset_test": 2000, "seed": config.seed, "validation_split": config.validation_split,
+            "digest": f"synthetic-{config.seed}"}
+
+
+def fill_ladders(runs: SyntheticRuns, study, ladders: int):
+    """Ladders of the study's steps, one per seed (0, 1, ...), each under its parent run."""
+    profile = get_profile("quick")  # named in the tags, as a quick ladder names it
+    for seed in range(ladders):
+        parent = runs.write(f"{study.name}-quick", {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name,
+                                                    Tag.PROFILE: profile.name})
+        steps = [dataclasses.replace(step, config=dataclasses.replace(step.config, seed=seed)) for step in study.steps]
+        for unit in runner.ladder_units(study, profile, steps):
+            tags = runner.run_tags(unit, synthetic_fingerprint(unit.config))
+            runs.write(unit.name, tags, parent, unit.config, runs.rng.uniform(0.4, 0.9))
+
+
+def fill_search(runs: SyntheticRuns, study, journal: str, trials: int):
+    """One search of `trials` trials (every third pruned), as MLflow runs and in its Optuna journal."""
     space, base = study.search, study.step(study.search.base_step).config
-    storage, _, where = open_storage(journal)
+    name = f"{study.name}-quick"
+    storage, kind, where = tracking.open_storage(journal)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna_study = optuna.create_study(storage=storage, study_name="assignment-quick", direction="maximize")
-    distributions = {p.name: (optuna.distributions.IntDistribution(int(p.low), int(p.high)) if p.type == "int"
-                              else optuna.distributions.FloatDistribution(p.low, p.high, log=p.log))
-                     for p in space.params}
-    parent = make_run("search-assignment-quick", {
-        "ablation.kind": "search", "ablation.study": study.name, "ablation.profile": "quick",
-        "ablation.optuna_study": "assignment-quick", "ablation.optuna_storage_kind": "journal",
-        "ablation.optuna_storage": where, "ablation.base_step": space.base_step})
-    trials = []
-    for number in range(runs - made[0]):
-        params = {name: (rng.randint(d.low, d.high) if isinstance(d, optuna.distributions.IntDistribution)
-                         else 10 ** rng.uniform(math.log10(d.low), math.log10(d.high)) if d.log
-                         else rng.uniform(d.low, d.high)) for name, d in distributions.items()}
-        pruned, accuracy = number % 3 == 2, rng.uniform(0.3, 0.8)
-        last = epochs // 3 if pruned else epochs
-        config = dataclasses.replace(base, learning_rate=params["learning_rate"], model_args={
-            **base.model_args, **{k: v for k, v in params.items() if k != "learning_rate"}})
-        make_run(f"trial-{number:04d}", {
-            "ablation.kind": "search_trial", "ablation.study": study.name, "ablation.profile": "quick",
-            "ablation.optuna_study": "assignment-quick", "ablation.optuna_trial": str(number),
-            "ablation.base_step": space.base_step, "ablation.trial_state": "pruned" if pruned else "complete",
-            "ablation.search_params": json.dumps(params, sort_keys=True),
-        }, parent, config, accuracy, last)
-        trials.append(optuna.trial.create_trial(
-            params=params, distributions=distributions, value=None if pruned else accuracy,
+    stored = optuna.create_study(storage=storage, study_name=name, direction=space.direction)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))  # in memory: samples only
+    parent = runs.write(f"search-{name}", {
+        Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: "quick", Tag.OPTUNA_STUDY: name,
+        Tag.OPTUNA_STORAGE_KIND: kind, Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
+        Tag.PRUNER: "MedianPruner", Tag.SEED: base.seed})
+    frozen = []
+    for number in range(trials):
+        draw = draws.ask()
+        params = searcher.suggest(draw, space)
+        pruned, accuracy = number % 3 == 2, runs.rng.uniform(0.3, 0.8)
+        last = runs.epochs // 3 if pruned else runs.epochs
+        config = with_values(base, params)
+        fingerprint = synthetic_fingerprint(config)
+        runs.write(f"trial-{number:04d}", {
+            Tag.KIND: Kind.SEARCH_TRIAL, Tag.STUDY: study.name, Tag.PROFILE: "quick", Tag.OPTUNA_STUDY: name,
+            Tag.OPTUNA_TRIAL: number, Tag.BASE_STEP: space.base_step, Tag.SEED: config.seed,
+            Tag.TRIAL_STATE: "pruned" if pruned else "complete", Tag.SEARCH_PARAMS: json.dumps(params, sort_keys=True),
+            Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: runner.work_key(config, fingerprint),
+            **tracking.data_tags(fingerprint)}, parent, config, accuracy, last)
+        frozen.append(optuna.trial.create_trial(
+            params=params, distributions=draw.distributions, value=None if pruned else accuracy,
             state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
-            intermediate_values={e: accuracy * e / epochs for e in range(last)}))
-    optuna_study.add_trials(trials)
+            intermediate_values={e: accuracy * e / runs.epochs for e in range(last)}))
+    stored.add_trials(frozen)
+
+
+def fill_store(spec: dict) -> dict:
+    """A store of spec["runs"] runs in $MLFLOW_TRACKING_URI: up to five ladders (one per 200 runs), then one
+    search with the remaining runs as trials, its Optuna journal at spec["journal"]."""
+    study = load_study(STUDY)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = SyntheticRuns(tracking.experiment_id(study.name), spec.get("epochs", 10), Path(folder))
+        fill_ladders(runs, study, ladders=max(1, min(5, spec["runs"] // 200)))
+        fill_search(runs, study, spec["journal"], trials=spec["runs"] - runs.count - 1)  # 1: the search's parent
+    return {"runs": runs.count}
 
 
 # ---------------------------------------------------------------------------------------------
 # The parent process: run the workers and the commands, compute the ratios.
 
 
+def worker_command(spec: dict) -> list[str]:
+    return [sys.executable, "-m", MODULE, "--worker", json.dumps(spec)]
+
+
 def run_worker(spec: dict, env: dict) -> dict:
     """Run one measurement in a fresh Python process; its result, or an error with its output's tail."""
-    done = subprocess.run([sys.executable, "-m", "ablation.bench", "--worker", json.dumps(spec)],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(worker_command(spec), env=env, capture_output=True, text=True)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
@@ -470,8 +473,6 @@ def run_worker(spec: dict, env: dict) -> dict:
 
 def timed(command: list[str], env: dict) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the child) of a command that must succeed."""
-    import resource
-
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -483,12 +484,13 @@ def timed(command: list[str], env: dict) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def store_env(env: dict, folder: Path) -> dict:
+    """`env` with a SQLite MLflow store of its own in `folder`."""
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"}
+
+
 def prepare_data(data_path, size: Size, folder: Path) -> str:
     """The benchmark's splits (seeded, stratified), saved for the workers; returns the .npz path."""
-    import numpy as np
-
-    from ablation.data import load_cifar10, make_splits
-
     dataset = load_cifar10(data_path)
     splits = make_splits(dataset, validation_split=0.2, seed=0, train_subset=size.train_images * 5 // 4,
                          test_subset=100)
@@ -518,9 +520,8 @@ class Worker:
     def __init__(self, spec: dict, env: dict, folder: Path):
         self.name = f"{spec['path']}/{spec['network']}"
         self.log = open(folder / f"{spec['path']}-{spec['network']}.log", "w+")
-        self.process = subprocess.Popen([sys.executable, "-m", "ablation.bench", "--worker", json.dumps(spec)],
-                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                        text=True)
+        self.process = subprocess.Popen(worker_command(spec), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True)
         self.marks = []
         self.result = None
 
@@ -546,8 +547,8 @@ class Worker:
         self.log.close()
 
 
-def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, say) -> list[dict]:
-    """Ratios 1 and 2: every path's worker takes turns, one epoch each per round."""
+def training_plan(only, size: Size) -> list[tuple[str, str]]:
+    """(path, network) of every training worker: ratio 2 needs the first network only."""
     plan = []
     for network in size.networks:
         if 1 in only:
@@ -556,23 +557,32 @@ def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, sa
             plan.append(("project", network))
         if 2 in only and network == size.networks[0]:
             plan.append(("bare", network))
+    return plan
+
+
+def take_turns(order: list[Worker], size: Size, images: int, say):
+    """Setup and epoch 1 of every worker (not counted), then one epoch each per round, then their ends."""
+    for worker in order:
+        worker.turn()
+    for round_number in range(1, size.rounds + 1):
+        for worker in order if round_number % 2 else order[::-1]:  # ABC CBA ...: drift hits all alike
+            worker.turn()
+        say(f"  round {round_number}/{size.rounds}: CPU-ms/image " + "  ".join(
+            f"{w.name} {epoch_costs(w.marks, images)['cpu_ms'][-1]:.1f}" for w in order))
+    for worker in order:
+        worker.finish()
+
+
+def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, say) -> list[dict]:
+    """Ratios 1 and 2: every path's worker takes turns, one epoch each per round."""
     images = json.loads(Path(data_file).with_suffix(".json").read_text())["train_size"]
     workers = {}
-    for path, network in plan:
-        spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + size.rounds, "data_file": data_file}
-        store = folder / f"mlruns-{path}-{network}"
-        workers[path, network] = Worker(spec, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}, folder)
     try:
-        order = list(workers.values())
-        for worker in order:  # setup and epoch 1 (graph tracing): not counted
-            worker.turn()
-        for round_number in range(1, size.rounds + 1):
-            for worker in order if round_number % 2 else order[::-1]:  # ABC CBA ...: drift hits all alike
-                worker.turn()
-            say(f"  round {round_number}/{size.rounds}: CPU-ms/image " + "  ".join(
-                f"{w.name} {epoch_costs(w.marks, images)['cpu_ms'][-1]:.1f}" for w in order))
-        for worker in order:
-            worker.finish()
+        for path, network in training_plan(only, size):
+            spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + size.rounds,
+                    "data_file": data_file}
+            workers[path, network] = Worker(spec, store_env(env, folder / f"mlruns-{path}-{network}"), folder)
+        take_turns(list(workers.values()), size, images, say)
     finally:
         for worker in workers.values():
             if worker.process.poll() is None:
@@ -610,18 +620,23 @@ def _spread(a: dict, b: dict) -> str:
     return f"per-round CPU ratios {ratios[0]:.2f}-{ratios[-1]:.2f}; wall ratio {walls:.2f}"
 
 
-def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
-    """Ratio 3: epochs to reach the same best value, with the median pruner and with Hyperband, against none."""
+def run_searches(size: Size, data_path, folder: Path, env: dict, say) -> dict:
+    """The same search once per pruner, each in its own worker and stores; the workers' results by pruner."""
     results = {}
     for pruner in PRUNERS:
         spec = {"kind": "search", "pruner": pruner, "trials": size.search_trials, "epochs": size.search_epochs,
                 "train_images": size.search_train_images, "data": str(data_path) if data_path else None,
                 "storage": str(folder / f"optuna-{pruner}.journal"), "reports": str(folder / "reports")}
-        store = folder / f"mlruns-search-{pruner}"
-        results[pruner] = run_worker(spec, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"})
-        trials = results[pruner]["trials"]
+        results[pruner] = run_worker(spec, store_env(env, folder / f"mlruns-search-{pruner}"))
         say(f"  search, pruner {pruner}: " + "  ".join(
-            f"#{n} {s[0]}{e}ep {v:.3f}" if v is not None else f"#{n} {s[0]}{e}ep" for n, v, e, s in trials))
+            f"#{n} {s[0]}{e}ep {v:.3f}" if v is not None else f"#{n} {s[0]}{e}ep"
+            for n, v, e, s in results[pruner]["trials"]))
+    return results
+
+
+def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
+    """Ratio 3: epochs to reach the same best value, with the median pruner and with Hyperband, against none."""
+    results = run_searches(size, data_path, folder, env, say)
     plain = results["none"]["trials"]
     rows = []
     for pruner in PRUNERS[1:]:
@@ -641,46 +656,55 @@ def bench_search(size: Size, data_path, folder: Path, env: dict, say) -> list[di
     return rows
 
 
-PRUNERS = ("none", "median", "hyperband")  # the reference first
+def bench_help(size: Size, env: dict, say) -> dict:
+    """Ratio 5: `python -m ablation.ladder --help`."""
+    walls = [timed([sys.executable, "-m", "ablation.ladder", "--help"], env)
+             for _ in range(max(3, size.command_repeats))]
+    say(f"  ladder --help: wall {', '.join(f'{w:.2f}' for w, _ in walls)} s")
+    return _row(5, "ladder --help", _median([w for w, _ in walls]), "python -m ablation.ladder --help",
+                _median([w for w, _ in walls]), unit="s wall", a_other=_median([c for _, c in walls]),
+                other_unit="CPU s", samples=len(walls))
+
+
+def bench_rerun(size: Size, data_path, folder: Path, env: dict, say) -> dict:
+    """Ratio 4: a smoke ladder, then its re-runs on the same store (nothing left to train)."""
+    run_env = store_env(env, folder / "mlruns-smoke")
+    command = [sys.executable, "-m", "ablation.ladder", "--profile", "smoke", "--no-report"]
+    command += ["--data", str(data_path)] if data_path else []
+    first = timed(command, run_env)
+    say(f"  smoke ladder, first run (trains): wall {first[0]:.1f} s")
+    walls = [timed(command, run_env) for _ in range(size.command_repeats)]
+    say(f"  smoke ladder, re-run (nothing to train): wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
+    return _row(4, "smoke re-run", _median([w for w, _ in walls]), "re-run of a finished smoke ladder",
+                _median([w for w, _ in walls]), "first run (trains)", first[0], "s wall",
+                _median([c for _, c in walls]), first[1], "CPU s", len(walls))
+
+
+def bench_report(size: Size, folder: Path, env: dict, say) -> dict:
+    """Ratio 6: `python -m ablation.report` over a store the fill_store worker made."""
+    store = folder / "mlruns-report"
+    report_env = store_env(env, store)
+    started = time.perf_counter()
+    run_worker({"kind": "fill_store", "runs": size.report_runs, "journal": str(store / "optuna.journal")},
+               report_env)
+    say(f"  store of {size.report_runs} runs made in {time.perf_counter() - started:.0f} s")
+    command = [sys.executable, "-m", "ablation.report", "--study", str(STUDY), "--out", str(folder / "report")]
+    walls = [timed(command, report_env) for _ in range(size.command_repeats)]
+    say(f"  report over {size.report_runs} runs: wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
+    return _row(6, f"report, {size.report_runs} runs", _median([w for w, _ in walls]), "python -m ablation.report",
+                _median([w for w, _ in walls]), unit="s wall", a_other=_median([c for _, c in walls]),
+                other_unit="CPU s", samples=len(walls))
 
 
 def bench_commands(only, size: Size, data_path, folder: Path, env: dict, say) -> list[dict]:
     """Ratios 4-6: wall seconds of the project's commands."""
-    python = sys.executable
     rows = []
     if 5 in only:
-        walls = [timed([python, "-m", "ablation.ladder", "--help"], env) for _ in range(max(3, size.command_repeats))]
-        say(f"  ladder --help: wall {', '.join(f'{w:.2f}' for w, _ in walls)} s")
-        rows.append(_row(5, "ladder --help", _median([w for w, _ in walls]), "python -m ablation.ladder --help",
-                         _median([w for w, _ in walls]), unit="s wall", a_other=_median([c for _, c in walls]),
-                         other_unit="CPU s", samples=len(walls)))
+        rows.append(bench_help(size, env, say))
     if 4 in only:
-        store = folder / "mlruns-smoke"
-        run_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
-        command = [python, "-m", "ablation.ladder", "--profile", "smoke", "--no-report"]
-        command += ["--data", str(data_path)] if data_path else []
-        first = timed(command, run_env)
-        say(f"  smoke ladder, first run (trains): wall {first[0]:.1f} s")
-        walls = [timed(command, run_env) for _ in range(size.command_repeats)]
-        say(f"  smoke ladder, re-run (nothing to train): wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
-        rows.append(_row(4, "smoke re-run", _median([w for w, _ in walls]), "re-run of a finished smoke ladder",
-                         _median([w for w, _ in walls]), "first run (trains)", first[0], "s wall",
-                         _median([c for _, c in walls]), first[1], "CPU s", len(walls)))
+        rows.append(bench_rerun(size, data_path, folder, env, say))
     if 6 in only:
-        store = folder / "mlruns-report"
-        uri = f"sqlite:///{store}/mlflow.db"
-        started = time.perf_counter()
-        store.mkdir(parents=True, exist_ok=True)
-        timed([python, "-m", "ablation.bench", "--worker", json.dumps(
-            {"kind": "fill_store", "uri": uri, "runs": size.report_runs, "journal": str(store / "optuna.journal")})],
-              env)
-        say(f"  store of {size.report_runs} runs made in {time.perf_counter() - started:.0f} s")
-        command = [python, "-m", "ablation.report", "--study", STUDY, "--out", str(folder / "report")]
-        walls = [timed(command, {**env, "MLFLOW_TRACKING_URI": uri}) for _ in range(size.command_repeats)]
-        say(f"  report over {size.report_runs} runs: wall {', '.join(f'{w:.1f}' for w, _ in walls)} s")
-        rows.append(_row(6, f"report, {size.report_runs} runs", _median([w for w, _ in walls]),
-                         "python -m ablation.report", _median([w for w, _ in walls]), unit="s wall",
-                         a_other=_median([c for _, c in walls]), other_unit="CPU s", samples=len(walls)))
+        rows.append(bench_report(size, folder, env, say))
     return rows
 
 
@@ -729,6 +753,17 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """One line per ratio: its value, goal, medians and note."""
+    lines = []
+    for row in rows:
+        a = f"{row['a']} {_fmt(row['a_median'])}" if row["a"] else ""
+        b = f" / {row['b']} {_fmt(row['b_median'])}" if row["b"] else ""
+        lines.append(f"ratio {row['ratio']} ({row['case']}): {_fmt(row['value'])}  goal {row['goal']}  "
+                     f"[{a}{b} {row['unit']}]  {row['note']}")
+    return lines
+
+
 def write_csv(rows: list[dict], path: Path, machine_line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
@@ -743,14 +778,19 @@ def write_csv(rows: list[dict], path: Path, machine_line: str) -> None:
 # Entry points.
 
 
+def child_env() -> dict:
+    """The environment of the workers and commands: quiet, unbuffered, and this checkout importable from any
+    working directory (the workers run `python -m benchmarks.bench`, the commands `python -m ablation...`)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
 def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=None, out=DEFAULT_OUT,
               say=print) -> list[dict]:
     """Measure the ratios in `only`; write the CSV; return its rows."""
-    from ablation.data import resolve_data_path
-
     data_path = resolve_data_path(data_path)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = child_env()
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ablation-bench-") as tmp:
         folder = Path(tmp)
@@ -771,7 +811,7 @@ def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ablation.bench",
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                      description="Measure the six performance ratios of issue 6; write a CSV.")
     parser.add_argument("--data", default=None,
                         help="CIFAR-10 (archive or folder; default: $ABLATION_DATA, else Keras' download)")
@@ -796,27 +836,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-WORKERS = {"training": training_worker, "search": search_worker}
+WORKERS = {"training": training_worker, "search": search_worker, "fill_store": fill_store}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.worker is not None:
+    if args.worker is not None:  # one measurement, in this process; its result is the last line
         spec = json.loads(args.worker)
-        if spec["kind"] == "fill_store":
-            fill_store(spec["uri"], spec["runs"], spec["journal"])
-            return 0
         print(RESULT_PREFIX + json.dumps(WORKERS[spec["kind"]](spec)), flush=True)
         return 0
     size = SIZES["quick" if args.quick else "default"]
     size = dataclasses.replace(size, train_images=args.images or size.train_images, rounds=args.rounds or size.rounds)
     rows = run_bench(args.only, size, args.data, args.out)
-    print()
-    for row in rows:
-        a = f"{row['a']} {_fmt(row['a_median'])}" if row["a"] else ""
-        b = f" / {row['b']} {_fmt(row['b_median'])}" if row["b"] else ""
-        print(f"ratio {row['ratio']} ({row['case']}): {_fmt(row['value'])}  goal {row['goal']}  "
-              f"[{a}{b} {row['unit']}]  {row['note']}")
+    print("\n" + "\n".join(summary_lines(rows)))
     print(f"\nmachine: {machine()}\n")
     print(markdown_table(rows))
     return 0

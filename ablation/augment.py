@@ -1,0 +1,76 @@
+"""The source's ImageDataGenerator augmentation as one Keras layer: one affine resampling per image.
+
+ImageDataGenerator(rotation_range, width_shift_range, height_shift_range, zoom_range, horizontal_flip)
+draws, per image, an angle, two shifts, an x zoom and a y zoom drawn independently from [1 - z, 1 + z]
+(so the aspect ratio changes), and a flip; it composes them into one affine transform about the image
+centre and resamples once (bilinear, edges filled with the nearest pixel). Keras 3's RandomZoom keeps
+the aspect ratio, and chaining RandomRotation, RandomTranslation and RandomZoom resamples a 32x32 image
+three times, which blurs it more: this layer does what the generator did. See docs/recipe.md.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+PARAMETERS = ("angle", "shift_x", "shift_y", "zoom_x", "zoom_y", "flip")  # per image, as drawn
+
+
+def has_augmentation(config) -> bool:
+    """Whether the config asks for any augmentation."""
+    return bool(config.rotation_range or config.width_shift_range or config.height_shift_range
+                or config.zoom_range or config.horizontal_flip)
+
+
+def draw(batch: int, config, seed) -> dict:
+    """Per-image transform parameters: angle (radians), shifts (pixels), zooms, flip (-1 or 1)."""
+    size = 32.0  # CIFAR-10's images; shifts are fractions of it
+    uniform = lambda low, high: keras.random.uniform((batch,), low, high, seed=seed)  # noqa: E731
+    angle = math.radians(config.rotation_range)
+    flip = ops.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if config.horizontal_flip else ops.ones((batch,))
+    return {
+        "angle": uniform(-angle, angle) if angle else ops.zeros((batch,)),
+        "shift_x": uniform(-config.width_shift_range, config.width_shift_range) * size,
+        "shift_y": uniform(-config.height_shift_range, config.height_shift_range) * size,
+        # Two independent draws: the generator zooms x and y separately.
+        "zoom_x": uniform(1.0 - config.zoom_range, 1.0 + config.zoom_range),
+        "zoom_y": uniform(1.0 - config.zoom_range, 1.0 + config.zoom_range),
+        "flip": flip,
+    }
+
+
+def transform_vectors(params: dict, height: int, width: int):
+    """The 8-number transforms of keras.ops.image.affine_transform (output pixel -> input pixel).
+
+    input = R(angle) @ (diag(flip * zoom_x, zoom_y) @ (output - centre) + shift) + centre: zoom and
+    flip first, then the shift, then the rotation, all about the centre, as the generator composed them.
+    """
+    cos, sin = ops.cos(params["angle"]), ops.sin(params["angle"])
+    sx, sy = params["flip"] * params["zoom_x"], params["zoom_y"]
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a0, a1, b0, b1 = cos * sx, -sin * sy, sin * sx, cos * sy
+    tx, ty = params["shift_x"], params["shift_y"]
+    a2 = cx - a0 * cx - a1 * cy + cos * tx - sin * ty
+    b2 = cy - b0 * cx - b1 * cy + sin * tx + cos * ty
+    zeros = ops.zeros_like(a0)
+    return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+class RandomAffine(keras.layers.Layer):
+    """Rotation, shifts, independent x/y zoom and horizontal flip, one resampling; active in training only."""
+
+    def __init__(self, config, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        shape = ops.shape(images)
+        params = draw(shape[0], self.config, self.seed_generator)
+        transforms = transform_vectors(params, images.shape[1], images.shape[2])
+        return ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="nearest")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

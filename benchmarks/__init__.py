@@ -1,0 +1,1 @@
+"""Developer tools that measure the project (not shipped with the `ablation` package)."""
