@@ -2,9 +2,10 @@
 search's Optuna study. The only part of the report that touches a store, and it only reads.
 
 Which runs: the latest ladder parent run of the study (its kind tag is `Kind.LADDER`) that has
-finished steps, and those steps. A step's replicas are the finished runs of the same step with the
-same config except the seed, under any ladder parent with the same profile, one per distinct piece
-of work (its work key), so a reused copy of a run is not counted twice.
+finished steps, and those steps, one run per step and training seed. The evidence over seeds
+counts, for each step, those runs and the same step's finished runs with the same config but the
+training seed under any other ladder of the same profile: one per piece of work (work key) and one
+per seed (see `replicates`).
 """
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ablation import tracking
+from ablation import evidence, tracking
 from ablation.config import EPOCH_METRICS, SearchSpace, StudyError, load_study
 from ablation.data import DataError, load_cifar10, make_splits, resolve_data_path
 from ablation.report import DEFAULT_STUDY, ReportError
@@ -27,8 +28,8 @@ def col(tag: str) -> str:
     return tag[len(Tag.PREFIX):] if tag.startswith(Tag.PREFIX) else tag
 
 
-KIND, STEP, STEP_INDEX, PROFILE, WORK_KEY = (col(t) for t in (Tag.KIND, Tag.STEP, Tag.STEP_INDEX, Tag.PROFILE,
-                                                              Tag.WORK_KEY))
+KIND, STEP, STEP_INDEX, PROFILE, WORK_KEY, BASELINE, COMPARE_TO = (
+    col(t) for t in (Tag.KIND, Tag.STEP, Tag.STEP_INDEX, Tag.PROFILE, Tag.WORK_KEY, Tag.BASELINE, Tag.COMPARE_TO))
 COUNT_METRICS = ("epochs_run", "num_params", "flops")  # whole numbers that MLflow stores as floats
 # Tags holding numbers; other tags stay text (a hex digest such as '12e4...' must not become a float).
 NUMERIC_TAGS = tuple(col(t) for t in (Tag.STEP_INDEX, Tag.REPORTED_TEST_ACCURACY, Tag.OPTUNA_TRIAL,
@@ -48,12 +49,17 @@ class StudyInfo:
 
 @dataclass
 class Ladder:
-    """The latest ladder: its parent run, its steps in order, each step's replicas and epochs."""
+    """The latest ladder: its parent run, its steps, their replicates over seeds and the curves drawn."""
 
     parent: pd.Series
-    steps: pd.DataFrame
-    replicas: dict[str, pd.DataFrame]
-    histories: dict[str, pd.DataFrame]  # run id -> per-epoch metrics, indexed by epoch (from 1)
+    runs: pd.DataFrame  # the parent's finished step runs (every training seed), by step then seed
+    steps: pd.DataFrame  # one row per step, in order: its run at `curve_seed`
+    replicates: pd.DataFrame  # the runs the evidence counts, one per step and seed (see `replicates`)
+    pairs: list[tuple[str, str]]  # (step, the step it is compared with)
+    seeds: list[int]  # the parent's training seeds
+    curve_seed: int | None  # the training seed whose epochs are drawn
+    histories: dict[str, pd.DataFrame]  # run id -> per-epoch metrics, indexed by epoch (from 1), for `steps`
+    correct: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> right/wrong per test image
 
 
 @dataclass
@@ -67,6 +73,7 @@ class Search:
     log_params: set[str]
     monitor: str
     direction: str
+    space: SearchSpace | None = None  # the study file's search space, when the report was given the file
     importances: dict | None = None
     importance_note: str = ""
 
@@ -98,7 +105,12 @@ class Gathered:
 
 
 def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gathered:
-    """Read what the report needs; a ReportError when there is nothing to report."""
+    """Read what the report needs; a ReportError when there is nothing to report.
+
+    Store calls: one search over the experiment's runs, the epochs of one run per ladder step (the
+    curves), the test predictions of the runs a one-seed McNemar test or the confusion matrix
+    needs, and the search's Optuna study: a number bounded by the ladder's size, not the store's.
+    """
     study = resolve_study(study_name_or_path)
     experiment = experiment or study.name
     runs, config_columns = read_runs(experiment, study)
@@ -109,11 +121,10 @@ def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gath
     parents = runs[runs[KIND].isin([Kind.LADDER, Kind.SEARCH])].sort_values("start_time")
     found = Gathered(study, experiment, tracking.tracking_uri(), runs, config_columns, ladder, search,
                      log_run_id=parents["run_id"].iloc[-1] if len(parents) else None)
-    # The best run on the test set: among the ladder's steps and the search's trials.
-    reported = list(ladder.steps["run_id"]) if ladder is not None else []
-    if search is not None:
-        reported += list(search.trials["run_id"])
-    found.confusion = read_confusion(runs[runs["run_id"].isin(reported)], data)
+    predictions = Predictions()
+    if ladder is not None:
+        ladder.correct = read_correct(ladder, predictions)
+    found.confusion = read_confusion(confusion_candidates(runs, ladder, search), data, predictions)
     return found
 
 
@@ -196,7 +207,20 @@ def tidy(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         out[col(Tag.BASELINE)] = out[col(Tag.BASELINE)].eq("True")
     if KIND not in out.columns:
         out[KIND] = None
-    return out, params
+    return _with_seeds(out), params
+
+
+def _with_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """`seed` (training) and `split_seed` columns on every frame; a run from before the split seed was
+    its own field drew its split with the data seed it recorded (the `data.seed` tag)."""
+    for column in ("seed", "split_seed"):
+        if column not in runs.columns:
+            runs[column] = pd.Series(pd.NA, index=runs.index, dtype="Int64")
+    data_seed = Tag.DATA_PREFIX + "seed"
+    if data_seed in runs.columns:
+        recorded = pd.to_numeric(runs[data_seed], errors="coerce").astype("Int64")
+        runs["split_seed"] = runs["split_seed"].fillna(recorded)
+    return runs
 
 
 def _maybe_numeric(column: pd.Series) -> pd.Series:
@@ -225,42 +249,91 @@ def isna(value) -> bool:
 # The ladder.
 
 
+@dataclass(frozen=True)
+class StepRef:
+    """A ladder step as `evidence.ladder_pairs` reads it."""
+
+    name: str
+    is_baseline: bool
+    compare_to: str | None = None
+
+
 def read_ladder(runs: pd.DataFrame, config_columns: list[str]) -> Ladder | None:
-    """The latest ladder with its replicas and its steps' epochs; None when no ladder finished a step."""
-    parent, steps = latest_ladder(runs)
+    """The latest ladder, its replicates, the changes to test and its curves; None when no ladder finished a step."""
+    parent, mine = latest_ladder(runs)
     if parent is None:
         return None
-    return Ladder(parent, steps, replicas(runs, parent, steps, config_columns), histories(steps["run_id"]))
+    order = list(dict.fromkeys(mine[STEP]))
+    seeds = sorted(int(s) for s in mine["seed"].dropna().unique())
+    # The curves show one training seed, the first that every step ran with (the ladder's own seed when one).
+    shared = [s for s in seeds if all(mine[mine[STEP].eq(n)]["seed"].eq(s).any() for n in order)]
+    curve_seed = (shared or seeds or [None])[0]
+    steps = pd.DataFrame([_run_at(mine[mine[STEP].eq(name)], curve_seed) for name in order]).reset_index(drop=True)
+    refs = [StepRef(r[STEP], bool(r[BASELINE]), _text(r.get(COMPARE_TO))) for _, r in steps.iterrows()]
+    pool = replicates(runs, parent, mine, config_columns)
+    pairs = evidence.ladder_pairs(refs)
+    return Ladder(parent, mine, steps, pool, pairs, seeds, curve_seed, histories(steps["run_id"]))
+
+
+def _run_at(runs: pd.DataFrame, seed) -> pd.Series:
+    """The run of that training seed, else the first."""
+    at = runs[runs["seed"].eq(seed)] if seed is not None else runs.iloc[:0]
+    return (at if len(at) else runs).iloc[0]
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def latest_ladder(runs: pd.DataFrame):
-    """The newest ladder parent with finished steps, and those steps in order; (None, None) if none."""
+    """The newest ladder parent with finished steps, and those steps by step then seed; (None, None) if none."""
     steps = runs[runs[KIND].eq(Kind.LADDER_STEP) & runs["status"].eq("FINISHED")]
     parents = runs[runs[KIND].eq(Kind.LADDER) & runs["run_id"].isin(steps["parent_run_id"])]
     if parents.empty:
         return None, None
     parent = parents.sort_values("start_time").iloc[-1]
-    mine = steps[steps["parent_run_id"].eq(parent["run_id"])].sort_values(STEP_INDEX)
-    return parent, mine.reset_index(drop=True)
+    mine = steps[steps["parent_run_id"].eq(parent["run_id"])]
+    if "seed" not in mine.columns:
+        mine = mine.assign(seed=pd.NA)
+    return parent, mine.sort_values([STEP_INDEX, "seed", "start_time"]).reset_index(drop=True)
 
 
-def replicas(runs, parent, steps, config_columns) -> dict[str, pd.DataFrame]:
-    """Each step's replicas: same step, same config but the seed, a ladder of the same profile; one per work key."""
+def replicates(runs: pd.DataFrame, parent: pd.Series, mine: pd.DataFrame, config_columns) -> pd.DataFrame:
+    """The runs the evidence counts: one per step and training seed.
+
+    A step's replicates are the latest ladder's runs of it (one per seed) and the finished runs of
+    the same step with the same config but the training seed under any ladder of the same profile
+    (a `--seed 1` ladder run after a `--seed 0` one adds seed 1). One run per piece of work (work
+    key): a reused copy repeats a run, it does not replicate it. One run per seed: the latest
+    ladder's own, else the newest.
+    """
     ladders = runs[runs[KIND].eq(Kind.LADDER) & runs[PROFILE].eq(parent[PROFILE])]["run_id"]
     pool = runs[runs[KIND].eq(Kind.LADDER_STEP) & runs["status"].eq("FINISHED")
-                & runs["parent_run_id"].isin(ladders)]
+                & runs["parent_run_id"].isin(ladders) & ~runs["parent_run_id"].eq(parent["run_id"])]
     compare = [c for c in config_columns if c != "seed"]
-    groups = {}
-    for _, step in steps.iterrows():
-        same = pool[pool[STEP].eq(step[STEP])]
-        for column in compare:
-            if isna(step[column]):  # a knob this step's model does not have
-                same = same[same[column].isna()]
-            else:
-                same = same[same[column].eq(step[column]).fillna(False).astype(bool)]
-        # The newest run of each piece of work: a ladder that reused a run repeats it, it does not replicate it.
-        groups[step[STEP]] = same.sort_values("start_time").drop_duplicates(WORK_KEY, keep="last")
-    return groups
+    chosen = []
+    for name in dict.fromkeys(mine[STEP]):
+        own = mine[mine[STEP].eq(name)]
+        same = _same_config(pool[pool[STEP].eq(name)], own.iloc[0], compare)
+        both = pd.concat([same.assign(_own=0), own.assign(_own=1)]).sort_values(["_own", "start_time"])
+        work = both[WORK_KEY].fillna(both["run_id"]) if WORK_KEY in both.columns else both["run_id"]
+        both = both[~work.duplicated(keep="last")]
+        chosen.append(both.drop_duplicates("seed", keep="last"))
+    out = pd.concat(chosen).drop(columns="_own")
+    return out[out["seed"].notna()].sort_values([STEP_INDEX, "seed"]).reset_index(drop=True)
+
+
+def _same_config(runs: pd.DataFrame, reference: pd.Series, columns) -> pd.DataFrame:
+    """The runs whose values in `columns` are the reference's (both missing counts as the same)."""
+    keep = pd.Series(True, index=runs.index)
+    for column in columns:
+        if column not in runs.columns:
+            continue
+        if isna(reference.get(column)):  # a knob this step's model does not have
+            keep &= runs[column].isna()
+        else:
+            keep &= runs[column].eq(reference[column]).fillna(False).astype(bool)
+    return runs[keep]
 
 
 def histories(run_ids) -> dict[str, pd.DataFrame]:
@@ -291,7 +364,7 @@ def read_search(runs: pd.DataFrame, study: StudyInfo) -> Search | None:
     order = [p.name for p in space.params] if space else []  # the study file's order, not the tag's sorted JSON
     params.sort(key=lambda p: order.index(p) if p in order else len(order))
     trials = trials[[c for c in trials.columns if c not in params] + params]
-    search = Search(name, parent, trials, params, log_params, monitor, direction)
+    search = Search(name, parent, trials, params, log_params, monitor, direction, space)
     search.importances, search.importance_note = importances(search)
     return search
 
@@ -335,17 +408,67 @@ def importances(search: Search) -> tuple[dict | None, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The confusion matrix of the best run: predictions from its artifact, labels logged or re-derived.
+# Test predictions: for the one-seed McNemar test and the confusion matrix of the best run.
 
 
-def read_confusion(candidates: pd.DataFrame, data) -> Confusion:
-    """The best run (highest test accuracy) that logged its test predictions, and its test labels."""
-    for _, run in candidates.sort_values("test_accuracy", ascending=False, na_position="last").iterrows():
-        payload = tracking.load_json_artifact(run["run_id"], "test_predictions.json")
+class Predictions:
+    """The test_predictions.json of runs, each downloaded at most once."""
+
+    def __init__(self):
+        self.payloads = {}
+
+    def __call__(self, run_id: str) -> dict | None:
+        if run_id not in self.payloads:
+            self.payloads[run_id] = tracking.load_json_artifact(run_id, "test_predictions.json")
+        return self.payloads[run_id]
+
+
+def read_correct(ladder: Ladder, predictions: Predictions) -> dict[str, np.ndarray]:
+    """Right or wrong per test image, for the runs of the changes whose steps share exactly one seed.
+
+    Only runs that logged their labels, and only those scored on the same test images as the first
+    such run: McNemar's test pairs the two runs image by image.
+    """
+    run_of = {(r[STEP], int(r["seed"])): r["run_id"] for _, r in ladder.replicates.iterrows()}
+    seeds_of = {}
+    for step, seed in run_of:
+        seeds_of.setdefault(step, set()).add(seed)
+    needed = []
+    for step, against in ladder.pairs:
+        common = seeds_of.get(step, set()) & seeds_of.get(against, set())
+        if len(common) == 1:
+            needed += [run_of[(step, *common)], run_of[(against, *common)]]
+    out, reference = {}, None
+    for run_id in dict.fromkeys(needed):
+        payload = predictions(run_id) or {}
+        if "labels" not in payload or len(payload["labels"]) != len(payload.get("predictions", ())):
+            continue
+        labels = np.asarray(payload["labels"])
+        reference = labels if reference is None else reference
+        if np.array_equal(labels, reference):
+            out[run_id] = np.asarray(payload["predictions"]) == labels
+    return out
+
+
+def confusion_candidates(runs: pd.DataFrame, ladder: Ladder | None, search: Search | None) -> pd.DataFrame:
+    """The report's runs that may be shown as the best: the latest ladder's runs and the complete trials."""
+    ids = list(ladder.runs["run_id"]) if ladder is not None else []
+    if search is not None:
+        ids += list(search.trials[search.trials["state"].eq("complete")]["run_id"])
+    return runs[runs["run_id"].isin(ids)]
+
+
+def read_confusion(candidates: pd.DataFrame, data, predictions: Predictions, tries: int = 3) -> Confusion:
+    """The best run by best validation accuracy (the test set never chooses) that logged its predictions."""
+    column = "best_val_accuracy" if "best_val_accuracy" in candidates.columns else "test_accuracy"
+    ranked = candidates.sort_values(column, ascending=False, na_position="last")
+    for _, run in ranked.head(tries).iterrows():
+        payload = predictions(run["run_id"])
         if payload is not None:
             break
     else:
-        return Confusion(note="no run of this report logged test_predictions.json; nothing to draw")
+        return Confusion(note="none of the best runs of this report (by best validation accuracy) logged "
+                              "test_predictions.json; nothing to draw")
     labels, note = test_labels(run, payload, data)
     if labels is not None and len(labels) != len(payload["predictions"]):
         labels, note = None, (f"no confusion matrix: {len(labels)} test labels for {len(payload['predictions'])} "
@@ -364,11 +487,10 @@ def test_labels(run: pd.Series, payload: dict, data) -> tuple[np.ndarray | None,
         return None, ("the run did not log its test labels and no data was given: pass --data PATH "
                       "(or set ABLATION_DATA) to draw the confusion matrix")
     whole = lambda value: None if isna(value) else int(value)  # noqa: E731
-    split_seed = run.get("split_seed")
     try:
         splits = make_splits(load_cifar10(path), validation_split=float(run["validation_split"]),
-                             seed=int(run["seed"] if isna(split_seed) else split_seed),
-                             train_subset=whole(run["train_subset"]), test_subset=whole(run["test_subset"]))
+                             seed=int(run["split_seed"]), train_subset=whole(run["train_subset"]),
+                             test_subset=whole(run["test_subset"]))
     except DataError as error:
         return None, f"no confusion matrix: {error}"
     recorded = run.get(Tag.DATA_PREFIX + "digest")
