@@ -288,7 +288,7 @@ def _overfitting_legend() -> list:
 
 def baselines_chart(compared: pd.DataFrame, steps: pd.DataFrame, history_of: dict, seed) -> Chart:
     """The final step against the baselines: four numbers side by side and their validation curves."""
-    fig = _figure(13, 8.6, left=0.8, top=0.6, bottom=0.6, wspace=0.45, hspace=0.5)
+    fig = _figure(13, 8.6, left=0.8, top=0.8, bottom=0.6, wspace=0.45, hspace=0.45)
     grid = fig.add_gridspec(2, 4, height_ratios=(1, 1.15))
     names = [f"{r['step']}\n({r['model']}, n={r['n']})" for _, r in compared.iterrows()]
     panels = (("test_accuracy_mean", "test accuracy (%)", 100.0, lambda v: f"{v:.1f}%"),

@@ -25,18 +25,16 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9em; margin-top: .3em; }
 p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; }
-p.check { color: #666; font-size: .85em; border-top: 1px solid #ddd; padding-top: .5em; margin-top: 3em; }
 """
 
-# Runs on load in the browser: counts the figures that decoded; the Chromium test reads the result.
+# Runs on load in the browser and shows nothing: it counts the figures that decoded into two
+# attributes of <body>, which a headless browser's dump of the page (the Chromium test) can read.
 IMAGE_CHECK = """
 window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; });
-  var check = document.getElementById("image-check");
-  check.textContent = "Figures loaded: " + loaded.length + " of " + images.length + ".";
-  check.setAttribute("data-loaded", String(loaded.length));
-  check.setAttribute("data-total", String(images.length));
+  document.body.setAttribute("data-images-loaded", String(loaded.length));
+  document.body.setAttribute("data-images-total", String(images.length));
 });
 """
 
@@ -63,9 +61,7 @@ def render_html(report: Report) -> str:
             data = base64.b64encode(chart.png).decode("ascii")
             parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(chart.caption)}" '
                          f'data-name="{e(chart.name)}"><figcaption>{e(chart.caption)}</figcaption></figure>')
-    parts.append('<h2>Runs</h2>' f'<p>runs.csv beside this report holds the experiment\'s {len(report.runs)} runs, '
-                 f'one row each, the columns named as the config and the metrics.</p>')
-    parts.append('<p class="check" id="image-check">Figures: not checked (scripts are off).</p>')
+    parts.append(f"<h2>Runs</h2><p>{e(_runs_text(report))}</p>")
     parts.append(f"<script>{IMAGE_CHECK}</script></body></html>")
     return "\n".join(parts)
 
@@ -94,7 +90,7 @@ def render_markdown(report: Report) -> str:
             lines += [_markdown_table(section.table), ""]
         for chart in section.figures:
             lines += [f"![{chart.caption}]({chart.name})", "", f"*{chart.caption}*", ""]
-    lines += ["", "## Runs", "", f"[runs.csv](runs.csv): the experiment's {len(report.runs)} runs, one row each.", ""]
+    lines += ["", "## Runs", "", _runs_text(report), ""]
     return "\n".join(lines)
 
 
@@ -103,6 +99,15 @@ def _markdown_table(table) -> str:
     lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in values) + " |" for values in table.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def _runs_text(report: Report) -> str:
+    text = (f"runs.csv beside this report holds the experiment's {len(report.runs)} runs, one row each, the columns "
+            "named as the config and the metrics (seed: the training seed; split_seed: the seed of the "
+            "train / validation / test split).")
+    if "ladder_summary.csv" in report.csvs:
+        text += " ladder_summary.csv holds the ladder's per-step summary over seeds, as numbers."
+    return text
 
 
 def runs_csv(runs: pd.DataFrame) -> pd.DataFrame:
