@@ -303,7 +303,7 @@ def baselines_chart(compared: pd.DataFrame, steps: pd.DataFrame, history_of: dic
     ax_accuracy.set_title(f"validation accuracy (training seed {seed})")
     ax_loss.set_title(f"validation loss (training seed {seed})")
     handles, _ = ax_accuracy.get_legend_handles_labels()
-    ax_accuracy.legend(handles=handles + event_legend(lowered, stopped), fontsize=9)
+    ax_accuracy.legend(handles=handles + event_legend(lowered, stopped), loc="lower right", fontsize=9)
     fig.suptitle("Baselines vs the ladder's final step: accuracy, size, cost and validation curves")
     return Chart("baselines.png", _png(fig), "The ladder's final step against the baseline(s): mean test accuracy "
                  "over the seeds (95% interval), parameters, forward FLOPs per image, CPU seconds per epoch "
@@ -432,12 +432,24 @@ def _optuna_chart(draw, *args, **kwargs):
     return axes, figure
 
 
-def _save_pyplot(figure, width: float, height: float) -> bytes:
-    """A pyplot figure (Optuna's) as PNG bytes, then closed."""
+def _fit(figure, width: float, height: float, left=0.9, right=0.3, top=0.8, bottom=0.7):
+    """A pyplot figure (Optuna's) resized, with fixed margins in inches.
+
+    Fixed margins, not Optuna's tight layout or a tight bounding box: each of those draws the figure
+    once more, and a scatter of a thousand trials is slow to draw.
+    """
+    figure.set_layout_engine("none")
+    figure.set_size_inches(width, height)
+    figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)
+
+
+def _save_pyplot(figure, *size, **margins) -> bytes:
+    """A pyplot figure as PNG bytes (resized first when a size is given), then closed."""
     try:
-        figure.set_size_inches(width, height)
+        if size:
+            _fit(figure, *size, **margins)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        figure.savefig(buffer, format="png", dpi=DPI)
         return buffer.getvalue()
     finally:
         pyplot.close(figure)
@@ -462,12 +474,13 @@ def search_history_chart(search: Search, study: optuna.Study) -> Chart:
                 transform=ax.get_xaxis_transform(), label="failed trial (no value)")
     ax.set_xlabel("trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="best", fontsize=9)
+    # Below the axes: "best" would search a thousand points for a free corner.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=4, fontsize=9)
     counts = search.trials["state"].value_counts()
     ax.set_title("")  # Optuna's own title; ours says more, on the left
     ax.set_title(f"Optuna study {search.name}: optimization history\n{counts.get('complete', 0)} complete, "
                  f"{counts.get('pruned', 0)} pruned, {counts.get('failed', 0)} failed", loc="left")
-    return Chart("search_history.png", _save_pyplot(figure, 9, 5), "Optuna's optimization history: the objective "
+    return Chart("search_history.png", _save_pyplot(figure, 9, 5.4, bottom=1.1), "Optuna's optimization history: the objective "
                  "of each complete trial (its best epoch) and the best so far; pruned trials (×) at the value they "
                  "had when pruned.")
 
@@ -487,15 +500,15 @@ def importances_chart(search: Search, study: optuna.Study) -> Chart:
     complete = int(search.trials["state"].eq("complete").sum())
     ax, figure = _optuna_chart(optuna.visualization.matplotlib.plot_param_importances, study,
                                evaluator=_Given(search.importances), target_name=objective_label(search))
-    caveat = f"\ncaveat: only {complete} complete trials (fewer than {FEW_TRIALS}): a rough guide" \
-        if complete < FEW_TRIALS else ""
+    caveat = f"\ncaveat: fewer than {FEW_TRIALS} complete trials: a rough guide" if complete < FEW_TRIALS else ""
     ax.set_title("")
-    ax.set_title(f"Optuna study {search.name}: parameter importances over {complete} complete trials{caveat}",
+    ax.set_title(f"Optuna study {search.name}: parameter importances\nover {complete} complete trials{caveat}",
                  loc="left", color="C3" if caveat else "black")
     ax.set_xlabel("importance (Optuna's PED-ANOVA; the parameters' importances sum to 1)")
     if ax.get_legend() is not None:
         ax.get_legend().remove()
-    return Chart("search_importances.png", _save_pyplot(figure, 8, 1.6 + 0.6 * len(search.importances)),
+    return Chart("search_importances.png", _save_pyplot(figure, 8, 1.9 + 0.6 * len(search.importances), left=1.4,
+                                                           top=1.0 if caveat else 0.8),
                  f"How much each searched parameter matters to the objective, by Optuna's default importance "
                  f"evaluator over the {complete} complete trials" + (f"; with fewer than {FEW_TRIALS} complete "
                                                                       "trials, a rough guide only" if caveat else "")
@@ -520,9 +533,12 @@ def search_params_chart(search: Search, study: optuna.Study) -> Chart:
     if axes[0].get_legend() is not None:
         axes[0].get_legend().remove()  # Optuna's lists infeasible trials, which a search without constraints has none of
     if handles:
-        figure.legend(handles=handles, loc="lower left", fontsize=8)
-    figure.suptitle(f"Optuna study {search.name}: {objective_label(search)} against each searched parameter "
-                    "(colour: trial number)")
-    return Chart("search_params.png", _save_pyplot(figure, max(6.0, 3.6 * len(search.params)), 4.6),
+        figure.legend(handles=handles, loc="lower left", fontsize=8, frameon=False)
+    figure.suptitle(f"Optuna study {search.name}: {objective_label(search)} against each searched parameter")
+    for extra in [a for a in figure.axes if a not in list(axes)]:
+        extra.remove()  # Optuna's colour bar, placed for its own size: drawn again below once the panels are placed
+    _fit(figure, max(6.0, 3.6 * len(search.params)), 4.8, right=0.3, top=0.6, bottom=1.0)
+    figure.colorbar(axes[0].collections[0], ax=list(axes), label="trial number", fraction=0.03, pad=0.02)
+    return Chart("search_params.png", _save_pyplot(figure),
                  f"Optuna's slice plot: best-epoch {search.monitor} of each complete trial against each searched "
                  "parameter, coloured by trial number; pruned trials (×) at the value they had when pruned.")
