@@ -368,7 +368,7 @@ def test_changes_over_seeds_are_paired_by_seed(seeded):
     for step, against in pairs:
         before, after = [accuracy[(against, s)] for s in (0, 1)], [accuracy[(step, s)] for s in (0, 1)]
         d = np.subtract(after, before)
-        # Both seeds moved by exactly as much: p = 0 (no noise), or 1 for no change at all (docs/statistics.md).
+        # Both seeds moved by exactly as much: p = 0 (no noise), or 1 for no change at all.
         p_values.append((0.0 if d[0] != 0 else 1.0) if np.all(d == d[0]) else scipy_stats.ttest_rel(after, before).pvalue)
     holm = stats.holm(p_values)
     assert len(table) == len(pairs) == len(STEPS) - 1

@@ -214,3 +214,12 @@ def test_the_ladder_chart_draws_one_seed_and_several():
         changes = pd.DataFrame([{"step": "b", "against": "a", "n": n, "mean": 0.01, "verdict": stats.NOISE}])
         chart = figures.ladder_chart(summary, changes, "title")
         assert chart.png.startswith(b"\x89PNG") and "n training seeds" in chart.caption
+
+
+def test_a_one_step_ladder_has_no_change_to_test():
+    ladder = _made_ladder({("a", 0): 0.6, ("a", 1): 0.62})
+    ladder.pairs = []
+    steps, changes = tables.ladder_evidence(ladder)
+    assert len(steps) == 1 and changes == []
+    section = sections.changes_section(tables.change_table(changes))
+    assert section.table.empty and section.notes == ["nothing to compare: the ladder has a single step"]

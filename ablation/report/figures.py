@@ -24,7 +24,8 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from matplotlib.transforms import offset_copy
 
 from ablation import stats
-from ablation.report.gather import Search, isna
+from ablation.report.gather import Search, col, isna
+from ablation.tracking import Tag
 from ablation.report.tables import eng
 
 DPI = 110
@@ -156,7 +157,7 @@ def lr_drops(rates, initial=None) -> list[int]:
 
 def stopped_early(run: pd.Series) -> bool:
     """Whether early stopping ended the run before its epoch budget."""
-    tag = run.get("stopped_early")
+    tag = run.get(col(Tag.STOPPED_EARLY))
     if isinstance(tag, str):
         return tag == "True"
     return not isna(run.get("epochs_run")) and int(run["epochs_run"]) < int(run["epochs"])

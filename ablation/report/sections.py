@@ -7,7 +7,8 @@ import pandas as pd
 
 from ablation.report import figures, tables
 from ablation.report.figures import Chart
-from ablation.report.gather import Gathered, Ladder, Search, how_to_make_runs, isna
+from ablation.report.gather import PROFILE, Gathered, Ladder, Search, col, how_to_make_runs, isna
+from ablation.tracking import Tag
 
 
 @dataclass
@@ -43,7 +44,7 @@ def assemble(found: Gathered, log: bool = False) -> Report:
         parent = found.ladder.parent
         meta += [("ladder run", f"{parent['run_name']} ({parent['run_id']}, {parent['status'].lower()}, "
                                 f"started {parent['start_time']:%Y-%m-%d %H:%M} UTC)"),
-                 ("profile", str(parent["profile"])),
+                 ("profile", str(parent[PROFILE])),
                  ("training seeds", _seeds_line(found.ladder))]
         more, csvs = ladder_sections(found.ladder, study.title)
         sections += more
@@ -51,7 +52,7 @@ def assemble(found: Gathered, log: bool = False) -> Report:
         sections.append(Section("Ladder", notes=[f"no ladder runs yet; {how_to_make_runs(study)}"]))
     if found.search is not None:
         search = found.search
-        meta.append(("search", f"Optuna study {search.name} ({search.parent.get('optuna_storage', '')}), "
+        meta.append(("search", f"Optuna study {search.name} ({search.parent.get(col(Tag.OPTUNA_STORAGE), '')}), "
                                f"{len(search.trials)} finished trials"))
         sections.append(search_section(search))
     sections.append(confusion_section(found))

@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 
 from ablation import evidence, stats
-from ablation.report.gather import Ladder, Search, isna
+from ablation.report.gather import PROFILE, Ladder, Search, col, isna
+from ablation.tracking import Tag
+
+REUSED_FROM = col(Tag.REUSED_FROM)
+CHANGE_COLUMNS = ["step", "against", "n", "seeds", "mean", "low", "high", "p_t", "p_perm", "min_p_perm", "p_adjusted",
+                  "mde", "verdict", "mcnemar_p", "only_against", "only_step"]
 
 # ---------------------------------------------------------------------------------------------
 # The ladder: evidence over seeds.
@@ -58,7 +63,7 @@ def step_summary(ladder: Ladder, steps: list[evidence.StepEvidence]) -> pd.DataF
             if "train_cpu_seconds" in mine.columns else float("nan"),
             "wall_seconds_per_epoch": float(mine["seconds_per_epoch"].astype(float).mean()),
             "num_params": _int_or_none(first.get("num_params")), "flops": _int_or_none(first.get("flops")),
-            "profile": first.get("profile", ""), "reused": bool(mine.get("reused_from", pd.Series()).notna().any()),
+            "profile": first.get(PROFILE, ""), "reused": bool(mine.get(REUSED_FROM, pd.Series()).notna().any()),
         })
     return pd.DataFrame(rows)
 
@@ -85,7 +90,7 @@ def change_table(changes: list[evidence.ChangeEvidence]) -> pd.DataFrame:
             "mcnemar_p": mcnemar.p if mcnemar else float("nan"),
             "only_against": mcnemar.only_a if mcnemar else None, "only_step": mcnemar.only_b if mcnemar else None,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
