@@ -2,7 +2,7 @@
 
 Loading never runs code from the data: the batch pickles go through an unpickler that resolves only
 the three numpy globals a genuine CIFAR-10 batch references, and archive members are read in memory
-with `extractfile`, never unpacked to disk (see ../shared/PITFALLS.md, "Pickles and archives").
+with `extractfile`, never unpacked to disk (see docs/stack.md, "CIFAR-10 archives and pickles").
 """
 
 import hashlib
