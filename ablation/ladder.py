@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     # Phase 3: the report.
     if not args.no_report:
         try:
-            print(f"\nreport: {report.write_report(args.study, data=args.data)}")
+            print(f"\nreport: {report.write_report(args.study, data=args.data, log=True)}")
         except report.ReportError as error:
             print(f"no report: {error}", file=sys.stderr)
     return 0
