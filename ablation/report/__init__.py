@@ -21,9 +21,8 @@ and the ladder's import of it cost nothing until a report is written.
 
 from pathlib import Path
 
+from ablation.cli import DEFAULT_STUDY
 from ablation.report.errors import ReportError  # noqa: F401  (the package's public error)
-
-from ablation.cli import DEFAULT_STUDY  # noqa: E402
 
 
 def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None, log=False, data=None) -> Path:
