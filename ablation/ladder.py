@@ -10,8 +10,8 @@ import dataclasses
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
-from ablation.config import StudyError, get_profile, load_study
+from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments, configure
+from ablation.config import StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
 
@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
+                        help="log trained networks as MLflow models (Keras format): final: the study's last step "
+                             "(default); all: every step; none")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
@@ -99,10 +102,12 @@ def format_changes(summary: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
+    configure(args)
     started = time.perf_counter()
     try:
         # Phase 1: every input is checked before the store is touched.
-        study = load_study(args.study)
+        overrides = parse_overrides(args.set)
+        study = apply_overrides(load_study(args.study), overrides)
         if args.seeds is not None:
             study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
         if args.deterministic:
@@ -111,10 +116,12 @@ def main(argv=None) -> int:
         profile = get_profile(args.profile)
         only = [name.strip() for name in args.steps.split(",")] if args.steps else None
         from ablation import report, runner  # the engines (MLflow; Keras when a step trains): after --help
+        from ablation.console import Display
 
         steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
         # Phase 2: the steps, seed by seed.
-        rows = runner.run_ladder(study, profile, steps, args.data, args.force)
+        with Display() as display:
+            rows = runner.run_ladder(study, profile, steps, args.data, args.force, display, args.log_models, overrides)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR

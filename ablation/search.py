@@ -67,8 +67,8 @@ import argparse
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
-from ablation.config import StudyError, get_profile, load_study
+from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments, configure
+from ablation.config import StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
 DEFAULT_TRIALS = 10
@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=10, help="rows of the final table (default 10)")
     parser.add_argument("--reports", default=DEFAULT_REPORTS,
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
-    parser.add_argument("--verbose", action="store_true", help="also print one line per epoch")
+    parser.add_argument("--epoch-lines", action="store_true",
+                        help="also print one line per epoch of every trial (default: one line per trial)")
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be at least 1")
@@ -106,15 +107,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure(args)
     started = time.perf_counter()
     try:
-        study = load_study(args.study)
+        overrides = parse_overrides(args.set)
+        study = apply_overrides(load_study(args.study), overrides)
         profile = get_profile(args.profile)
+        from ablation.console import Display
         from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
 
-        summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                             storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                             pruner=args.pruner, reports=args.reports, verbose=args.verbose)
+        with Display() as display:
+            summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                 storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                 pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
+                                 display=display, overrides=overrides)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR

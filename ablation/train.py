@@ -31,6 +31,8 @@ class Result:
     stopped_early: bool
     test_predictions: np.ndarray = field(repr=False)  # predicted class per test image
     test_labels: np.ndarray = field(repr=False)  # the true class of each test image
+    network: keras.Model | None = field(default=None, repr=False)  # the trained network (no augmentation layer)
+    input_mean: np.ndarray | None = field(default=None, repr=False)  # subtracted from inputs (per_pixel_mean)
 
     def metrics(self) -> dict[str, float]:
         """The final numbers, as logged to MLflow."""
@@ -74,14 +76,15 @@ class AugmentedImages(keras.utils.PyDataset):
 
 
 def prepare_inputs(splits: Splits, config: Config):
-    """Images as float32 in [0, 1], minus the training set's mean image when asked."""
+    """Images as float32 in [0, 1], minus the training set's mean image when asked (returned last, or None)."""
     x_train, x_val, x_test = (x.astype("float32") / 255.0 for x in (splits.x_train, splits.x_val, splits.x_test))
-    if config.normalization == "per_pixel_mean":
-        mean = x_train.mean(axis=0)
-        x_train -= mean
-        x_val -= mean
-        x_test -= mean
-    return x_train, x_val, x_test
+    if config.normalization != "per_pixel_mean":
+        return x_train, x_val, x_test, None
+    mean = x_train.mean(axis=0)
+    x_train -= mean
+    x_val -= mean
+    x_test -= mean
+    return x_train, x_val, x_test, mean
 
 
 def schedule_callbacks(config: Config) -> list:
@@ -160,17 +163,36 @@ class EpochHooks(keras.callbacks.Callback):
             hook(epoch + 1, dict(logs or {}))
 
 
+class BatchHooks(keras.callbacks.Callback):
+    """Calls plain functions `hook(batch, {})` (batch from 1 within its epoch) after each training batch.
+
+    A callback of its own, added only when there are hooks (a progress bar): any batch-level
+    callback that is not async-safe makes Keras wait for every batch's numbers.
+    """
+
+    async_safe = True  # the hooks only draw; Keras may call them from its dispatch thread
+
+    def __init__(self, on_batch):
+        super().__init__()
+        self.on_batch = tuple(on_batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for hook in self.on_batch:
+            hook(batch + 1, {})
+
+
 def make_optimizer(config: Config):
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(config.learning_rate, momentum=0.9)
     return keras.optimizers.Adam(config.learning_rate)
 
 
-def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0) -> Result:
+def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), on_batch=(), verbose=0) -> Result:
     """Train `config` on `splits` and evaluate on the test set once, at the end.
 
     `on_epoch`: functions called as `hook(epoch, logs)` after each epoch (epoch from 1, logs with
-    loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it.
+    loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it;
+    `on_batch`: `hook(batch, {})` after each training batch (from 1 in each epoch).
     """
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -183,8 +205,9 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         metrics=["accuracy"],
         run_eagerly=config.run_eagerly,
     )
-    x_train, x_val, x_test = prepare_inputs(splits, config)
-    epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), EpochHooks(on_epoch, on_epoch_begin)]
+    x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
+    epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), EpochHooks(on_epoch, on_epoch_begin),
+                       *([BatchHooks(on_batch)] if on_batch else [])]
 
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     fit = model.fit(
@@ -218,6 +241,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         stopped_early=epochs_run < config.epochs,
         test_predictions=predictions,
         test_labels=splits.y_test,
+        network=network,
+        input_mean=input_mean,
     )
 
 
