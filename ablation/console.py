@@ -82,7 +82,7 @@ class Display:
     def say(self, text: str):
         """A line of output: above the bars on a terminal."""
         if self.bars is not None:
-            self.bars.console.print(text, markup=False)
+            self.bars.console.print(text, markup=False, soft_wrap=True)  # a long URL stays one line to copy
         else:
             self.out(text)
 

@@ -125,7 +125,8 @@ def ladder_units(study, profile, steps, log_models="none", overrides=None) -> li
     units = []
     for step in steps:
         tags = {Tag.KIND: Kind.LADDER_STEP, Tag.STUDY: study.name, Tag.STEP: step.name,
-                Tag.STEP_INDEX: index[step.name], Tag.BASELINE: step.is_baseline, Tag.PROFILE: profile.name,
+                Tag.STEP_INDEX: index[step.name], Tag.ORDER: f"{index[step.name]:03d}-seed{step.config.seed:05d}",
+                Tag.BASELINE: step.is_baseline, Tag.PROFILE: profile.name,
                 Tag.DESCRIPTION: step.description, Tag.NOTE: step.description,
                 Tag.OVERRIDES: json.dumps(overrides or {}, sort_keys=True)}
         if step.reported_test_accuracy is not None:
@@ -178,7 +179,7 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
     with tracking.stop_on_sigterm(), tracking.run(experiment, parent_name, parent_tags) as parent:
         tracking.log_study_file(study.path)
         display.say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
-        say_ui(display, experiment, parent.info.run_id)
+        say_ui(display.say, experiment, parent.info.run_id)
         display.start_overall(parent_name, sum(unit.config.epochs for unit in units), "epochs")
         for number, unit in enumerate(units, start=1):
             display.say(f"\n[{number}/{len(units)}] {unit.label or unit.name}")
@@ -189,16 +190,16 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
         tracking.log_table([{k: v for k, v in row.items() if k != "correct"} for row in rows], "units.json")
         if summarize is not None:
             tracking.log_dict(summarize(rows), "summary.json")
-    say_ui(display, experiment, parent.info.run_id)
+    say_ui(display.say, experiment, parent.info.run_id)
     return rows
 
 
-def say_ui(display, experiment: str, parent_run_id: str):
-    """Where the MLflow UI shows this command's runs, and how to serve it."""
-    display.say(f"MLflow UI: {tracking.ui_url(experiment, parent_run_id)}")
+def say_ui(say, experiment: str, parent_run_id: str, order_by: str = tracking.BY_ORDER):
+    """Where the MLflow UI lists a parent run's runs (sorted by `order_by`), and how to serve it."""
+    say(f"MLflow UI: {tracking.ui_url(experiment, parent_run_id, order_by)}")
     command = tracking.ui_command()
     if command:
-        display.say(f"  (serve it with: {command})")
+        say(f"  (serve it with: {command})")
 
 
 def run_tags(unit: Unit, fingerprint: dict) -> dict:

@@ -345,12 +345,12 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
         out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
             f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
-        say_ui(display, experiment, parent.info.run_id)
+        say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
         display.start_overall("trials", trials, "trials")
         optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
                               callbacks=[trial_printer(space.monitor, display)])
         summary = record_outcome(study, space, profile, optuna_study, where, reports)
-    say_ui(display, experiment, parent.info.run_id)
+    say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
     summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
     return summary
 

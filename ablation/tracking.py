@@ -57,6 +57,7 @@ class Tag:
     # A ladder step.
     STEP = PREFIX + "step"
     STEP_INDEX = PREFIX + "step_index"
+    ORDER = PREFIX + "order"  # "003-seed00001": as text (the UI sorts tags so) it sorts a ladder's runs in its order
     BASELINE = PREFIX + "baseline"
     REPORTED_TEST_ACCURACY = PREFIX + "reported_test_accuracy"
     # The work a run did, and where it came from.
@@ -146,16 +147,21 @@ def experiment_id(name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def ui_url(experiment: str, parent_run_id: str) -> str:
-    """The MLflow UI's page of a parent run's children, oldest first (ladder order), in the model-training view.
+BY_ORDER, BY_NAME = f"tags.`{Tag.ORDER}`", "tags.`mlflow.runName`"  # sort keys of the UI's runs list
 
-    The UI's own address when the store is a tracking server, else the README's `mlflow ui` on 127.0.0.1:5000.
+
+def ui_url(experiment: str, parent_run_id: str, order_by: str = BY_ORDER) -> str:
+    """The MLflow UI's page of a parent run's children in the model-training view, sorted by `order_by` (ascending).
+
+    The UI's own address when the store is a tracking server, else the README's `mlflow ui` on
+    127.0.0.1:5000. Sorting by a tag, not by start time, also keeps the list flat: sorted by time,
+    the UI folds the children under their parent.
     """
     uri = tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
     query = urlencode({"workflowType": "machine_learning",
                        "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                       "orderByKey": "attributes.start_time", "orderByAsc": "true"})
+                       "orderByKey": order_by, "orderByAsc": "true"})
     return f"{base}/#/experiments/{experiment}/runs?{query}"
 
 
