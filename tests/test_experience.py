@@ -126,6 +126,9 @@ def test_ladder_draws_bars_on_a_terminal_and_plain_lines_in_a_pipe(tiny, cifar_p
     # System metrics: sampled by default, off with --no-system-metrics.
     assert "system/cpu_utilization_percentage" in trained.data.metrics
     assert not any(key.startswith("system/") for key in overridden.data.metrics)
+    # A re-run copies the finished run, artifacts and all, without a download bar.
+    again = run_command("ladder", [*args, "--set", "dropout_rate=0.25"], tiny / "pipe")
+    assert again.returncode == 0 and "reused finished run" in again.stdout and again.stderr == "", again.stderr
 
 
 @pytest.mark.slow
