@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ablation import tracking
+from ablation import interrupt, tracking
 from ablation.config import CONFIG_FIELDS, EPOCH_METRICS, StudyError, split_values, with_values
 from ablation.console import Display
 from ablation.data import LazySplits, resolve_data_path
@@ -81,6 +81,16 @@ def check_monitor(space, where: str):
     if space.monitor not in EPOCH_METRICS:
         raise StudyError(f"{where}: [search] monitor {space.monitor!r} is not a metric training reports; "
                          f"allowed: {', '.join(EPOCH_METRICS)}")
+
+
+def checked_search(study):
+    """The study's search space and its base step's config, or a StudyError saying what is wrong with them."""
+    if study.search is None:
+        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
+    check_monitor(study.search, study.path.name)
+    base = study.step(study.search.base_step).config
+    check_space(study.search, base, study.path.name)
+    return study.search, base
 
 
 def check_space(space, base, where: str):
@@ -289,28 +299,25 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
                out=None, display=None, overrides=None) -> dict:
     """Add `trials` trials to the study's Optuna search, each a nested MLflow run under one parent run.
 
-    `pruner` is a --pruner name or an Optuna pruner. `out` prints a line, or `display` (a Display:
-    bars on a terminal) shows the progress. `overrides`: the --set values the study already has put
-    in, recorded and, unless `study_name` is given, naming a study of their own. Returns a summary:
-    the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned, and the
-    best step's TOML (or None).
+    `pruner` is a --pruner name or an Optuna pruner; `out` prints a line, or `display` (bars on a
+    terminal) shows the progress; `overrides`: the --set values already put in the study. Returns a
+    summary: the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned,
+    and the best step's TOML (or None).
     """
     display = display or Display(live=False, out=out)
     out = display.say
 
     # Phase 1: everything that can be wrong is checked before any data is read or any trial trains.
-    if study.search is None:
-        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
-    space = study.search
-    check_monitor(space, study.path.name)
-    base = study.step(space.base_step).config
-    check_space(space, base, study.path.name)
+    space, base = checked_search(study)
     base = base if seed is None else dataclasses.replace(base, seed=seed)
-    changed = json.dumps(overrides or {}, sort_keys=True)
-    optuna_name = study_name or (f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
-                                 + (f"-set{hashlib.sha256(changed.encode()).hexdigest()[:8]}" if overrides else ""))
+    optuna_name = study_name or default_study_name(study, profile, seed, overrides)
+    tracking.check_storage(storage)
 
-    # Phase 2: the Optuna study (created, resumed or joined) and stale work from dead workers.
+    # Phase 2: the data, read once: a data problem fails before any storage is written.
+    data = LazySplits(data_path, out)
+    data.splits(**profile.apply(base).split_args())
+
+    # Phase 3: the Optuna study (created, resumed or joined) and stale work from dead workers.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_obj, storage_kind, where = tracking.open_storage(storage)
     epochs = profile.apply(base).epochs
@@ -319,25 +326,18 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
                               study_identity(study, space, base, profile), TrialSeededTPE(base.seed), pruner_obj)
     tracking.connect()  # parallel workers may open a fresh SQLite store at the same moment
     experiment = tracking.experiment_id(study.name)
-    for number, run_id in sweep_stale_trials(optuna_study):
-        out(f"trial {number} was left RUNNING by a dead worker: marked FAIL and queued again")
-        if run_id:
-            tracking.set_tags({Tag.TRIAL_STATE: "failed", Tag.ERROR: "worker died"}, run_id=run_id)
-    for run_id in tracking.sweep_stale_runs(experiment):
-        out(f"marked stale run {run_id} KILLED (its process had died)")
+    sweep_stale_work(optuna_study, experiment, out)
 
-    # Phase 3: data once, then the trials under one parent run.
-    data = LazySplits(data_path, out)
-    data.splits(**profile.apply(base).split_args())  # read now: a data problem fails before the first trial
+    # Phase 4: the trials under one parent run.
+    changed = json.dumps(overrides or {}, sort_keys=True)
     parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
                    Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
                    Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed, Tag.OVERRIDES: changed,
-                   Tag.NOTE: f"{study.title}: Optuna study {optuna_name}, {profile.name} profile"
-                   + (f", --set {changed}" if overrides else "")}
+                   Tag.NOTE: f"{study.title}: Optuna study {optuna_name}, {profile.name} profile"}
     objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
                           experiment=experiment, optuna_name=optuna_name, verbose=verbose, display=display)
-    with tracking.stop_on_sigterm(), tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
+    with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
         tracking.log_study_file(study.path)
         out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
         if overrides:
@@ -348,11 +348,28 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
         say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
         display.start_overall("trials", trials, "trials")
         optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
-                              callbacks=[trial_printer(space.monitor, display)])
+                              callbacks=[trial_printer(space.monitor, display), lambda *_: interrupt.check()])
         summary = record_outcome(study, space, profile, optuna_study, where, reports)
     say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
     summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
     return summary
+
+
+def default_study_name(study, profile, seed, overrides) -> str:
+    """<study>-<profile>, with -seed<N> for --seed and -set<hash> for --set values: each a search of its own."""
+    changed = json.dumps(overrides or {}, sort_keys=True)
+    return (f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+            + (f"-set{hashlib.sha256(changed.encode()).hexdigest()[:8]}" if overrides else ""))
+
+
+def sweep_stale_work(optuna_study, experiment: str, out):
+    """Trials and runs a dead worker left RUNNING: failed (and queued again) and KILLED."""
+    for number, run_id in sweep_stale_trials(optuna_study):
+        out(f"trial {number} was left RUNNING by a dead worker: marked FAIL and queued again")
+        if run_id:
+            tracking.set_tags({Tag.TRIAL_STATE: "failed", Tag.ERROR: "worker died"}, run_id=run_id)
+    for run_id in tracking.sweep_stale_runs(experiment):
+        out(f"marked stale run {run_id} KILLED (its process had died)")
 
 
 def record_outcome(study, space, profile, optuna_study, where: str, reports: str) -> dict:

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.config import CONFIG_FIELDS, load_study
+from ablation.tracking import Kind, Tag
 from conftest import run_command
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,9 @@ def test_each_step_run_has_metrics_params_tags_and_artifacts(smoke_store):
     store, _ = smoke_store
     client, runs = runs_of(store)
     study = {s.name: s for s in load_study("studies/assignment.toml").steps}
-    for run in (r for r in runs if r.data.tags.get("ablation.kind") == "ladder_step"):
+    steps = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP]
+    assert len(steps) == len(STEPS)
+    for run in steps:
         name = run.data.tags["mlflow.runName"]
         metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
         for key in ("test_loss", "test_accuracy", "num_params", "epochs_run", "train_seconds", "flops"):
@@ -74,7 +77,7 @@ def test_parameter_counts_and_the_final_table(smoke_store):
     assert by_name["template"].data.metrics["num_params"] == 316_394
     assert by_name["deeper_dropout"].data.metrics["num_params"] > by_name["deeper_early_stopping"].data.metrics["num_params"]
     table = stdout[stdout.index("step "):]
-    for name, reported in zip(STEPS, ["72.3%", "82.9%", "83.4%", "87.3%", "89.2%", "87.9%"]):
+    for name, reported in zip(STEPS, ["72.3%", "82.9%", "83.4%", "87.3%", "89.2%", "87.9%"], strict=True):
         line = next(line for line in table.splitlines() if line.startswith(name))
         assert reported in line
     assert "[6/6] vgg_like" in stdout and "epoch   1/1" in stdout
@@ -111,7 +114,7 @@ def test_sigterm_closes_runs_and_keeps_finished_steps(tmp_path, cifar_path):
             process.send_signal(signal.SIGTERM)
             break
     rest = process.communicate(timeout=300)[0]
-    assert process.returncode == 130, "".join(lines) + rest
+    assert process.returncode == 143, "".join(lines) + rest
     _, runs = runs_of(tmp_path)
     status = {r.data.tags["mlflow.runName"]: r.info.status for r in runs}
     assert status["template"] == "FINISHED"
@@ -128,7 +131,7 @@ def test_unknown_step_is_an_error_before_anything_runs(tmp_path):
 
 def test_bad_study_is_an_error_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[study]\nname = "x"\n[[steps]]\nname = "a"\nepocs = 3\n')
+    bad.write_text('[study]\nname = "x"\n[base]\n[[steps]]\nname = "a"\nepocs = 3\n')
     done = ladder(["--study", str(bad)], tmp_path)
     assert done.returncode == 2
     assert "bad.toml" in done.stderr and "epocs" in done.stderr and "allowed" in done.stderr
@@ -161,7 +164,7 @@ def test_network_studies_leave_one_run_per_network(tmp_path, cifar_path, study, 
     done = ladder(["--study", study, "--data", str(cifar_path), *(["--steps", only] if only else [])], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     _, runs = runs_of(tmp_path, load_study(study).name)
-    children = [r for r in runs if r.data.tags.get("ablation.kind") == "ladder_step"]
+    children = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP]
     assert [r.data.tags["mlflow.runName"] for r in children] == steps
     for run in children:
         assert run.info.status == "FINISHED"
@@ -174,3 +177,24 @@ def test_network_studies_leave_one_run_per_network(tmp_path, cifar_path, study, 
     for name in steps:
         line = next(line for line in table.splitlines() if line.startswith(name + " "))
         assert f"{int(by_name[name].data.metrics['num_params']):,}" in line
+
+
+def test_more_seeds_train_only_the_new_replicates(tmp_path, cifar_path):
+    """--seeds 3 after --seeds 2 trains one more replicate per step and reuses the rest; the changes get tested."""
+    first = ladder(["--data", str(cifar_path), "--steps", "template,augmentation", "--seeds", "2"], tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    again = ladder(["--data", str(cifar_path), "--steps", "template,augmentation", "--seeds", "3"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("reused finished run") == 4
+    _, runs = runs_of(tmp_path)
+    trained = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP and Tag.REUSED_FROM not in r.data.tags]
+    assert sorted((r.data.tags[Tag.STEP], r.data.tags[Tag.SEED]) for r in trained) == [
+        ("augmentation", "0"), ("augmentation", "1"), ("augmentation", "2"),
+        ("template", "0"), ("template", "1"), ("template", "2")]
+    assert {r.data.tags[Tag.SPLIT_SEED] for r in trained} == {"0"}  # one split: every replicate on the same images
+    parents = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER]
+    assert [json.loads(p.data.tags[Tag.SEEDS]) for p in parents] == [[0, 1], [0, 1, 2]]
+    # The end-of-run table: three seeds per step, and the change tested over them.
+    line = next(line for line in again.stdout.splitlines() if line.startswith("augmentation vs template"))
+    assert line.split()[3] == "3"
+    assert "p (flip): exact sign-flip test (cannot go below 0.25 with 3 seeds)" in again.stdout

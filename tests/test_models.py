@@ -2,14 +2,15 @@
 
 How the expected parameter counts were obtained (Keras 3.15; a BN layer counts 4 per channel:
 gamma, beta and the two moving statistics; every conv has a bias unless noted):
-- template_resnet: SPEC.md section 1 gives 316,394; a closed-form count by hand agrees.
+- template_resnet: docs/sources.md#the-template-residual-network gives 316,394; a closed-form count
+  by hand agrees.
 - vgg_like: closed form by hand: 19,776 + 93,120 + 370,560 (the three conv groups with BN)
   + 280,074 (Dense 2048→128→128→10) = 763,530.
-- resnet_v1 / resnet_v2: tutorial 003's code copied as printed into a scratch script (two
+- resnet_v1 / resnet_v2: the Keras ResNet tutorial's code copied as printed into a scratch script (two
   typesetting breaks repaired: the missing `conv_first=True):` line and `stack &gt 0`), run on
   Keras 3; its count_params(), a closed-form count and the registry's builder agree at every
   depth, and the two models match layer by layer (type, output shape, parameters).
-- resnet18 / resnet34: tutorial 004's subclassed ResNet copied as printed into a scratch script
+- resnet18 / resnet34: the TF2 ResNet-18 tutorial's subclassed ResNet copied as printed into a scratch script
   (tf.nn.relu → keras.ops.relu) and built on a 32x32x3 batch; count_params() agrees with the
   builder and with a closed-form count (bias-carrying 1x1 shortcuts without BN; the "valid" stem
   conv changes the maps, 30/15/8/4, not the count).
@@ -32,7 +33,7 @@ from ablation.models import MODELS, build_model, get_builder
 from ablation.models.flops import count_flops
 
 EXPECTED_PARAMS = {
-    "template_resnet": 316_394,  # SPEC.md section 1
+    "template_resnet": 316_394,  # docs/sources.md#the-template-residual-network
     "vgg_like": 763_530,
     "resnet_v1": 274_442,  # depth 20; the paper says ~0.27M
     "resnet_v2": 1_673_738,  # depth 56

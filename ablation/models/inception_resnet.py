@@ -1,4 +1,4 @@
-"""A small Inception-ResNet for 32x32 inputs (slides 001; Szegedy et al. 2016, Inception-ResNet-v1).
+"""A small Inception-ResNet for 32x32 inputs (the course slides, docs/sources.md#inception-resnet; Szegedy et al. 2016).
 
 The paper's layout, shrunk for CIFAR-10 on a CPU. With `width` = w (default 16), "/2" = stride 2:
 

@@ -1,4 +1,4 @@
-"""Keras ResNet v1 and v2 for CIFAR-10, as written in tutorial 003 (SPEC.md section 2).
+"""Keras ResNet v1 and v2 for CIFAR-10, as in the Keras ResNet tutorial (docs/sources.md#the-keras-resnet-tutorial).
 
 The tutorial's code is followed layer for layer: every conv is he_normal with an l2(1e-4) kernel
 regularizer and a bias, projection shortcuts are bare 1x1 convs (no BN, no activation), and the

@@ -18,7 +18,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Why: on the TensorFlow backend Keras 3 normalizes with unfused `tf.nn.batch_normalization`;
     on a 2-core CPU the template ResNet then costs ~17-18 CPU-ms per training image against ~10
-    with the fused kernel that Keras 2 used (see ../shared/PITFALLS.md).
+    with the fused kernel that Keras 2 used (docs/stack.md#batchnormalization-on-tensorflow).
 
     Same weights, config and numbers as the Keras layer (moving statistics included); any
     input or setting the fused kernel does not cover (another backend, not a 4D channels-last

@@ -1,12 +1,12 @@
-"""The template network's topology with pre-activation (ResNet v2) bottleneck blocks (SPEC.md section 4).
+"""The template with the course slides' pre-activation (ResNet v2) block (docs/sources.md#residual-blocks-v1-and-v2).
 
 Same stages, filters and knobs as `template_resnet`, so the two differ only in the block design:
 - block: BN → ReLU → Conv 1x1 F1 (stride) → BN → ReLU → Conv 3x3 F2 → BN → ReLU → Conv 1x1 F3,
   added to the input with no ReLU after the add and nothing (no BN) on the identity path;
 - where the shape changes (first block of stages 3 and 4) the shortcut is a plain strided
-  Conv 1x1 F3 (with bias, no BN) on the block's raw input, as tutorial 003's v2 does.
+  Conv 1x1 F3 (with bias, no BN) on the block's raw input, as the Keras ResNet tutorial's v2 does.
 Stem and head (choices, following He et al. 2016, "Identity Mappings in Deep Residual Networks",
-which tutorial 003's v2 also follows):
+which the Keras ResNet tutorial's v2 also follows):
 - stem: the template's Conv 3x3 64 (same) → BN → ReLU, applied "before splitting into two
   paths"; so the network's first block skips its own leading BN-ReLU (it would repeat the stem's).
 - head: BN → ReLU before the template's AveragePooling2D(2x2, same) → Flatten → [Dropout] →

@@ -1,4 +1,4 @@
-"""ResNet-18 and ResNet-34 for CIFAR-10, as written in the TF2 tutorial 004 (SPEC.md section 3).
+"""ResNet-18 and ResNet-34 for CIFAR-10, as in the TF2 ResNet-18 tutorial (docs/sources.md#the-tf2-resnet-18-tutorial).
 
 Rewritten over the functional API (the tutorial subclasses keras.Model); the layers, their order
 and their arguments are the tutorial's, so the parameter count is the same. Two details copied
@@ -7,7 +7,7 @@ as written there:
 - the shortcut is a bare 1x1 conv (no BN) where the stride is not 1, and the identity otherwise.
 One deliberate change: the tutorial's Dense(10) has no activation (it trains on logits); here it
 is a softmax, because the project trains every model with categorical cross-entropy on
-probabilities (SPEC.md section 1).
+probabilities (docs/sources.md#the-ladder).
 """
 
 import keras
@@ -46,11 +46,11 @@ def _resnet(input_shape, num_classes, blocks_per_layer, name):
 
 @register
 def resnet18(input_shape=(32, 32, 3), num_classes=10):
-    """ResNet-18: basic blocks [2, 2, 2, 2] (tutorial 004)."""
+    """ResNet-18: basic blocks [2, 2, 2, 2] (the TF2 ResNet-18 tutorial)."""
     return _resnet(input_shape, num_classes, (2, 2, 2, 2), "resnet18")
 
 
 @register
 def resnet34(input_shape=(32, 32, 3), num_classes=10):
-    """ResNet-34: basic blocks [3, 4, 6, 3] (tutorial 004)."""
+    """ResNet-34: basic blocks [3, 4, 6, 3] (the TF2 ResNet-18 tutorial)."""
     return _resnet(input_shape, num_classes, (3, 4, 6, 3), "resnet34")

@@ -1,4 +1,4 @@
-"""The assignment's template residual network (report 002, code blocks A1 and A2)."""
+"""The template residual network of the assignment report (docs/sources.md#the-template-residual-network)."""
 
 import keras
 from keras import layers

@@ -1,4 +1,4 @@
-"""The VGG-like baseline of the previous assignment (report 002, section 4.1)."""
+"""The VGG-like baseline of the previous assignment (the assignment report, docs/sources.md#the-vgg-like-baseline)."""
 
 import keras
 from keras import layers
@@ -19,7 +19,8 @@ def vgg_like(
 ):
     """Groups of Conv3x3-BN-ReLU with a 2x2 max-pool after each; two Dense(128); dropout; softmax.
 
-    SPEC choices: filters 32/64/128 (the report gives none) and one pooling layer per group.
+    Choices where the report is silent (docs/sources.md#the-vgg-like-baseline): filters 32/64/128
+    (the report gives none) and one pooling layer per group.
     """
     inputs = keras.Input(input_shape)
     x = inputs

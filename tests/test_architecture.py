@@ -1,0 +1,131 @@
+"""The package's shape, read from the source: layers that import only downwards, one MLflow module, one tag schema.
+
+Reading the imports (with `ast`, function-level ones included) keeps the structure true as the code grows:
+a new module must be placed in a layer here before it can be imported by anything.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from ablation.tracking import Tag
+
+ROOT = Path(__file__).resolve().parents[1]
+# Lowest first. A module may import ablation modules of lower layers only, and of its own package.
+LAYERS = [
+    {"ablation", "ablation.models", "ablation.interrupt"},
+    {"ablation.config", "ablation.console"},
+    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure",
+     "ablation.checkpoint"},
+    {"ablation.evidence"},
+    {"ablation.train"},
+    {"ablation.tracking"},
+    {"ablation.runner"},
+    {"ablation.searcher", "ablation.attribution", "ablation.queue"},
+    {"ablation.report"},
+    {"ablation.ladder", "ablation.search", "ablation.attribute", "ablation.worker", "ablation.migrate"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit_of(module: str) -> str:
+    """The layered unit a module belongs to: a subpackage counts as one (ablation.report.gather -> ablation.report)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or module in ("ablation.models", "ablation.report") else module
+
+
+def layer_of(module: str) -> int:
+    unit = unit_of(module)
+    for index, members in enumerate(LAYERS):
+        if unit in members:
+            return index
+    raise AssertionError(f"{module} is in no layer of tests/test_architecture.py: place it there")
+
+
+def imported(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` in the file names (relative imports resolved)."""
+    tree, here, names = ast.parse(path.read_text()), module_name(path), set()
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from ablation import tracking`
+    return names
+
+
+SOURCES = sorted((ROOT / "ablation").rglob("*.py"))
+MODULES = {module_name(p): p for p in SOURCES}
+
+
+def ablation_imports(path: Path) -> set[str]:
+    return {name for name in imported(path) if name in MODULES and name != "ablation"}
+
+
+def test_the_package_has_its_modules():
+    assert {"ablation.config", "ablation.tracking", "ablation.runner", "ablation.ladder"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
+def test_imports_go_downwards_only(path):
+    here = module_name(path)
+    upward = sorted(name for name in ablation_imports(path)
+                    if unit_of(name) != unit_of(here) and layer_of(name) >= layer_of(here))
+    assert not upward, f"{here} (layer {layer_of(here)}) imports {upward} from its own layer or above"
+
+
+def test_no_import_circle():
+    graph = {name: ablation_imports(path) - {name} for name, path in MODULES.items()}
+    state = {}
+
+    def visit(node, trail):
+        if state.get(node) == "open":
+            raise AssertionError(f"import circle: {' -> '.join(trail + [node])}")
+        if state.get(node) != "done":
+            state[node] = "open"
+            for other in graph.get(node, ()):
+                visit(other, trail + [node])
+            state[node] = "done"
+
+    for node in graph:
+        visit(node, [])
+    assert len(state) == len(graph)
+
+
+def test_only_tracking_imports_mlflow():
+    files = SOURCES + sorted((ROOT / "benchmarks").rglob("*.py"))
+    users = sorted(module_name(p) for p in files if any(n.split(".")[0] == "mlflow" for n in imported(p)))
+    assert users == ["ablation.tracking"]
+
+
+def tag_values() -> set[str]:
+    return {value for name, value in vars(Tag).items() if name.isupper() and value.startswith(Tag.PREFIX)}
+
+
+def test_tag_names_are_spelled_once():
+    assert len(tag_values()) > 20  # the schema is there to be checked against
+    files = [p for p in SOURCES + sorted((ROOT / "benchmarks").rglob("*.py")) if p.name != "tracking.py"]
+    spelled = sorted(
+        (module_name(p), node.value) for p in files for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in tag_values())
+    assert not spelled, f"tag names spelled out instead of tracking.Tag: {spelled}"
+
+
+SCREEN = 60  # lines: a function longer than a screen is split into named phases
+
+
+def test_every_function_fits_on_a_screen():
+    lengths = sorted(((node.end_lineno - node.lineno + 1, f"{module_name(path)}.{node.name}")
+                      for path in SOURCES for node in ast.walk(ast.parse(path.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))), reverse=True)
+    assert len(lengths) > 100  # the package's functions were read
+    assert lengths[0][0] <= SCREEN, f"longer than {SCREEN} lines: {[item for item in lengths if item[0] > SCREEN]}"

@@ -1,0 +1,234 @@
+"""Many workers, one study: a real PostgreSQL cluster (Optuna's RDB storage) and a real MLflow tracking server.
+
+The cluster and the server are started once per session (`tests/servers.py`): about 2 s and 15 s here.
+Optuna and MLflow get a database each: both keep an `alembic_version` table.
+"""
+
+import collections
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from servers import mlflow_server, postgres_cluster, require_driver
+
+REPO = Path(__file__).resolve().parents[1]
+DATABASE_NUMBERS = itertools.count()
+
+TINY_STUDY = """
+[study]
+name = "tiny_pg"
+
+[base]
+model = "template_resnet"
+model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }
+epochs = 1
+batch_size = 32
+train_subset = 80
+test_subset = 64
+run_eagerly = true  # no graph tracing: far faster for a few batches
+
+[[steps]]
+name = "small"
+
+[search]
+monitor = "val_accuracy"
+
+[search.params.dropout_rate]
+type = "float"
+low = 0.0
+high = 0.5
+
+[search.params.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (a servers.PostgresCluster)."""
+    require_driver()
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_server(postgres, tmp_path_factory):
+    """URL (http://127.0.0.1:PORT) of an MLflow tracking server on database `mlflow` of the cluster."""
+    with mlflow_server(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow-artifacts")) as url:
+        yield url
+
+
+@pytest.fixture
+def database(postgres):
+    """A fresh, empty database of the session's cluster for one test; its SQLAlchemy URL."""
+    return postgres.create_database(f"test_{next(DATABASE_NUMBERS)}")
+
+
+def env_with(**extra) -> dict:
+    """The environment for a command: this checkout's `ablation` first (the venv may hold another)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cluster_accepts_connections_and_optuna_creates_a_study_on_it(database):
+    import optuna
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database)
+    with engine.connect() as connection:
+        assert connection.execute(sqlalchemy.text("select 1")).scalar() == 1
+        assert connection.execute(sqlalchemy.text("select inet_server_addr()")).scalar() == "127.0.0.1"
+    engine.dispose()
+
+    storage = optuna.storages.RDBStorage(database)
+    study = optuna.create_study(storage=storage, study_name="pg", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="pg", storage=optuna.storages.RDBStorage(database))
+    assert [t.state.name for t in again.trials] == ["COMPLETE", "COMPLETE"]
+    assert again.best_value == max(t.params["x"] for t in study.trials)
+
+    # The search's --storage takes the URL with or without the driver: SQLAlchemy 2.1 reads a plain
+    # postgresql:// as postgresql+psycopg:// (psycopg 3), so the `postgres` extra installs both drivers.
+    from ablation import search
+
+    for url in (database, database.replace("postgresql+psycopg2://", "postgresql://")):
+        storage, kind, where = search.open_storage(url)
+        assert kind == "postgresql" and where == url
+        assert optuna.load_study(study_name="pg", storage=storage).best_value == again.best_value
+
+
+def test_mlflow_server_logs_and_reads_back_through_http(mlflow_tracking_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    url = mlflow_tracking_server
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+        assert answer.status == 200
+    # A client process configured only by MLFLOW_TRACKING_URI, as the search's workers are.
+    client_code = textwrap.dedent("""
+        import mlflow
+        mlflow.set_experiment("pg_client")
+        with mlflow.start_run(run_name="client") as run:
+            mlflow.log_param("depth", 3)
+            mlflow.log_metric("val_accuracy", 0.5, step=1)
+            mlflow.log_text("hello through the proxy", "notes/hello.txt")
+        print(run.info.run_id)
+    """)
+    done = subprocess.run([sys.executable, "-c", client_code], capture_output=True, text=True, timeout=300,
+                          env=env_with(MLFLOW_TRACKING_URI=url), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
+
+    client = MlflowClient(url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"depth": "3"} and run.data.metrics == {"val_accuracy": 0.5}
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server, not a client path
+    assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/hello.txt"]
+    local = client.download_artifacts(run_id, "notes/hello.txt", str(tmp_path))
+    assert Path(local).read_text() == "hello through the proxy"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "ablation.search.open_storage lets Optuna's RDBStorage create its schema unlocked: workers that open a "
+    "fresh PostgreSQL database together collide (UniqueViolation, pg_type_typname_nsp_index); remove this "
+    "marker once open_storage serializes or retries it"))
+def test_workers_opening_a_fresh_storage_together_all_succeed(postgres):
+    """Each worker opens the storage as it starts: on an empty database that creates Optuna's schema.
+
+    Threads of this process stand in for worker processes (the race is in the database, and threads
+    start together without paying imports); two databases, two openers each: each pair collides every
+    time here without a fix.
+    """
+    from ablation import search
+
+    urls = [postgres.create_database(f"fresh_{next(DATABASE_NUMBERS)}") for _ in range(2)]
+    together = threading.Barrier(2 * len(urls))
+    errors = []
+
+    def worker(url):
+        together.wait()
+        try:
+            search.open_storage(url)
+        except Exception as error:  # noqa: BLE001 - every failure is reported below
+            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+    threads = [threading.Thread(target=worker, args=(url,)) for url in urls for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, f"{len(errors)} of {len(threads)} workers could not open a fresh storage: {errors}"
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_through_postgres_and_the_tracking_server(
+        postgres, mlflow_tracking_server, cifar_path, tmp_path):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from ablation import search
+
+    storage_url = postgres.create_database("search_e2e")
+    # Optuna's schema is created once before the workers start: workers that create it together on an
+    # empty database collide (test_workers_opening_a_fresh_storage_together_all_succeed).
+    search.open_storage(storage_url)
+    study_file = tmp_path / "tiny_pg.toml"
+    study_file.write_text(TINY_STUDY)
+    args = ["--study", str(study_file), "--profile", "smoke", "--trials", "2", "--storage", storage_url,
+            "--data", str(cifar_path)]
+    env = env_with(MLFLOW_TRACKING_URI=mlflow_tracking_server, ABLATION_DATA=str(cifar_path))
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = []
+    try:
+        for log in logs:
+            with open(log, "w") as out:
+                workers.append(subprocess.Popen([sys.executable, "-m", "ablation.search", *args], env=env,
+                                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT))
+        for worker in workers:
+            worker.wait(timeout=600)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for worker, log in zip(workers, logs):
+        output = log.read_text()
+        assert worker.returncode == 0, output
+        assert "(postgresql)" in output and f"tracking: {mlflow_tracking_server}" in output
+
+    # Optuna: four finished trials in the PostgreSQL storage, two from each worker.
+    trials = optuna.load_study(study_name="tiny_pg-smoke", storage=storage_url).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert sorted(collections.Counter(t.user_attrs["worker"] for t in trials).values()) == [2, 2]
+
+    # MLflow, read through the server: four trial runs, none left RUNNING, each under its worker's parent.
+    client = MlflowClient(mlflow_tracking_server)
+    experiment = client.get_experiment_by_name("tiny_pg")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ablation.kind") == "search"]
+    trial_runs = [r for r in runs if r.data.tags.get("ablation.kind") == "search_trial"]
+    assert len(trial_runs) == 4 and len(parents) == 2
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert all(r.info.status == "FINISHED" and r.data.tags[search.STATE_TAG] == "complete" for r in trial_runs)
+    assert sorted(int(r.data.tags["ablation.optuna_trial"]) for r in trial_runs) == [0, 1, 2, 3]
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in trial_runs}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {p.info.run_id for p in parents}
+    for parent in parents:
+        assert parent.data.tags["ablation.optuna_storage_kind"] == "postgresql"
+        assert "best_step.toml" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # uploaded via proxy
