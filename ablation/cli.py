@@ -102,7 +102,7 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                         help="CIFAR-10: the cifar-10-python.tar.gz archive, its extracted folder, or an image "
                              "folder tree (default: $ABLATION_DATA, else Keras' download)")
     parser.add_argument("--seed", type=seed_value, default=None,
-                        help="seed for the data split and training (default: the study's)")
+                        help="one training seed (default: the study's seeds); the split seed stays the config's")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a config field or model knob in every step, checked as in a study file "
                              "(repeatable; VALUE as in TOML: --set epochs=3 --set learning_rate=5e-4 "
