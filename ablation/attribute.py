@@ -74,8 +74,7 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             # Phase 1: inputs are checked (in the engine too) before the store is touched.
-            overrides = parse_overrides(args.set)
-            study = apply_overrides(load_study(args.study), overrides)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
             study = dataclasses.replace(study, seeds=seeds)
             profile = get_profile(args.profile)
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
                 result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
                                                 data_path=args.data, force=args.force, deterministic=args.deterministic,
                                                 search=search, reports=args.reports, dry_run=args.dry_run,
-                                                say=display, overrides=overrides)
+                                                say=display)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

@@ -134,11 +134,10 @@ def main(argv=None) -> int:
 def prepare(args):
     """Phase 1 of the ladder: every input checked (study, options, data path, store), nothing written.
 
-    Returns the study (--set put in), the profile, the resolved steps and the --set values, or raises
-    StudyError, DataError or StoreError.
+    Returns the study (--set values put in), the profile and the resolved steps, or raises StudyError,
+    DataError or StoreError.
     """
-    overrides = parse_overrides(args.set)
-    study = apply_overrides(load_study(args.study), overrides)
+    study = apply_overrides(load_study(args.study), parse_overrides(args.set))
     if args.seeds is not None:
         study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
     if args.deterministic:
@@ -151,13 +150,13 @@ def prepare(args):
     steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
     check_data_path(args.data)
     tracking.check_store()
-    return study, profile, steps, overrides
+    return study, profile, steps
 
 
 def run(args) -> int:
     """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
     started = time.perf_counter()
-    study, profile, steps, overrides = prepare(args)
+    study, profile, steps = prepare(args)
     from ablation import report, runner
     from ablation.console import Display
 
@@ -166,7 +165,7 @@ def run(args) -> int:
         with Display() as display:
             rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,
                                      keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
-                                     log_models=args.log_models, overrides=overrides)
+                                     log_models=args.log_models)
     except runner.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
         return EXIT_FAILED

@@ -110,8 +110,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            overrides = parse_overrides(args.set)
-            study = apply_overrides(load_study(args.study), overrides)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             profile = get_profile(args.profile)
             from ablation import tracking
             from ablation.console import Display
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
                 summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
                                      storage=args.storage, study_name=args.study_name, timeout=args.timeout,
                                      pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
-                                     display=display, overrides=overrides)
+                                     display=display)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
