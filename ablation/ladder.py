@@ -34,7 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--workers", action="store_true",
+                        help="put the units in the shared work queue at --storage and work on them with every "
+                             "`python -m ablation.worker` on the same stores; ends when all are done")
+    parser.add_argument("--storage", default=None,
+                        help="with --workers: the queue's Optuna storage, a URL (postgresql://user@host/db) or a "
+                             "journal file (default: optuna.journal beside the MLflow store, one machine only)")
     args = parser.parse_args(argv)
+    if args.storage is not None and not args.workers:
+        parser.error("--storage is the work queue's: give it with --workers")
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
     if args.seeds is not None and args.seeds < 1:
@@ -110,14 +118,20 @@ def main(argv=None) -> int:
                 dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
         profile = get_profile(args.profile)
         only = [name.strip() for name in args.steps.split(",")] if args.steps else None
-        from ablation import report, runner  # the engines (MLflow; Keras when a step trains): after --help
+        from ablation import report, runner, workqueue  # the engines (MLflow; Keras when a step trains): after --help
 
         steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
-        # Phase 2: the steps, seed by seed.
-        rows = runner.run_ladder(study, profile, steps, args.data, args.force)
+        # Phase 2: the steps, seed by seed (in this process, or through the shared queue).
+        if args.workers:
+            rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage)
+        else:
+            rows = runner.run_ladder(study, profile, steps, args.data, args.force)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except workqueue.WorkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished steps are kept; the interrupted one is marked KILLED", file=sys.stderr)
         return EXIT_SIGINT

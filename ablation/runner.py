@@ -161,8 +161,7 @@ def run_unit(experiment, unit: Unit, data, force=False, say=print) -> dict:
     previous = None if force else tracking.find_finished(experiment, key)
     if previous is not None:
         metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
-        predictions = tracking.load_json_artifact(previous.info.run_id, "test_predictions.json") or {}
-        correct = [p == y for p, y in zip(predictions.get("predictions", []), predictions.get("labels", []), strict=True)]
+        correct = predictions_correct(previous.info.run_id)
         say(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
     else:
         splits = data.splits(**config.split_args())
@@ -172,13 +171,25 @@ def run_unit(experiment, unit: Unit, data, force=False, say=print) -> dict:
         say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs"
             f"{' (stopped early)' if result.stopped_early else ''}, {result.train_seconds:.0f} s")
         metrics, correct = result.metrics(), (result.test_predictions == result.test_labels).tolist()
+    return unit_row(unit, key, metrics, correct, reused=previous is not None)
+
+
+def predictions_correct(run_id: str) -> list[bool]:
+    """Per test image, whether a finished run predicted it right (from its test_predictions.json)."""
+    predictions = tracking.load_json_artifact(run_id, "test_predictions.json") or {}
+    return [p == y for p, y in zip(predictions.get("predictions", []), predictions.get("labels", []), strict=True)]
+
+
+def unit_row(unit: Unit, key: str, metrics: dict, correct: list, reused: bool) -> dict:
+    """A unit's row of results from its run's metrics: what the ladder's tables and evidence read."""
+    config = unit.config
     return {
         **unit.row, "name": unit.name, "seed": config.seed, "work_key": key,
         "test_accuracy": metrics["test_accuracy"], "best_val_accuracy": metrics["best_val_accuracy"],
         "epochs_run": int(metrics["epochs_run"]), "epochs": config.epochs, "train_seconds": metrics["train_seconds"],
         "train_cpu_seconds": metrics["train_cpu_seconds"], "num_params": int(metrics["num_params"]),
         "flops": int(metrics["flops"]), "seconds_per_epoch": metrics["seconds_per_epoch"],
-        "reused": previous is not None, "correct": correct or None,
+        "reused": reused, "correct": correct or None,
     }
 
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -23,13 +24,15 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy import exc as sql_errors
 from sqlalchemy.engine import make_url
 
 import ablation
 from ablation.config import StudyError
 
 DEFAULT_STORE = Path("mlruns")
-HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATION_HEARTBEAT / $ABLATION_GRACE
+MAX_RETRIES = 2  # times a trial whose worker died is queued again
 
 
 class Tag:
@@ -176,9 +179,12 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run(experiment: str, name: str, tags: dict, nested: bool = False):
-    """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error."""
-    active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested,
+def run(experiment: str, name: str, tags: dict, nested: bool = False, parent_run_id: str | None = None):
+    """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error.
+
+    `parent_run_id` nests it under a run of another process (a worker's unit under its planner's parent).
+    """
+    active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, parent_run_id=parent_run_id,
                               tags={**{k: str(v) for k, v in tags.items()}, **process_tags()})
     try:
         yield active
@@ -192,6 +198,56 @@ def run(experiment: str, name: str, tags: dict, nested: bool = False):
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def held_run(experiment: str, name: str, tags: dict):
+    """A parent run for other processes' runs, kept off this process's active-run stack; yields its id.
+
+    MLflow nests a new run under the active one only, so a planner whose parent were active could
+    not train a unit planned by another planner. Ends as `run` does: FINISHED, KILLED, FAILED.
+    """
+    client = connect()
+    tags = {**{k: str(v) for k, v in tags.items()}, **process_tags()}
+    run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        client.set_tag(run_id, Tag.ERROR, "interrupted")
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, Tag.ERROR, f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def resumed(run_id: str):
+    """Make a held run the active one for a while (to log its summary with the `log_*` functions)."""
+    connect()
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()  # FINISHED; an error propagating to `held_run` ends it FAILED or KILLED after
+
+
+def get_run(run_id: str):
+    """A run by id (params, metrics, tags, status)."""
+    return connect().get_run(run_id)
+
+
+def end_abandoned(run_id: str, reason: str) -> bool:
+    """Mark KILLED a run still RUNNING whose process is known dead (e.g. its trial went stale); whether it was."""
+    client = connect()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, Tag.ERROR, reason)
+    client.set_terminated(run_id, "KILLED")
+    return True
 
 
 @contextlib.contextmanager
@@ -258,11 +314,12 @@ def find_finished(experiment: str, work_key: str):
     return found[0] if found else None
 
 
-def copy_run(source, experiment: str, name: str, tags: dict):
+def copy_run(source, experiment: str, name: str, tags: dict, parent_run_id: str | None = None):
     """A nested run that repeats a finished one (params, metrics with their history, artifacts)."""
     client = connect()
     kept = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    with run(experiment, name, {**kept, **tags, Tag.REUSED_FROM: source.info.run_id}, nested=True):
+    with run(experiment, name, {**kept, **tags, Tag.REUSED_FROM: source.info.run_id}, nested=True,
+             parent_run_id=parent_run_id):
         mlflow.log_params(source.data.params)
         run_id = mlflow.active_run().info.run_id
         metrics = []
@@ -307,17 +364,11 @@ def store_folder() -> Path:
 def open_storage(spec: str | None):
     """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
 
-    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and retried once.
+    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and queued again (`rdb_storage`).
     """
     if spec is not None and "://" in spec:
         kind = spec.split(":", 1)[0].split("+")[0]
-        engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
-        with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return storage, kind, make_url(spec).render_as_string(hide_password=True)
+        return rdb_storage(spec, kind), kind, make_url(spec).render_as_string(hide_password=True)
     if spec is None:
         path = store_folder() / "optuna.journal"
     elif spec.endswith((".journal", ".log")):
@@ -327,6 +378,42 @@ def open_storage(spec: str | None):
                          "postgresql://user@host/db) or a journal file path ending in .journal or .log")
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path))), "journal", str(path.resolve())
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: $ABLATION_HEARTBEAT and $ABLATION_GRACE, else 60 and 180."""
+    values = []
+    for variable, default in (("ABLATION_HEARTBEAT", HEARTBEAT_SECONDS), ("ABLATION_GRACE", GRACE_SECONDS)):
+        text = os.environ.get(variable, "").strip() or str(default)
+        if not text.isdigit() or int(text) < 1:
+            raise StudyError(f"${variable}={text!r}: expected a whole number of seconds, at least 1")
+        values.append(int(text))
+    if values[1] <= values[0]:
+        raise StudyError(f"$ABLATION_GRACE={values[1]} must exceed $ABLATION_HEARTBEAT={values[0]}: a live "
+                         "worker's trial would be judged dead between two heartbeats")
+    return values[0], values[1]
+
+
+def rdb_storage(url: str, kind: str, attempts: int = 4):
+    """Optuna's RDBStorage with heartbeats and the retry of a dead worker's trial.
+
+    Workers that open an empty PostgreSQL database at once race while Optuna creates its tables
+    (UniqueViolation on pg_type_typname_nsp_index, or a table that already exists): creation checks
+    for each table first, so opening again after the winner finished succeeds.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
+    heartbeat, grace = heartbeat_settings()
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES))
+        except (sql_errors.IntegrityError, sql_errors.ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
 
 
 def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: list[tuple[str, float, int]],
