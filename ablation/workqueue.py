@@ -162,6 +162,7 @@ def wait_until_planned(study: optuna.Study, say):
 def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0) -> int:
     """Run units of the queues in `storage` (those in `names`, else all) until none is waiting or running
     and `idle_seconds` have passed so; returns how many this process ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened: dict[str, Queue] = {}
     ran, idle_since = 0, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ablation-worker-") as scratch:
@@ -329,6 +330,7 @@ def train_ladder_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print) -> list[dict]:
     """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     units = runner.ladder_units(study, profile, steps)
     data = LazySplits(data_path, say)
     fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]
@@ -406,6 +408,7 @@ def run_search_shared(study, profile, *, trials: int, data_path=None, seed=None,
         optuna_study.set_user_attr(QUEUE_ATTR, "search")
         for _ in range(trials):
             optuna_study.enqueue_trial({}, user_attrs={PARENT_ATTR: parent_id})
+        optuna_study.set_user_attr(PLANNED_ATTR, trials)  # by the latest planner of the study
         out(f"Optuna study {optuna_name!r} in {where} ({kind}): {trials} trial(s) queued for workers")
         work(storage_obj, data, out, names=[optuna_name])
         with tracking.resumed(parent_id):

@@ -1,6 +1,7 @@
 """Many workers, one study: a real PostgreSQL cluster (Optuna's RDB storage) and a real MLflow tracking server.
 
-The cluster and the server are started once per session (`tests/servers.py`): about 2 s and 15 s here.
+The cluster and the server are started once per session (fixtures `postgres` and `mlflow_tracking_server`
+in conftest.py, from `tests/servers.py`): about 2 s and 15 s here.
 Optuna and MLflow get a database each: both keep an `alembic_version` table.
 """
 
@@ -16,8 +17,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from servers import mlflow_server, postgres_cluster, require_driver
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASE_NUMBERS = itertools.count()
@@ -52,21 +51,6 @@ low = 1e-4
 high = 1e-2
 log = true
 """
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (a servers.PostgresCluster)."""
-    require_driver()
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def mlflow_tracking_server(postgres, tmp_path_factory):
-    """URL (http://127.0.0.1:PORT) of an MLflow tracking server on database `mlflow` of the cluster."""
-    with mlflow_server(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow-artifacts")) as url:
-        yield url
 
 
 @pytest.fixture
