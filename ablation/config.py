@@ -240,6 +240,15 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
+class AttributionComponent:
+    """A part of the ladder's changes credited on its own: a ladder step and which of its settings."""
+
+    name: str
+    step: str
+    fields: tuple[str, ...]  # flat names (Config fields, model knobs) that the step's own table sets
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     title: str
@@ -248,6 +257,7 @@ class Study:
     steps: tuple[Step, ...]
     search: SearchSpace | None = None
     seeds: tuple[int, ...] = (0,)  # the training seeds every step is replicated with (a paired design)
+    attribution: tuple[AttributionComponent, ...] = ()  # [attribution]; empty: one component per ladder step
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -272,7 +282,7 @@ def load_study(path: str | Path) -> Study:
     except tomllib.TOMLDecodeError as error:
         raise StudyError(f"{path}: not valid TOML: {error}") from None
     where = path.name
-    _check_keys(data, {"study", "base", "steps", "baselines", "search"}, where, "top level")
+    _check_keys(data, {"study", "base", "steps", "baselines", "search", "attribution"}, where, "top level")
     meta = data.get("study", {})
     _check_keys(meta, STUDY_KEYS, where, "[study]")
     if "name" not in meta:
@@ -292,6 +302,8 @@ def load_study(path: str | Path) -> Study:
                   seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"))
     if "search" in data:
         study = dataclasses.replace(study, search=_make_search(data["search"], study, where))
+    if "attribution" in data:
+        study = dataclasses.replace(study, attribution=_make_attribution(data, study, cumulative, where))
     return study
 
 
@@ -450,6 +462,66 @@ def _make_search(data, study: Study, where: str) -> SearchSpace:
     if not params:
         raise StudyError(f"{where}: [search] needs at least one [search.params.NAME] table")
     return SearchSpace(base_name, tuple(params), monitor, direction)
+
+
+ATTRIBUTION_KEYS = {"components"}
+COMPONENT_KEYS = {"step", "fields"}
+
+
+def _make_attribution(data, study: Study, cumulative, where: str) -> tuple[AttributionComponent, ...]:
+    """[attribution.components]: each names a ladder step after the first and some of the settings its table sets.
+
+    Together they must cover every such setting exactly once, so that all components applied to the
+    ladder's first step rebuild its last step (and its runs are reused).
+    """
+    table = data["attribution"]
+    _check_keys(table, ATTRIBUTION_KEYS, where, "[attribution]")
+    if not cumulative:
+        raise StudyError(f"{where}: [attribution] needs a cumulative ladder ([study] cumulative = true): "
+                         "the components are changes applied one over another")
+    settings = _step_settings(data, study)
+    components = table.get("components", {})
+    if not isinstance(components, dict) or not components:
+        raise StudyError(f"{where}: [attribution] needs at least one [attribution.components.NAME] table")
+    owner, out = {}, []
+    for name, spec in components.items():
+        at = f"[attribution.components.{name}]"
+        if not (name.replace("_", "").isalnum() and name == name.lower()):
+            raise StudyError(f"{where}: {at}: component names are snake_case (letters, digits, _)")
+        _check_keys(spec, COMPONENT_KEYS, where, at)
+        step = spec.get("step")
+        if not isinstance(step, str) or step not in settings:
+            raise StudyError(f"{where}: {at}: step must be a ladder step after the first (the first is the base), "
+                             f"got {step!r}; allowed: {list(settings)}")
+        fields = spec.get("fields", settings[step])
+        if not (isinstance(fields, list) and fields and all(isinstance(f, str) for f in fields)):
+            raise StudyError(f"{where}: {at}: fields must be a non-empty list of setting names, got {fields!r}")
+        unknown = sorted(set(fields) - set(settings[step]))
+        if unknown:
+            raise StudyError(f"{where}: {at}: fields {unknown} are not set by step {step!r}; "
+                             f"allowed: {settings[step]}")
+        if "model" in settings[step] and sorted(fields) != sorted(settings[step]):
+            raise StudyError(f"{where}: {at}: step {step!r} changes the model, so its settings stay in one component "
+                             "(leave out fields)")
+        taken = sorted(f for f in fields if (step, f) in owner)
+        if taken:
+            raise StudyError(f"{where}: {at}: fields {taken} of step {step!r} are already in component "
+                             f"{owner[step, taken[0]]!r}; each setting belongs to one component")
+        owner.update({(step, f): name for f in fields})
+        out.append(AttributionComponent(name, step, tuple(fields)))
+    missing = [f"{step}.{f}" for step, names in settings.items() for f in names if (step, f) not in owner]
+    if missing:
+        raise StudyError(f"{where}: [attribution.components] must cover every setting of the ladder's steps after "
+                         f"the first (together they rebuild the last step); not covered: {missing}")
+    return tuple(out)
+
+
+def _step_settings(data, study: Study) -> dict[str, list[str]]:
+    """Per ladder step after the first: the flat names (fields, model knobs) its own table sets."""
+    entries = {entry["name"]: entry for entry in data.get("steps", [])}
+    ladder = [s.name for s in study.steps if not s.is_baseline]
+    return {name: [k for k in entries[name] if k not in STEP_META_KEYS | {"model_args"}]
+            + list(entries[name].get("model_args", {})) for name in ladder[1:]}
 
 
 def _check_keys(table, allowed, where, at):

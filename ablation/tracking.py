@@ -78,6 +78,9 @@ class Tag:
     BASE_CONFIG = PREFIX + "base_config"
     MONITOR = PREFIX + "monitor"
     SEARCH_SPACE = PREFIX + "search_space"
+    # An attribution design (python -m ablation.attribute).
+    DESIGN = PREFIX + "design"  # leave-one-out | add-one-in | shapley, on the parent and its runs
+    SUBSET = PREFIX + "subset"  # on a design's run: the JSON list of the components applied
 
 
 class Kind:
@@ -87,6 +90,8 @@ class Kind:
     LADDER_STEP = "ladder_step"
     SEARCH = "search"  # a search invocation: the parent run
     SEARCH_TRIAL = "search_trial"
+    DESIGN = "design"  # an attribution design's invocation: the parent run
+    DESIGN_UNIT = "design_unit"  # one subset of components, one seed
 
 
 def tracking_uri() -> str:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"ablation", "ablation.models"},
     {"ablation.config"},
-    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment"},
+    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure"},
     {"ablation.evidence"},
     {"ablation.train"},
     {"ablation.tracking"},

@@ -1,0 +1,105 @@
+"""Order-free credit for a ladder's changes: leave-one-out, add-one-in or Shapley values over its components.
+
+    python -m ablation.attribute --design leave-one-out --seeds 2     # the final config without each change
+    python -m ablation.attribute --design add-one-in                  # the first step with each change alone
+    python -m ablation.attribute --design shapley --budget 32         # every subset, or sampled orders within 32
+    python -m ablation.attribute --design leave-one-out --from-search # which knobs of the search's best trial mattered
+
+Every run is identified by its work (config hash and data digest), so the ladder's first and last steps,
+and any subset another design or invocation trained, are reused, never trained again.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
+from ablation.config import StudyError, get_profile, load_study
+from ablation.data import DataError
+
+DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
+DEFAULT_BUDGET = 32
+DEFAULT_REPORTS = "reports"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablation.attribute",
+        description="Credit each of a ladder's changes without the ladder's order: leave-one-out, add-one-in or "
+                    "Shapley values over training seeds, every subset a nested MLflow run (finished ones reused).",
+    )
+    add_common_arguments(parser)
+    parser.add_argument("--design", required=True, choices=DESIGNS,
+                        help="leave-one-out: the last step without each component, and the last step; add-one-in: "
+                             "the first step with each component alone, and the first step; shapley: every subset "
+                             "(exact) when 2^k fits in --budget, else antithetic random orders within it")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                        help=f"most subsets (each trained once per seed) the shapley design may use (default "
+                             f"{DEFAULT_BUDGET}: exact up to 5 components)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="training seeds 0..N-1, paired across subsets (default: the study's [study] seeds)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow's op determinism (as the ladder's flag: reuses runs made with it)")
+    parser.add_argument("--force", action="store_true", help="train every subset again, even finished ones")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the components, conflicts and what would train, then stop")
+    parser.add_argument("--reports", default=DEFAULT_REPORTS,
+                        help=f"folder for <study>/attribution-<design>.csv, .md, .png (default {DEFAULT_REPORTS})")
+    parser.add_argument("--from-search", action="store_true",
+                        help="attribute the search's best trial against its base step, one component per knob it "
+                             "changed, beside Optuna's parameter importances")
+    parser.add_argument("--storage", default=None, help="with --from-search: the Optuna storage (as the search's)")
+    parser.add_argument("--study-name", default=None,
+                        help="with --from-search: the Optuna study (default <study>-<profile>)")
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seed is not None:
+        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.budget < 1:
+        parser.error("--budget must be at least 1")
+    if (args.storage or args.study_name) and not args.from_search:
+        parser.error("--storage and --study-name go with --from-search")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
+    started, cpu_started = time.perf_counter(), os.times()
+    try:
+        # Phase 1: inputs are checked (in the engine too) before the store is touched.
+        study = load_study(args.study)
+        seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
+        study = dataclasses.replace(study, seeds=seeds)
+        profile = get_profile(args.profile)
+        from ablation import attribution  # the engine (MLflow; Keras when a subset trains): after --help
+
+        search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
+        # Phase 2: the design, reusing every finished run.
+        result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
+                                        data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                        search=search, reports=args.reports, dry_run=args.dry_run)
+    except (StudyError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished subsets are kept (a re-run reuses them); the running one is marked KILLED",
+              file=sys.stderr)
+        return EXIT_SIGINT
+    if result is None:
+        return 0
+    # Phase 3: the table.
+    ended = os.times()
+    cpu = ended.user + ended.system - cpu_started.user - cpu_started.system
+    print(f"\n{study.title}: {args.design} ({profile.name} profile), {time.perf_counter() - started:.0f} s wall, "
+          f"{cpu:.0f} CPU-s\n")
+    print(attribution.format_table(result))
+    print("\nwritten: " + ", ".join(result["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
