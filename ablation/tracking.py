@@ -58,6 +58,7 @@ class Tag:
     SEEDS = PREFIX + "seeds"  # on a ladder parent: the JSON list of training seeds every step ran with
     COMPARE_TO = PREFIX + "compare_to"  # on a baseline: the step its change is tested against
     REUSED_FROM = PREFIX + "reused_from"
+    MIGRATED_FROM = PREFIX + "migrated_from"  # on a run copied by python -m ablation.migrate: its id in the source
     STOPPED_EARLY = PREFIX + "stopped_early"
     ERROR = PREFIX + "error"
     # The process that ran it (the stale-run sweep reads these).
@@ -245,10 +246,11 @@ def get_run(run_id: str):
     return connect().get_run(run_id)
 
 
-def end_abandoned(run_id: str, reason: str) -> bool:
-    """Mark KILLED a run still RUNNING whose process is known dead (e.g. its trial went stale); whether it was."""
+def supersede(run_id: str, reason: str) -> bool:
+    """Mark KILLED the run of an attempt that another attempt replaces (its worker died, or was judged
+    dead), whatever state it ended in; whether it was not KILLED already."""
     client = connect()
-    if client.get_run(run_id).info.status != "RUNNING":
+    if client.get_run(run_id).info.status == "KILLED":
         return False
     client.set_tag(run_id, Tag.ERROR, reason)
     client.set_terminated(run_id, "KILLED")
@@ -442,9 +444,6 @@ def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: 
 # ---------------------------------------------------------------------------------------------
 # Moving a study's stores (the embedded ones on a laptop to servers): python -m ablation.migrate.
 
-MIGRATED_FROM = Tag.PREFIX + "migrated_from"  # on a copied run: its id in the store it came from
-
-
 def copy_store(source_uri: str, target_uri: str, say=print) -> tuple[int, int]:
     """Copy every run of one MLflow store into another; (runs copied, runs skipped as copied before).
 
@@ -459,8 +458,8 @@ def copy_store(source_uri: str, target_uri: str, say=print) -> tuple[int, int]:
         if not runs:
             continue
         target_id = _store_experiment(target, target_uri, experiment.name)
-        ids = {r.data.tags[MIGRATED_FROM]: r.info.run_id for r in _all_runs(target, target_id)
-               if MIGRATED_FROM in r.data.tags}
+        ids = {r.data.tags[Tag.MIGRATED_FROM]: r.info.run_id for r in _all_runs(target, target_id)
+               if Tag.MIGRATED_FROM in r.data.tags}
         for run in _parents_first(runs):
             if run.info.run_id in ids:
                 skipped += 1
@@ -518,7 +517,7 @@ def _parents_first(runs: list) -> list:
 
 def _copy_between(source: MlflowClient, target: MlflowClient, run, experiment: str, ids: dict) -> str:
     """One run into another store; returns its new id."""
-    tags = {**run.data.tags, MIGRATED_FROM: run.info.run_id}
+    tags = {**run.data.tags, Tag.MIGRATED_FROM: run.info.run_id}
     for link in ("mlflow.parentRunId", Tag.REUSED_FROM):
         if link in tags and tags[link] in ids:
             tags[link] = ids[tags[link]]

@@ -5,9 +5,9 @@ units in an Optuna storage; workers (`python -m ablation.worker` on any machine,
 itself) take them, train them under the planner's MLflow parent run and tell Optuna the outcome.
 The storage is the queue and its only arbiter, through Optuna's own mechanisms:
 
-- A unit is a WAITING trial (`Study.enqueue_trial`). A ladder unit carries its spec in its user
-  attrs (config, run name, tags, data digest, experiment, parent run): a worker needs no study
-  file. A planned search trial carries its parent run only: TPE samples its params when a worker
+- A unit is a WAITING trial (`Study.enqueue_trial`). A unit of the runner (a ladder step and seed,
+  a design's subset) carries its spec in its user attrs (config, run name, tags, data digest,
+  experiment, parent run): a worker needs no study file. A planned search trial carries its parent run only: TPE samples its params when a worker
   runs it (with the constant liar, so concurrent trials spread out).
 - A worker takes one with the storage's conditional update WAITING -> RUNNING, the step with which
   `Study.ask` pops Optuna's queue (a row lock in an RDB storage, the journal's file lock): two
@@ -17,9 +17,10 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
   process of the queue runs `fail_stale_trials`: a trial whose heartbeat stopped for the grace
   period is failed and a copy queued by RetryHeartbeatStaleTrialCallback (same params and user
   attrs). The copy still names the dead attempt's MLflow run, which its new worker marks KILLED
-  before training the unit in a new run. A journal file (one machine) has no heartbeat: there a
+  before training the unit in a new run (a live worker whose trial was judged dead, starved of
+  CPU past the grace period, finds its trial finished when it reports, and marks its own run KILLED). A journal file (one machine) has no heartbeat: there a
   trial whose worker on this host is dead is failed and queued the same way.
-- A ladder's queue is named from its work (study, profile and a digest of the units' work keys), so
+- A command's queue is named from its work (its parent's name and a digest of the units' work keys), so
   a second planner of the same work finds the study and joins it instead of queueing the work
   again. Creating a study name is atomic, and only the planner that created it enqueues the units
   (then sets `planned`): enqueueing is idempotent by work key without a lock of our own.
@@ -49,14 +50,14 @@ from ablation.runner import Unit
 from ablation.tracking import Kind, Tag
 
 # Optuna attributes of a queue. Study: what it is and what its units need.
-QUEUE_ATTR = "queue"  # "ladder" | "search": set last, once a worker has what it needs to run the units
+QUEUE_ATTR = "queue"  # "units" | "search": set last, once a worker has what it needs to run the units
 OWNER_ATTR = "planner"  # host:pid of the planner that enqueues (only it does)
 PLANNED_ATTR = "planned"  # set once every unit is enqueued
 DATA_ATTR = "data"  # the fingerprints of the planner's data splits: a worker's data must match them
 SEARCH_ATTR = "search"  # a search's study file (name and text), profile, seed and pruner
 # Trial: the unit and its current attempt.
-UNIT_ATTR = "unit"  # a ladder unit's spec (`unit_spec`)
-PARENT_ATTR = "parent_run_id"  # a planned search trial's parent run (a ladder unit's is in its spec)
+UNIT_ATTR = "unit"  # a unit's spec (`unit_spec`)
+PARENT_ATTR = "parent_run_id"  # a planned search trial's parent run (a unit's is in its spec)
 RUN_ATTR = "mlflow_run_id"  # the MLflow run of the trial's latest attempt
 POLL_SECONDS = 2.0  # how often an idle worker looks for work again
 
@@ -94,10 +95,10 @@ def unit_from_spec(spec: dict) -> Unit:
     return Unit(spec["name"], config, spec["tags"], spec["label"], spec["row"])
 
 
-def queue_name(study_name: str, profile_name: str, specs: list[dict]) -> str:
-    """The queue of a ladder's work, named from its content: the same work gets the same queue."""
+def queue_name(study_name: str, parent_name: str, specs: list[dict]) -> str:
+    """The queue of a command's units, named from their content: the same work gets the same queue."""
     content = "\n".join(sorted(f"{spec['work_key']} {spec['name']}" for spec in specs))
-    return f"ladder-{study_name}-{profile_name}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
+    return f"units-{parent_name}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
 
 
 def split_args_of(fingerprint: dict) -> dict:
@@ -132,7 +133,7 @@ def plan_units(storage, name: str, specs: list[dict], fingerprints: list[dict], 
         return study
     study.set_user_attr(OWNER_ATTR, searcher.worker_id())
     study.set_user_attr(DATA_ATTR, fingerprints)
-    study.set_user_attr(QUEUE_ATTR, "ladder")
+    study.set_user_attr(QUEUE_ATTR, "units")
     unique = {spec["work_key"]: spec for spec in specs}  # two units of one work are trained once
     for spec in unique.values():
         study.enqueue_trial({}, user_attrs={UNIT_ATTR: spec})
@@ -197,15 +198,15 @@ def open_queues(storage, names, opened: dict, data: LazySplits, say, scratch: Pa
             continue
         if summary.study_name not in opened:
             check_data(summary.user_attrs.get(DATA_ATTR, []), data, f"queue {summary.study_name!r}")
-            opener = open_ladder_queue if kind == "ladder" else open_search_queue
+            opener = open_units_queue if kind == "units" else open_search_queue
             opened[summary.study_name] = opener(storage, summary, data, say, scratch)
         queues.append(opened[summary.study_name])
     return queues
 
 
-def open_ladder_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
+def open_units_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
     study = optuna.load_study(study_name=summary.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
-    return Queue(study, lambda trial: train_ladder_unit(trial, data, say))
+    return Queue(study, lambda trial: train_unit(trial, data, say))
 
 
 def open_search_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
@@ -273,41 +274,57 @@ def requeue(study: optuna.Study, trial_id: int):
         retry(study, study._storage.get_trial(trial_id))
 
 
-def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState:
-    """Run a taken trial with Optuna's heartbeat and tell its outcome; an interrupted one goes back to the queue."""
+def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
+    """Run a taken trial with Optuna's heartbeat and tell its outcome; None when another attempt replaced it."""
     study = queue.study
     trial.set_user_attr("worker", searcher.worker_id())
-    earlier = trial.user_attrs.get(RUN_ATTR)  # a retried trial names its dead attempt's run
-    if earlier and tracking.end_abandoned(earlier, "its worker died; the unit was queued again"):
+    earlier = trial.user_attrs.get(RUN_ATTR)  # a retried trial names the run of the attempt it replaces
+    if earlier and tracking.supersede(earlier, f"its trial was judged dead and retried as trial {trial.number}"):
         say(f"marked run {earlier} KILLED: trial {trial.number} retries the unit its dead worker left")
-    state, value = TrialState.COMPLETE, None
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        try:
-            value = queue.execute(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except KeyboardInterrupt:
-            study.tell(trial, state=TrialState.FAIL)
-            requeue(study, trial._trial_id)
-            raise
-        except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
-            state = TrialState.FAIL
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
-            say(f"trial {trial.number} of {study.study_name!r} failed: {type(error).__name__}: {error}")
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    state, value, error = attempt(queue, trial)
+    try:
+        if error:
+            trial.set_user_attr("error", error)
+            say(f"trial {trial.number} of {study.study_name!r} failed: {error}")
+        if state is not None:
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        state = None
+    if state is None:
+        # Its heartbeat was judged stopped (a starved or cut-off worker) and the unit queued again: the
+        # retry's run is the unit's record, so this attempt's run must not stay FINISHED beside it.
+        if trial.user_attrs.get(RUN_ATTR):
+            tracking.supersede(trial.user_attrs[RUN_ATTR], "its trial was judged dead (heartbeat) and retried")
+        say(f"trial {trial.number} of {study.study_name!r} was judged dead meanwhile and retried: this attempt is dropped")
+        return None
     say(f"trial {trial.number} of {study.study_name!r}: {state.name.lower()}")
     return state
 
 
-def train_ladder_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
-    """A ladder unit's trial: reuse finished work, else train it in a run under the planner's parent."""
+def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float | None, str]:
+    """(state, value, error) of running the trial under Optuna's heartbeat; state None when its trial was
+    finished by another process meanwhile. Interrupted, the trial fails and goes back to the queue."""
+    with get_heartbeat_thread(trial._trial_id, queue.study._storage):
+        try:
+            return TrialState.COMPLETE, queue.execute(trial), ""
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None, ""
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None, None, ""
+        except KeyboardInterrupt:
+            queue.study.tell(trial, state=TrialState.FAIL)
+            requeue(queue.study, trial._trial_id)
+            raise
+        except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
+            return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:1000]
+
+
+def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
+    """A unit's trial: reuse finished work, else train it in a run under the planner's parent."""
     spec = trial.user_attrs[UNIT_ATTR]
     unit, parent = unit_from_spec(spec), spec["parent_run_id"]
     config, experiment = unit.config, tracking.experiment_id(spec["experiment"])
     say(f"\n{unit.label or unit.name}  (trial {trial.number} of queue {trial.study.study_name!r})")
-    earlier = trial.user_attrs.get(RUN_ATTR)
-    if earlier and tracking.get_run(earlier).info.status == "FINISHED":
-        return tracking.get_run(earlier).data.metrics["test_accuracy"]  # it finished as its worker died
     tags = runner.run_tags(unit, data.fingerprint(**config.split_args()))
     previous = None if spec["force"] else tracking.find_finished(experiment, spec["work_key"])
     if previous is not None:
@@ -330,21 +347,27 @@ def train_ladder_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print) -> list[dict]:
     """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows."""
+    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
+                   Tag.SEEDS: sorted({step.config.seed for step in steps})}
+    say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
+    return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, runner.ladder_units(study, profile, steps),
+                            data_path, force, storage, say, summarize=lambda rows: runner.ladder_evidence(rows, steps))
+
+
+def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, storage=None, say=print,
+                     summarize=None) -> list[dict]:
+    """`runner.run_units` through the shared queue: the units are queued (or the same plan joined), this
+    process works on them beside the workers, and returns their rows once every one is done."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    units = runner.ladder_units(study, profile, steps)
     data = LazySplits(data_path, say)
     fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]
     storage_obj, kind, where = tracking.open_storage(storage)
     experiment = tracking.experiment_id(study.name)
-    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
-                   Tag.SEEDS: sorted({step.config.seed for step in steps}), Tag.OPTUNA_STORAGE: where,
-                   Tag.OPTUNA_STORAGE_KIND: kind}
-    say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-    with tracking.stop_on_sigterm(), tracking.held_run(experiment, f"{study.name}-{profile.name}",
-                                                       parent_tags) as parent_id:
+    parent_tags = {**parent_tags, Tag.OPTUNA_STORAGE: where, Tag.OPTUNA_STORAGE_KIND: kind}
+    with tracking.stop_on_sigterm(), tracking.held_run(experiment, parent_name, parent_tags) as parent_id:
         specs = [unit_spec(unit, fingerprint, study.name, parent_id, force)
                  for unit, fingerprint in zip(units, fingerprints, strict=True)]
-        name = queue_name(study.name, profile.name, specs) + (f"-{parent_id[:8]}" if force else "")
+        name = queue_name(study.name, parent_name, specs) + (f"-{parent_id[:8]}" if force else "")
         say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
         queue = plan_units(storage_obj, name, specs, list({f["digest"]: f for f in fingerprints}.values()), say)
         say(f"queue {name!r} in {where} ({kind}): {len(specs)} units; workers join with "
@@ -355,7 +378,8 @@ def run_ladder_shared(study, profile, steps, data_path=None, force=False, storag
         with tracking.resumed(parent_id):
             tracking.log_study_file(study.path)
             tracking.log_table([{k: v for k, v in row.items() if k != "correct"} for row in rows], "units.json")
-            tracking.log_dict(runner.ladder_evidence(rows, steps), "summary.json")
+            if summarize is not None:
+                tracking.log_dict(summarize(rows), "summary.json")
     return rows
 
 

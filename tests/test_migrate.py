@@ -56,7 +56,7 @@ def test_every_run_and_study_is_copied_with_links_remapped_and_a_second_run_copi
     assert sorted(copies) == sorted(originals) == ["again", "first", "moved-smoke"]
     for name, copy in copies.items():
         original = originals[name]
-        assert copy.data.tags[tracking.MIGRATED_FROM] == original.info.run_id != copy.info.run_id
+        assert copy.data.tags[Tag.MIGRATED_FROM] == original.info.run_id != copy.info.run_id
         assert (copy.data.params, copy.data.metrics) == (original.data.params, original.data.metrics)
         assert (copy.info.status, copy.info.start_time, copy.info.end_time) == \
                (original.info.status, original.info.start_time, original.info.end_time)
@@ -68,7 +68,7 @@ def test_every_run_and_study_is_copied_with_links_remapped_and_a_second_run_copi
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.25), (2, 0.5)]
     local = new.download_artifacts(copies["again"].info.run_id, "test_predictions.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == {"labels": [1, 2]}
-    assert parent_id in {c.data.tags[tracking.MIGRATED_FROM] for c in copies.values()}
+    assert parent_id in {c.data.tags[Tag.MIGRATED_FROM] for c in copies.values()}
 
     moved = optuna.load_study(study_name="moved-smoke", storage=target_storage)
     source_study = optuna.load_study(study_name="moved-smoke", storage=tracking.open_storage(

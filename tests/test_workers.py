@@ -113,7 +113,7 @@ def test_workers_share_a_ladder_and_a_search_and_retry_a_killed_workers_unit(
     study_file.write_text(STUDY)
     storage_url = postgres.create_database("queue_e2e")  # empty: the processes create Optuna's tables together
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking_server, "ABLATION_DATA": str(cifar_path),
-           "ABLATION_HEARTBEAT": "2", "ABLATION_GRACE": "12", "PYTHONUNBUFFERED": "1",
+           "ABLATION_HEARTBEAT": "3", "ABLATION_GRACE": "30", "PYTHONUNBUFFERED": "1",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     common = ["--study", str(study_file), "--profile", "smoke", "--workers", "--storage", storage_url]
     planners = [start("ladder", [*common, "--seeds", "2", "--no-report"], env, tmp_path / "ladder.log"),
@@ -157,7 +157,7 @@ def check_optuna(studies: dict, killed: tuple):
         assert states[TrialState.FAIL] == expected_failed and states[TrialState.WAITING] == 0, states
         assert states[TrialState.RUNNING] == 0, states
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        if study_name.startswith("ladder-"):
+        if study_name.startswith("units-"):
             keys = collections.Counter(t.user_attrs["unit"]["work_key"] for t in finished)
             assert len(keys) == 4 and set(keys.values()) == {1}, keys
         else:
