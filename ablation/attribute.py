@@ -11,6 +11,7 @@ and any subset another design or invocation trained, are reused, never trained a
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -50,7 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--from-search", action="store_true",
                         help="attribute the search's best trial against its base step, one component per knob it "
                              "changed, beside Optuna's parameter importances")
-    parser.add_argument("--storage", default=None, help="with --from-search: the Optuna storage (as the search's)")
+    parser.add_argument("--workers", action="store_true",
+                        help="put the subsets' units in the shared work queue at --storage and work on them with "
+                             "every `python -m ablation.worker` on the same stores; ends when all are done")
+    parser.add_argument("--storage", default=None,
+                        help="with --from-search: the Optuna storage (as the search's); with --workers: the queue's "
+                             "(default: optuna.journal beside the MLflow store)")
     parser.add_argument("--study-name", default=None,
                         help="with --from-search: the Optuna study (default <study>-<profile>)")
     args = parser.parse_args(argv)
@@ -60,8 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds must be at least 1")
     if args.budget < 1:
         parser.error("--budget must be at least 1")
-    if (args.storage or args.study_name) and not args.from_search:
-        parser.error("--storage and --study-name go with --from-search")
+    if args.study_name and not args.from_search:
+        parser.error("--study-name goes with --from-search")
+    if args.storage and not (args.from_search or args.workers):
+        parser.error("--storage goes with --from-search or --workers")
     return args
 
 
@@ -75,13 +83,16 @@ def main(argv=None) -> int:
         seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
         study = dataclasses.replace(study, seeds=seeds)
         profile = get_profile(args.profile)
-        from ablation import attribution  # the engine (MLflow; Keras when a subset trains): after --help
+        from ablation import attribution, runner, workqueue  # the engines (MLflow; Keras when a subset trains)
 
         search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
+        run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
+            else runner.run_units
         # Phase 2: the design, reusing every finished run.
         result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
                                         data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                        search=search, reports=args.reports, dry_run=args.dry_run)
+                                        search=search, reports=args.reports, dry_run=args.dry_run,
+                                        run_units=run_units)
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -89,6 +100,9 @@ def main(argv=None) -> int:
         print("\ninterrupted: finished subsets are kept (a re-run reuses them); the running one is marked KILLED",
               file=sys.stderr)
         return EXIT_SIGINT
+    except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if result is None:
         return 0
     # Phase 3: the table.

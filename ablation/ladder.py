@@ -129,12 +129,12 @@ def main(argv=None) -> int:
     except (StudyError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    except workqueue.WorkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished steps are kept; the interrupted one is marked KILLED", file=sys.stderr)
         return EXIT_SIGINT
+    except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     summary = runner.ladder_evidence(rows, steps)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
     print(format_steps(rows, summary))

@@ -351,13 +351,15 @@ def run_ladder_shared(study, profile, steps, data_path=None, force=False, storag
                    Tag.SEEDS: sorted({step.config.seed for step in steps})}
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
     return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, runner.ladder_units(study, profile, steps),
-                            data_path, force, storage, say, summarize=lambda rows: runner.ladder_evidence(rows, steps))
+                            data_path, force, say, summarize=lambda rows: runner.ladder_evidence(rows, steps),
+                            storage=storage)
 
 
-def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, storage=None, say=print,
-                     summarize=None) -> list[dict]:
-    """`runner.run_units` through the shared queue: the units are queued (or the same plan joined), this
-    process works on them beside the workers, and returns their rows once every one is done."""
+def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
+                     storage=None) -> list[dict]:
+    """`runner.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
+    queued (or the same plan joined), this process works on them beside the workers, and returns their rows
+    once every one is done."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = LazySplits(data_path, say)
     fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]

@@ -6,8 +6,9 @@ Run from the repository root:
 
 Each case runs the same work on fresh stores in a temp dir (a SQLite MLflow store and the Optuna
 journal beside it, so nothing is reused): `python -m ablation.ladder --workers` (the planner, which
-works too) and, for 2 workers, one `python -m ablation.worker` beside it. Wall time runs from the
-planner's start to its exit (all units done); CPU time is user + sys of every process of the case
+works too) and, for 2 workers, one `python -m ablation.worker` started as soon as the planner has
+queued the units. Wall time runs from the planner's start to its exit (all units done); CPU time is
+user + sys of every process of the case
 (`RUSAGE_CHILDREN`), so it includes what each worker pays once: Python, TensorFlow and MLflow
 start-up and reading CIFAR-10. The cases alternate (1, 2, 1, 2, ...) so drifting load hits both;
 the load average is recorded at each case's start and end. Results go to bench_results/scaling.csv.
@@ -62,26 +63,31 @@ def cpu_of_children() -> float:
 
 
 def run_case(workers: int, study_file: Path, data, seeds: int, folder: Path) -> dict:
-    """One case on fresh stores: the planner plus `workers - 1` workers; wall, CPU and units done."""
+    """One case on fresh stores: the planner, and `workers - 1` workers once it has queued the units."""
     folder.mkdir(parents=True)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db", "PYTHONUNBUFFERED": "1",
            "ABLATION_CACHE": str(folder / "cache"), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     data_args = ["--data", str(data)] if data else []
+    log = folder / "planner.log"
     load_before, cpu_before, started = os.getloadavg()[0], cpu_of_children(), time.perf_counter()
-    logs = [open(folder / f"process{i}.log", "w") for i in range(workers)]
-    processes = [subprocess.Popen([sys.executable, "-m", "ablation.ladder", "--study", str(study_file), "--profile",
-                                   "full", "--seeds", str(seeds), "--no-report", "--workers", *data_args],
-                                  env=env, stdout=logs[0], stderr=subprocess.STDOUT)]
-    processes += [subprocess.Popen([sys.executable, "-m", "ablation.worker", "--idle", "0", *data_args],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs[1:]]
-    codes = [process.wait() for process in processes]
-    wall, cpu = time.perf_counter() - started, cpu_of_children() - cpu_before
-    for log in logs:
-        log.close()
-    output = (folder / "process0.log").read_text()
-    if any(codes) or f"all {2 * seeds} units" not in output:
-        raise SystemExit(f"case with {workers} worker(s) failed ({codes}):\n{output[-3000:]}")
+    with open(log, "w") as out:
+        planner = subprocess.Popen([sys.executable, "-m", "ablation.ladder", "--study", str(study_file), "--profile",
+                                    "full", "--seeds", str(seeds), "--no-report", "--workers", *data_args],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    while planner.poll() is None and "queue '" not in log.read_text():
+        time.sleep(0.5)
+    helpers = []
+    for number in range(1, workers):
+        with open(folder / f"worker{number}.log", "w") as out:
+            helpers.append(subprocess.Popen([sys.executable, "-m", "ablation.worker", "--idle", "0", *data_args],
+                                            env=env, stdout=out, stderr=subprocess.STDOUT))
+    code = planner.wait()
+    wall = time.perf_counter() - started  # every unit is done when the planner exits
+    codes = [helper.wait() for helper in helpers]
+    cpu, output = cpu_of_children() - cpu_before, log.read_text()
     units = 2 * seeds
+    if code or any(codes) or f"all {units} units" not in output:
+        raise SystemExit(f"case with {workers} worker(s) failed ({code}, {codes}):\n{output[-3000:]}")
     return {"workers": workers, "units": units, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "units_per_hour": round(units / wall * 3600, 1), "cpu_s_per_unit": round(cpu / units, 1),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,25 @@ high = 0.5
 """
 
 
+@pytest.fixture(scope="module")
+def cifar_slice(cifar_path, tmp_path_factory) -> Path:
+    """The first 20 training and 10 test images of each class of the real archive, as an image-folder tree:
+    each of the test's six processes reads it in a moment instead of the whole archive."""
+    from PIL import Image
+
+    from ablation.data import load_cifar10
+
+    root, dataset = tmp_path_factory.mktemp("cifar_slice"), load_cifar10(cifar_path)
+    for split, x, y, per_class in (("train", dataset.x_train, dataset.y_train, 20),
+                                   ("test", dataset.x_test, dataset.y_test, 10)):
+        for label, name in enumerate(dataset.class_names):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number, index in enumerate(np.flatnonzero(y == label)[:per_class]):
+                Image.fromarray(x[index]).save(folder / f"{number:03d}.png")
+    return root
+
+
 def start(module: str, args: list, env: dict, log: Path) -> subprocess.Popen:
     """`python -m ablation.<module> ARGS` in the background, output to `log`."""
     with open(log, "w") as out:
@@ -55,7 +75,7 @@ def start(module: str, args: list, env: dict, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def queue_studies(storage_url: str, count: int, timeout: float = 240) -> dict:
+def queue_studies(storage_url: str, count: int, timeout: float = 600) -> dict:
     """Wait until `count` queue studies are planned; name -> optuna.Study."""
     import optuna
 
@@ -71,7 +91,7 @@ def queue_studies(storage_url: str, count: int, timeout: float = 240) -> dict:
     pytest.fail(f"the planners did not queue their work within {timeout} s")
 
 
-def kill_a_training_worker(studies: dict, workers: list, client, timeout: float = 240):
+def kill_a_training_worker(studies: dict, workers: list, client, timeout: float = 600):
     """SIGKILL a worker as soon as one holds a unit whose run has logged its config (training has begun)."""
     from optuna.trial import TrialState
 
@@ -90,7 +110,7 @@ def kill_a_training_worker(studies: dict, workers: list, client, timeout: float 
     pytest.fail(f"no worker held a unit in training within {timeout} s")
 
 
-def finish(processes: list, logs: list, timeout: float = 400) -> list[str]:
+def finish(processes: list, logs: list, timeout: float = 900) -> list[str]:
     """Wait for every process (killing what is left at the timeout); their outputs."""
     deadline = time.monotonic() + timeout
     try:
@@ -106,13 +126,13 @@ def finish(processes: list, logs: list, timeout: float = 400) -> list[str]:
 
 @pytest.mark.slow
 def test_workers_share_a_ladder_and_a_search_and_retry_a_killed_workers_unit(
-        postgres, mlflow_tracking_server, cifar_path, tmp_path):
+        postgres, mlflow_tracking_server, cifar_slice, tmp_path):
     from mlflow.tracking import MlflowClient
 
     study_file = tmp_path / "queue_e2e.toml"
     study_file.write_text(STUDY)
     storage_url = postgres.create_database("queue_e2e")  # empty: the processes create Optuna's tables together
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking_server, "ABLATION_DATA": str(cifar_path),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking_server, "ABLATION_DATA": str(cifar_slice),
            "ABLATION_HEARTBEAT": "3", "ABLATION_GRACE": "30", "PYTHONUNBUFFERED": "1",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     common = ["--study", str(study_file), "--profile", "smoke", "--workers", "--storage", storage_url]
