@@ -16,8 +16,9 @@ import os
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
-from ablation.config import StudyError, get_profile, load_study
+from ablation import interrupt
+from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, describe_stop, exit_code_of, one_line
+from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError
 
 DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
@@ -77,32 +78,34 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
     started, cpu_started = time.perf_counter(), os.times()
-    try:
-        # Phase 1: inputs are checked (in the engine too) before the store is touched.
-        study = load_study(args.study)
-        seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
-        study = dataclasses.replace(study, seeds=seeds)
-        profile = get_profile(args.profile)
-        from ablation import attribution, runner, workqueue  # the engines (MLflow; Keras when a subset trains)
+    with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
+        try:
+            # Phase 1: inputs are checked (in the engine too) before the store is touched.
+            study = load_study(args.study)
+            seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
+            study = dataclasses.replace(study, seeds=seeds)
+            profile = get_profile(args.profile)
+            from ablation import attribution, runner, tracking, workqueue  # the engines (MLflow; Keras when a subset trains)
 
-        search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
-        run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
-            else runner.run_units
-        # Phase 2: the design, reusing every finished run.
-        result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
-                                        data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                        search=search, reports=args.reports, dry_run=args.dry_run,
-                                        run_units=run_units)
-    except (StudyError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished subsets are kept (a re-run reuses them); the running one is marked KILLED",
-              file=sys.stderr)
-        return EXIT_SIGINT
-    except workqueue.WorkError as error:  # last: the name exists once the engines are imported
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            tracking.check_store()
+            search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
+            run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
+                else runner.run_units
+            # Phase 2: the design, reusing every finished run.
+            result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
+                                            data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                            search=search, reports=args.reports, dry_run=args.dry_run,
+                                            run_units=run_units)
+        except (StudyError, DataError, StoreError) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as stop:
+            print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "
+                  "marked KILLED with its checkpoint kept, and a re-run resumes it", file=sys.stderr)
+            return exit_code_of(stop)
+        except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
     if result is None:
         return 0
     # Phase 3: the table.

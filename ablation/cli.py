@@ -5,10 +5,88 @@ heavy engines (MLflow, Optuna, Keras).
 """
 
 import argparse
+import math
+import re
+import signal
+
+from ablation.config import MAX_SEEDS, SEED, STUDY_NAME
 
 DEFAULT_STUDY = "studies/assignment.toml"
+EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)
 EXIT_INPUT_ERROR = 2  # a bad study file, option, data source or store: one line on stderr, nothing written
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, the shell's convention
+
+
+def exit_code_of(stop: KeyboardInterrupt) -> int:
+    """143 for a stop asked by SIGTERM, 130 for Ctrl-C (SIGINT)."""
+    return EXIT_SIGTERM if getattr(stop, "signum", signal.SIGINT) == signal.SIGTERM else EXIT_SIGINT
+
+
+def describe_stop(stop: KeyboardInterrupt) -> str:
+    return f"interrupted by {signal.Signals(getattr(stop, 'signum', signal.SIGINT)).name}"
+
+
+LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines() breaks on
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: line breaks that came with a user's value are shown escaped."""
+    return LINE_BREAKS.sub(lambda match: repr(match.group())[1:-1], str(text))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the option, what is allowed) and exit with EXIT_INPUT_ERROR."""
+
+    def error(self, message):
+        self.exit(EXIT_INPUT_ERROR, f"error: {self.prog}: {one_line(message)} (see --help)\n")
+
+
+def seed_value(text: str) -> int:
+    """--seed: an integer numpy accepts as a seed."""
+    value = _integer(text)
+    if not SEED.accepts(value):
+        raise argparse.ArgumentTypeError(f"must be {SEED.what}, got {text!r}")
+    return value
+
+
+def seed_count(text: str) -> int:
+    """--seeds: how many training seeds."""
+    value = _integer(text)
+    if not 1 <= value <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"must be a count of seeds from 1 to {MAX_SEEDS}, got {text!r}")
+    return value
+
+
+def positive_count(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
+def plain_name(text: str) -> str:
+    """A name that becomes a file name (an Optuna study's): a plain identifier, so it stays in its folder."""
+    if not STUDY_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be letters, digits, _ and -, starting with a letter (at most 64 "
+                                         f"characters), got {text!r}")
+    return text
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser):
@@ -20,4 +98,5 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--data", default=None,
                         help="CIFAR-10: the cifar-10-python.tar.gz archive, its extracted folder, or an image "
                              "folder tree (default: $ABLATION_DATA, else Keras' download)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the data split and training (default: the study's)")
+    parser.add_argument("--seed", type=seed_value, default=None,
+                        help="seed for the data split and training (default: the study's)")

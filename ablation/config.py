@@ -10,17 +10,22 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ablation.models import MODELS, model_defaults  # the registry: read from source, no Keras
 
 
 class StudyError(ValueError):
     """A study file or option that cannot be used; the message names the file and the key."""
+
+
+class StoreError(ValueError):
+    """A tracking store or Optuna storage that cannot be used; the message names it and what to do."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,78 @@ def with_values(config: "Config", values: Mapping[str, Any]) -> "Config":
     """The config with flat values put in: knobs into model_args, other names into their fields."""
     fields, knobs = split_values(config.model, values)
     return dataclasses.replace(config, **fields, model_args={**config.model_args, **knobs})
+# ---------------------------------------------------------------------------------------------
+# What every field and model knob accepts: one table, used by study files, the search space and any
+# command-line override, so a value is refused with the same words wherever it comes from.
+
+
+def _same(value):
+    return value
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config field or model knob accepts; `what` says it in words for the error message."""
+
+    what: str
+    accepts: Callable[[Any], bool]
+    kind: str = "other"  # int | float | bool | choice | other: which search parameter types may sample it
+    convert: Callable[[Any], Any] = _same
+
+
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    """A real number that is not NaN or infinite (a huge integer counts as infinite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def whole(low: int | None = None, high: int | None = None) -> Rule:
+    """An integer in [low, high]."""
+    if high is not None:
+        what = f"an integer in {low}..{high}"
+    else:
+        what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+    return Rule(what, lambda v: _whole_number(v) and (low is None or v >= low) and (high is None or v <= high), "int")
+
+
+def number(low: float, high: float | None = None, *, low_open=False, high_open=False) -> Rule:
+    """A finite number in the interval from low to high (open ends excluded)."""
+    above = (lambda v: v > low) if low_open else (lambda v: v >= low)
+    below = (lambda v: True) if high is None else (lambda v: v < high) if high_open else (lambda v: v <= high)
+    if high is None:
+        what = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(what, lambda v: _finite(v) and above(v) and below(v), "float", float)
+
+
+def one_of(*choices) -> Rule:
+    return Rule(f"one of {list(choices)}", lambda v: isinstance(v, str) and v in choices, "choice")
+
+
+FLAG = Rule("true or false", lambda v: isinstance(v, bool), "bool")
+SEED = whole(0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit integers
+
+
+def _is_schedule(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and _whole_number(p[0]) and p[0] >= 0 and _finite(p[1]) and p[1] > 0
+        for p in value)
+
+
+def _optional(rule: Rule) -> Rule:
+    """The rule, or None (the default: no subset); study files cannot say None, overrides may."""
+    return Rule(rule.what + " (or none)", lambda v: v is None or rule.accepts(v), rule.kind)
+
+
 CHOICES = {
     "optimizer": ("adam", "sgd"),
     "normalization": ("scale", "per_pixel_mean"),
@@ -132,6 +209,107 @@ CHOICES = {
     "reduce_lr_monitor": ("", "val_accuracy", "val_loss"),
     "restore_best_weights": ("always", "on_stop", "never"),
 }
+FIELD_RULES = {
+    "model": Rule(f"a registered model: {sorted(MODELS)}", lambda v: isinstance(v, str) and v in MODELS, "choice"),
+    "model_args": Rule("a table of the model's knobs", lambda v: isinstance(v, Mapping)),  # each knob: KNOB_RULES
+    "epochs": whole(1),
+    "batch_size": whole(1),
+    "learning_rate": number(0, low_open=True),
+    "validation_split": number(0, 1, low_open=True, high_open=True),
+    "rotation_range": number(0, 180),
+    "width_shift_range": number(0, 1, high_open=True),
+    "height_shift_range": number(0, 1, high_open=True),
+    "horizontal_flip": FLAG,
+    "zoom_range": number(0, 1, high_open=True),  # zooms drawn in [1 - z, 1 + z]: z >= 1 would zoom to nothing
+    "early_stopping_patience": whole(1),
+    "early_stopping_min_delta": number(0),
+    "reduce_lr_factor": number(0, 1, low_open=True, high_open=True),
+    "reduce_lr_patience": whole(1),
+    "min_lr": number(0),
+    "lr_schedule": Rule("a list of [epoch, multiplier] pairs (epoch >= 0, multiplier > 0), "
+                        "e.g. [[80, 0.1], [120, 0.01]]", _is_schedule),
+    "seed": SEED,
+    "split_seed": SEED,
+    "augment_validation": FLAG,
+    "deterministic": FLAG,
+    "train_subset": _optional(whole(1)),
+    "test_subset": _optional(whole(1)),
+    "run_eagerly": FLAG,
+    **{name: one_of(*choices) for name, choices in CHOICES.items()},
+}
+# Model knobs by name, or by "model.knob" where one model reads a name differently.
+KNOB_RULES = {
+    "dropout_rate": number(0, 1, high_open=True),
+    **{f"stage{n}_blocks": whole(0) for n in (2, 3, 4)},
+    **{f"blocks_{part}": whole(0) for part in "abc"},
+    **{f"scale_{part}": number(0) for part in "abc"},
+    "width": whole(1),
+    "convs_per_group": whole(1),
+    "dense_units": whole(1),
+    # One 2x2 pooling per group: 32 pixels allow at most five.
+    "filters": Rule("a list of 1 to 5 positive integers (filters per group)", lambda v: isinstance(v, (list, tuple))
+                    and 1 <= len(v) <= 5 and all(_whole_number(f) and f >= 1 for f in v), convert=tuple),
+    "resnet_v1.depth": Rule("6n + 2 with n >= 1 (20, 32, 44, 56, 110)",
+                            lambda v: _whole_number(v) and v >= 8 and (v - 2) % 6 == 0),
+    "resnet_v2.depth": Rule("9n + 2 with n >= 1 (56, 110)", lambda v: _whole_number(v) and v >= 11 and (v - 2) % 9 == 0),
+}
+
+
+def knob_rule(model: str, knob: str) -> Rule:
+    return KNOB_RULES.get(f"{model}.{knob}") or KNOB_RULES[knob]
+
+
+def check_rules(models: Mapping[str, Mapping[str, Any]]):
+    """Every Config field and every registered model's knob has a rule, and its default passes it."""
+    missing = sorted(set(CONFIG_FIELDS) - set(FIELD_RULES))
+    missing += sorted(f"{model}.{knob}" for model, knobs in models.items() for knob in knobs
+                      if f"{model}.{knob}" not in KNOB_RULES and knob not in KNOB_RULES)
+    if missing:
+        raise ValueError(f"no rule for {missing}: add one to FIELD_RULES or KNOB_RULES in ablation/config.py")
+    wrong = [name for name in CONFIG_FIELDS if not FIELD_RULES[name].accepts(getattr(Config(), name))]
+    wrong += [f"{model}.{knob}" for model, knobs in models.items() for knob, default in knobs.items()
+              if not knob_rule(model, knob).accepts(default)]
+    if wrong:
+        raise ValueError(f"defaults refused by their own rules: {wrong}")
+
+
+check_rules(MODELS)
+
+
+def check_field(name: str, value, where: str):
+    """`value` as Config field `name` holds it, or a StudyError naming `where`, the field and what is allowed."""
+    if name not in FIELD_RULES:
+        raise StudyError(f"{where}: {name!r} is not a Config field; allowed: {sorted(FIELD_RULES)}")
+    return _checked(FIELD_RULES[name], name, value, where)
+
+
+def check_knob(model: str, name: str, value, where: str):
+    """`value` as knob `name` of `model` holds it, or a StudyError naming `where`, the knob and what is allowed."""
+    knobs = model_defaults(model)
+    if name not in knobs:
+        raise StudyError(f"{where}: {name!r} is not a knob of model {model}; allowed: {sorted(knobs)}")
+    return _checked(knob_rule(model, name), f"model_args.{name}", value, where)
+
+
+def check_setting(model: str, name: str, value, where: str):
+    """A flat name (a Config field, or a knob of `model`) and its value checked: a search parameter, an override."""
+    if name in model_defaults(model):
+        return check_knob(model, name, value, where)
+    if name == "model_args":
+        raise StudyError(f"{where}: set a model's knobs by name (e.g. dropout_rate), not model_args")
+    return check_field(name, value, where)
+
+
+def _checked(rule: Rule, name: str, value, where: str):
+    if not rule.accepts(value):
+        raise StudyError(f"{where}: {name} must be {rule.what}, got {_shown(value)}")
+    return rule.convert(value)
+
+
+def _shown(value) -> str:
+    """The refused value for a one-line message: repr, cut short."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,36 +448,47 @@ STEP_META_KEYS = {"name", "description", "reported_test_accuracy", "from_step"}
 STUDY_KEYS = {"name", "title", "source", "cumulative", "seeds"}
 SEARCH_KEYS = {"base_step", "monitor", "direction", "params"}
 SEARCH_PARAM_KEYS = {"type", "low", "high", "log", "choices"}
+# A study's name is an MLflow experiment and a folder under reports/; a step's name is a run name and a
+# table key: plain identifiers only, so that no name can reach outside its folder.
+STUDY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+STEP_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+TEXT = Rule("a string", lambda v: isinstance(v, str))
+FRACTION = Rule("a fraction in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1, "float", float)
+MAX_SEEDS = 1000
 
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; every error names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"study file {path} not found; the studies shipped are in studies/ (e.g. studies/assignment.toml)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise StudyError(f"{path}: not valid TOML: {error}") from None
-    where = path.name
+    data, where = _read_toml(path), path.name
     _check_keys(data, {"study", "base", "steps", "baselines", "search", "attribution"}, where, "top level")
-    meta = data.get("study", {})
+    # [study]: who the study is.
+    meta = data.get("study")
+    if meta is None:
+        raise StudyError(f"{where}: a study needs a [study] table with its name")
     _check_keys(meta, STUDY_KEYS, where, "[study]")
     if "name" not in meta:
         raise StudyError(f"{where}: [study] needs a name (used as the MLflow experiment name)")
-    base = _make_config(Config(), data.get("base", {}), where, "[base]")
-    cumulative = meta.get("cumulative", True)
-    steps = _make_steps(data.get("steps", []), base, cumulative, where, "steps", baseline=False)
+    name = check_name(meta["name"], STUDY_NAME, f"{where}: [study] name")
+    title, source = (_checked(TEXT, key, meta.get(key, default), f"{where}: [study]")
+                     for key, default in (("title", name), ("source", "")))
+    cumulative = _checked(FLAG, "cumulative", meta.get("cumulative", True), f"{where}: [study]")
+    # [base] and the steps: every config checked field by field.
+    if "base" not in data:
+        raise StudyError(f"{where}: a study needs a [base] table, the configuration its steps change "
+                         "(an empty [base] means the Config defaults)")
+    base = _make_config(Config(), data["base"], where, "[base]")
+    steps = _make_steps(_entries(data, "steps", where), base, cumulative, where, "steps", baseline=False)
     if not steps:
         raise StudyError(f"{where}: a study needs at least one [[steps]] entry")
-    baselines = _make_steps(data.get("baselines", []), base, False, where, "baselines", baseline=True, earlier=steps)
+    baselines = _make_steps(_entries(data, "baselines", where), base, False, where, "baselines", baseline=True,
+                            earlier=steps)
     all_steps = tuple(steps + baselines)
     names = [s.name for s in all_steps]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StudyError(f"{where}: step names must be unique; repeated: {duplicates}")
-    study = Study(meta["name"], meta.get("title", meta["name"]), meta.get("source", ""), path, all_steps,
-                  seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"))
+    study = Study(name, title, source, path, all_steps, seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"))
     if "search" in data:
         study = dataclasses.replace(study, search=_make_search(data["search"], study, where))
     if "attribution" in data:
@@ -307,62 +496,84 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
+def _read_toml(path: Path) -> dict:
+    """The file's TOML as a dict, or a StudyError saying why it cannot be read."""
+    if not path.exists():
+        raise StudyError(f"study file {path} not found; the studies shipped are in studies/ (e.g. studies/assignment.toml)")
+    if not path.is_file():
+        raise StudyError(f"study file {path} is not a file")
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise StudyError(f"study file {path} cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise StudyError(f"{path}: not UTF-8 text (byte {error.start}); save the study file as UTF-8") from None
+    except tomllib.TOMLDecodeError as error:
+        raise StudyError(f"{path}: not valid TOML: {error}") from None
+
+
+def check_name(name, pattern: re.Pattern, where: str) -> str:
+    """A study or step name that is a plain identifier, or a StudyError saying what is allowed."""
+    if not (isinstance(name, str) and pattern.fullmatch(name)):
+        allowed = ("letters, digits, _ and -, starting with a letter" if pattern is STUDY_NAME
+                   else "snake_case: lowercase letters, digits and _, starting with a letter")
+        raise StudyError(f"{where} must be {allowed} (at most 64 characters), got {_shown(name)}")
+    return name
+
+
+def _entries(data: dict, table: str, where: str) -> list:
+    """The [[table]] entries: a list of tables."""
+    entries = data.get(table, [])
+    if not (isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries)):
+        raise StudyError(f"{where}: {table} must be an array of tables ([[{table}]] entries), got {_shown(entries)}")
+    return entries
+
+
 def parse_seeds(value, where: str) -> tuple[int, ...]:
     """`seeds`: a count N (the seeds 0..N-1) or a list of distinct integers."""
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    if whole(value) and value >= 1:
+    if SEED.accepts(value) and 1 <= value <= MAX_SEEDS:
         return tuple(range(value))
-    if isinstance(value, list) and value and all(whole(v) and v >= 0 for v in value) and len(set(value)) == len(value):
+    if (isinstance(value, list) and 1 <= len(value) <= MAX_SEEDS and all(SEED.accepts(v) for v in value)
+            and len(set(value)) == len(value)):
         return tuple(value)
-    raise StudyError(f"{where} must be a count of seeds (1 or more) or a list of distinct non-negative integers, "
-                     f"got {value!r}")
+    raise StudyError(f"{where} must be a count of seeds (1 to {MAX_SEEDS}) or a list of distinct integers in "
+                     f"0..{2**32 - 1}, got {_shown(value)}")
 
 
 def _make_steps(entries, base, cumulative, where, table, *, baseline, earlier=()):
     steps, previous = [], base
     known = {s.name: s for s in earlier}
     for index, entry in enumerate(entries):
-        at = f"[[{table}]] #{index + 1}"
         if "name" not in entry:
-            raise StudyError(f"{where}: {at} needs a name")
-        at = f"[[{table}]] {entry['name']!r}"
+            raise StudyError(f"{where}: [[{table}]] #{index + 1} needs a name")
+        name = check_name(entry["name"], STEP_NAME, f"{where}: [[{table}]] #{index + 1} name")
+        at = f"[[{table}]] {name!r}"
         _check_keys(entry, STEP_META_KEYS | set(CONFIG_FIELDS), where, at)
-        _check_name(entry["name"], where, at)
+        description = _checked(TEXT, "description", entry.get("description", ""), f"{where}: {at}")
         start = previous if cumulative else base
         if "from_step" in entry:
-            if entry["from_step"] not in known:
-                raise StudyError(f"{where}: {at}: from_step {entry['from_step']!r} is not an earlier step; "
+            origin = entry["from_step"]
+            if not (isinstance(origin, str) and origin in known):
+                raise StudyError(f"{where}: {at}: from_step {_shown(origin)} is not an earlier step; "
                                  f"allowed: {sorted(known)}")
-            start = known[entry["from_step"]].config
+            start = known[origin].config
         overrides = {k: v for k, v in entry.items() if k not in STEP_META_KEYS}
         config = _make_config(start, overrides, where, at)
         reported = entry.get("reported_test_accuracy")
-        if reported is not None and not (isinstance(reported, (int, float)) and 0 <= reported <= 1):
-            raise StudyError(f"{where}: {at}: reported_test_accuracy must be a fraction in [0, 1], got {reported!r}")
-        step = Step(entry["name"], entry.get("description", ""), config, reported, baseline,
-                    entry.get("from_step") if baseline else None)
+        if reported is not None:
+            reported = _checked(FRACTION, "reported_test_accuracy", reported, f"{where}: {at}")
+        step = Step(name, description, config, reported, baseline, entry.get("from_step") if baseline else None)
         steps.append(step)
         known[step.name] = step
         previous = config
     return steps
 
 
-def _check_name(name, where, at):
-    if not (isinstance(name, str) and name.replace("_", "").isalnum() and name == name.lower()):
-        raise StudyError(f"{where}: {at}: step names are snake_case (letters, digits, _), got {name!r}")
-
-
 def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     """Apply a table of overrides to a config, checking every key, type and value."""
     _check_keys(overrides, set(CONFIG_FIELDS), where, at)
-    values = {}
-    for key, value in overrides.items():
-        if key == "model_args":
-            continue
-        values[key] = _check_value(key, value, where, at)
+    values = {key: check_field(key, value, f"{where}: {at}") for key, value in overrides.items() if key != "model_args"}
     model = values.get("model", start.model)
-    if model not in MODELS:
-        raise StudyError(f"{where}: {at}: model {model!r} is not registered; allowed: {sorted(MODELS)}")
     knobs = model_defaults(model)
     # A new model starts from its own defaults; the same model keeps the earlier step's knobs.
     model_args = dict(start.model_args) if model == start.model else {}
@@ -370,98 +581,68 @@ def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     if not isinstance(given, dict):
         raise StudyError(f"{where}: {at}: model_args must be a table of the model's knobs; allowed: {sorted(knobs)}")
     _check_keys(given, set(knobs), where, f"{at} model_args (model {model})")
-    for key, value in given.items():
-        default = knobs[key]
-        if default is not None and not _same_kind(value, default):
-            raise StudyError(f"{where}: {at}: model_args.{key} must be {type(default).__name__} like its "
-                             f"default {default!r}, got {value!r}")
-        model_args[key] = tuple(value) if isinstance(value, list) else value
+    model_args.update({key: check_knob(model, key, value, f"{where}: {at}") for key, value in given.items()})
     return dataclasses.replace(start, **values, model_args=model_args)
-
-
-def _same_kind(value, default) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    if isinstance(default, (tuple, list)):
-        return isinstance(value, (tuple, list))
-    return isinstance(value, type(default))
-
-
-def _check_value(key, value, where, at):
-    """Type and range of one Config field."""
-    default = getattr(Config(), key)
-    bad = lambda what: StudyError(f"{where}: {at}: {key} must be {what}, got {value!r}")  # noqa: E731
-    if key in CHOICES:
-        if value not in CHOICES[key]:
-            raise bad(f"one of {list(CHOICES[key])}")
-    elif key == "lr_schedule":
-        if not (isinstance(value, list) and all(
-                isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 0
-                and isinstance(p[1], (int, float)) and p[1] > 0 for p in value)):
-            raise bad("a list of [epoch, multiplier] pairs, e.g. [[80, 0.1], [120, 0.01]]")
-    elif key in ("train_subset", "test_subset"):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            raise bad("a positive integer")
-    elif key == "model":
-        if not isinstance(value, str):
-            raise bad("a model name")
-    elif isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif isinstance(default, int):
-        if not (isinstance(value, int) and not isinstance(value, bool) and (value > 0 or key == "seed")):
-            raise bad("a positive integer" if key != "seed" else "an integer")
-    elif isinstance(default, float):
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-            raise bad("a non-negative number")
-        if key == "validation_split" and not 0 < value < 1:
-            raise bad("a fraction strictly between 0 and 1")
-        if key in ("reduce_lr_factor",) and not 0 < value < 1:
-            raise bad("a fraction strictly between 0 and 1")
-        value = float(value)
-    return value
 
 
 def _make_search(data, study: Study, where: str) -> SearchSpace:
     _check_keys(data, SEARCH_KEYS, where, "[search]")
     base_name = data.get("base_step", [s for s in study.steps if not s.is_baseline][-1].name)
+    if not isinstance(base_name, str):
+        raise StudyError(f"{where}: [search] base_step must be a step's name, got {_shown(base_name)}")
     base = study.step(base_name).config
-    allowed = (set(CONFIG_FIELDS) - {"model", "model_args"}) | set(model_defaults(base.model))
     monitor = data.get("monitor", "val_accuracy")
     if monitor not in ("val_accuracy", "val_loss", "accuracy", "loss"):
-        raise StudyError(f"{where}: [search] monitor must be one of val_accuracy, val_loss, accuracy, loss; got {monitor!r}")
+        raise StudyError(f"{where}: [search] monitor must be one of val_accuracy, val_loss, accuracy, loss; "
+                         f"got {_shown(monitor)}")
     direction = data.get("direction", "minimize" if monitor.endswith("loss") else "maximize")
     if direction not in ("maximize", "minimize"):
-        raise StudyError(f"{where}: [search] direction must be maximize or minimize, got {direction!r}")
-    params = []
-    for name, spec in data.get("params", {}).items():
-        at = f"[search.params.{name}]"
-        if name not in allowed:
-            raise StudyError(f"{where}: {at}: {name!r} is neither a config field nor a knob of model "
-                             f"{base.model}; allowed: {sorted(allowed)}")
-        _check_keys(spec, SEARCH_PARAM_KEYS, where, at)
-        kind = spec.get("type")
-        if kind not in ("int", "float", "categorical"):
-            raise StudyError(f"{where}: {at}: type must be int, float or categorical, got {kind!r}")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not (isinstance(choices, list) and choices):
-                raise StudyError(f"{where}: {at}: a categorical parameter needs a non-empty choices list")
-            params.append(SearchParam(name, kind, choices=tuple(choices)))
-            continue
-        low, high = spec.get("low"), spec.get("high")
-        if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high):
-            raise StudyError(f"{where}: {at}: needs numbers low < high, got low={low!r}, high={high!r}")
-        if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
-            raise StudyError(f"{where}: {at}: an int parameter needs integer low and high")
-        if spec.get("log") and low <= 0:
-            raise StudyError(f"{where}: {at}: a log-scale parameter needs low > 0")
-        params.append(SearchParam(name, kind, low, high, bool(spec.get("log", False))))
+        raise StudyError(f"{where}: [search] direction must be maximize or minimize, got {_shown(direction)}")
+    specs = data.get("params", {})
+    if not isinstance(specs, dict):
+        raise StudyError(f"{where}: [search] params must be tables [search.params.NAME], got {_shown(specs)}")
+    params = tuple(_make_search_param(name, spec, base, where) for name, spec in specs.items())
     if not params:
         raise StudyError(f"{where}: [search] needs at least one [search.params.NAME] table")
-    return SearchSpace(base_name, tuple(params), monitor, direction)
+    return SearchSpace(base_name, params, monitor, direction)
+
+
+def _make_search_param(name: str, spec, base: Config, where: str) -> SearchParam:
+    """One [search.params.NAME] table: its type, and a range or choices its field or knob accepts."""
+    at = f"[search.params.{name}]"
+    knobs = model_defaults(base.model)
+    allowed = (set(CONFIG_FIELDS) - {"model", "model_args"}) | set(knobs)
+    if name not in allowed:
+        raise StudyError(f"{where}: {at}: {name!r} is neither a config field nor a knob of model "
+                         f"{base.model}; allowed: {sorted(allowed)}")
+    _check_keys(spec, SEARCH_PARAM_KEYS, where, at)
+    rule = knob_rule(base.model, name) if name in knobs else FIELD_RULES[name]
+    kind = spec.get("type")
+    fits = {"int": ("int", "float"), "float": ("float",)}  # which rule kinds a sampled number may feed
+    if kind not in ("int", "float", "categorical"):
+        raise StudyError(f"{where}: {at}: type must be int, float or categorical, got {_shown(kind)}")
+    if kind != "categorical" and rule.kind not in fits[kind]:
+        raise StudyError(f"{where}: {at}: {name} must be {rule.what}: search it with type = "
+                         f"{'int' if rule.kind == 'int' else 'categorical'}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not (isinstance(choices, list) and choices and all(isinstance(c, (str, int, float)) for c in choices)):
+            raise StudyError(f"{where}: {at}: a categorical parameter needs a non-empty choices list of "
+                             f"strings, numbers or booleans, got {_shown(choices)}")
+        return SearchParam(name, kind, choices=tuple(check_setting(base.model, name, c, f"{where}: {at} choices")
+                                                     for c in choices))
+    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+    number_kind = whole() if kind == "int" else number(-math.inf)
+    if not (number_kind.accepts(low) and number_kind.accepts(high) and low < high):
+        raise StudyError(f"{where}: {at}: needs {'integers' if kind == 'int' else 'finite numbers'} low < high, "
+                         f"got low={_shown(low)}, high={_shown(high)}")
+    for bound in (low, high):
+        check_setting(base.model, name, bound, f"{where}: {at} low/high")
+    if not isinstance(log, bool):
+        raise StudyError(f"{where}: {at}: log must be true or false, got {_shown(log)}")
+    if log and low <= 0:
+        raise StudyError(f"{where}: {at}: a log-scale parameter needs low > 0")
+    return SearchParam(name, kind, float(low) if kind == "float" else low, high if kind == "int" else float(high), log)
 
 
 ATTRIBUTION_KEYS = {"components"}
@@ -526,7 +707,7 @@ def _step_settings(data, study: Study) -> dict[str, list[str]]:
 
 def _check_keys(table, allowed, where, at):
     if not isinstance(table, dict):
-        raise StudyError(f"{where}: {at} must be a table")
+        raise StudyError(f"{where}: {at} must be a table, got {_shown(table)}")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise StudyError(f"{where}: {at}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

@@ -107,6 +107,11 @@ def load_cifar10(path: str | os.PathLike | None = None) -> Dataset:
     return _load_folder(resolved)
 
 
+def check_data_path(path: str | os.PathLike | None) -> Path | None:
+    """The data source a command will read (None: Keras' download), or a DataError when it names nothing."""
+    return _existing_data_path(path)
+
+
 def _existing_data_path(path) -> Path | None:
     """resolve_data_path's answer, or a DataError when it names nothing."""
     resolved = resolve_data_path(path)
@@ -290,6 +295,11 @@ def _read_images(split_dir: Path, class_names: tuple[str, ...]) -> tuple[np.ndar
              for path in sorted((split_dir / name).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{split_dir} holds no {'/'.join(IMAGE_SUFFIXES)} images under <class>/ folders; {LAYOUTS}")
+    # A class without images in one split would train or score on fewer classes without a word.
+    lacking = sorted(set(class_names) - {class_names[label] for _, label in files})
+    if lacking:
+        raise DataError(f"{split_dir} has no images of class(es) {lacking}; every class of train/ needs "
+                        f"{'/'.join(IMAGE_SUFFIXES)} images in both train/ and test/")
     x = np.empty((len(files), 32, 32, 3), np.uint8)
     for i, (path, _) in enumerate(files):
         try:

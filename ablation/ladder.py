@@ -10,13 +10,15 @@ import dataclasses
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
-from ablation.config import StudyError, get_profile, load_study
-from ablation.data import DataError
+from ablation import interrupt
+from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop,
+                          exit_code_of, one_line, seed_count)
+from ablation.config import StoreError, StudyError, get_profile, load_study
+from ablation.data import DataError, check_data_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.ladder",
         description="Replay a study's improvement ladder on CIFAR-10; each step is a nested MLflow run.",
     )
@@ -25,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train every step again, even one already finished with the same config and data")
     parser.add_argument("--steps", default=None,
                         help="comma-separated step names to run (default: every step and baseline)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=seed_count, default=None,
                         help="train every step with the training seeds 0..N-1 (a paired design; default: the "
                              "study's [study] seeds, else 1); finished replicates are reused")
     parser.add_argument("--vary-split", action="store_true",
@@ -40,13 +42,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--storage", default=None,
                         help="with --workers: the queue's Optuna storage, a URL (postgresql://user@host/db) or a "
                              "journal file (default: optuna.journal beside the MLflow store, one machine only)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each step's checkpoints (<store>/checkpoints/) after it ends (default: removed "
+                             "once it finishes or fails; an interrupted step's are always kept, to resume it)")
+    parser.add_argument("--stop-on-failure", action="store_true",
+                        help="stop the ladder at a step whose training fails, e.g. diverges (default: record it "
+                             "FAILED and go on with the next step)")
     args = parser.parse_args(argv)
     if args.storage is not None and not args.workers:
         parser.error("--storage is the work queue's: give it with --workers")
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
-    if args.seeds is not None and args.seeds < 1:
-        parser.error("--seeds must be at least 1")
     return args
 
 
@@ -55,8 +61,17 @@ def format_steps(rows: list[dict], summary: dict) -> str:
     header = (f"{'step':<24}{'n':>3}{'test acc':>10}{'± std':>7}{'95% interval':>16}{'source':>8}{'epochs':>9}"
               f"{'CPU-s':>8}{'params':>11}{'MFLOPs':>8}{'s/epoch':>9}")
     lines = [header, "-" * len(header)]
-    for step in summary["steps"]:
-        mine = [r for r in rows if r["step"] == step["step"]]
+    failed = {}
+    for failure in summary["failed"]:
+        failed.setdefault(failure["step"], []).append(f"{failure['step']:<24}FAILED (seed {failure['seed']}): "
+                                                      f"{failure['error']}")
+    finished = {step["step"]: step for step in summary["steps"]}
+    for name in dict.fromkeys(r["step"] for r in rows):  # the ladder's order, failed steps in their place
+        lines += failed.get(name, [])
+        if name not in finished:
+            continue
+        step = finished[name]
+        mine = [r for r in rows if r["step"] == step["step"] and r["status"] == "finished"]
         first, test = mine[0], step["test"]
         reported = "" if first["reported_test_accuracy"] is None else f"{100 * first['reported_test_accuracy']:.1f}%"
         interval = "" if test["n"] < 2 else f"[{100 * test['low']:.1f}, {100 * test['high']:.1f}]"
@@ -107,46 +122,77 @@ def format_changes(summary: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
-    started = time.perf_counter()
-    try:
-        # Phase 1: every input is checked before the store is touched.
-        study = load_study(args.study)
-        if args.seeds is not None:
-            study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
-        if args.deterministic:
-            study = dataclasses.replace(study, steps=tuple(
-                dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
-        profile = get_profile(args.profile)
-        only = [name.strip() for name in args.steps.split(",")] if args.steps else None
-        from ablation import report, runner, workqueue  # the engines (MLflow; Keras when a step trains): after --help
+    with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
+        try:
+            return run(args)
+        except (StudyError, DataError, StoreError) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as stop:
+            print(f"\n{describe_stop(stop)}: finished steps are kept; the interrupted step's run is KILLED with its "
+                  "checkpoint kept. Run the same command again to resume it from its last finished epoch",
+                  file=sys.stderr)
+            return exit_code_of(stop)
 
-        steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
-        # Phase 2: the steps, seed by seed (in this process, or through the shared queue).
+
+def prepare(args):
+    """Phase 1 of the ladder: every input checked (study, options, data path, store), nothing written.
+
+    Returns the study, the profile and the resolved steps, or raises StudyError, DataError or StoreError.
+    """
+    study = load_study(args.study)
+    if args.seeds is not None:
+        study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
+    if args.deterministic:
+        study = dataclasses.replace(study, steps=tuple(
+            dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
+    profile = get_profile(args.profile)
+    only = [name.strip() for name in args.steps.split(",")] if args.steps else None
+    from ablation import runner, tracking  # the engines (MLflow; Keras when a step trains): after --help
+
+    steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
+    check_data_path(args.data)
+    tracking.check_store()
+    return study, profile, steps
+
+
+def run(args) -> int:
+    """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
+    started = time.perf_counter()
+    study, profile, steps = prepare(args)
+    from ablation import report, runner, workqueue
+
+    # Phase 2: the steps, seed by seed (in this process, or through the shared queue).
+    try:
         if args.workers:
             rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage)
         else:
-            rows = runner.run_ladder(study, profile, steps, args.data, args.force)
-    except (StudyError, DataError) as error:
+            rows = runner.run_ladder(study, profile, steps, args.data, args.force,
+                                     keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure)
+    except runner.UnitFailed as error:
+        print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
+        return EXIT_FAILED
+    except workqueue.WorkError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished steps are kept; the interrupted one is marked KILLED", file=sys.stderr)
-        return EXIT_SIGINT
-    except workqueue.WorkError as error:  # last: the name exists once the engines are imported
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     summary = runner.ladder_evidence(rows, steps)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
     print(format_steps(rows, summary))
     if summary["changes"]:
         print("\nWhich steps helped\n")
         print(format_changes(summary))
+    interrupt.check()
     # Phase 3: the report.
     if not args.no_report:
         try:
-            print(f"\nreport: {report.write_report(args.study, data=args.data)}")
+            print(f"\nreport: {report.write_report(args.study, data=args.data, log=True)}")
         except report.ReportError as error:
             print(f"no report: {error}", file=sys.stderr)
+    if summary["failed"]:
+        print(f"error: {len(summary['failed'])} step run(s) failed: "
+              f"{', '.join(f['step'] for f in summary['failed'])} (the reason is each run's ablation.error tag)",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

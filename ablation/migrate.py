@@ -17,12 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation.cli import EXIT_INPUT_ERROR
-from ablation.config import StudyError
+from ablation.cli import EXIT_INPUT_ERROR, ArgumentParser, one_line
+from ablation.config import StoreError, StudyError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.migrate",
         description="Copy every MLflow run and Optuna study of one pair of stores into another (e.g. to servers).",
     )
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
         print(f"MLflow: {copied} run(s) copied from {source_uri} to {args.to_tracking}, {skipped} copied before")
         if args.to_storage is not None:
             copy_studies(tracking, args.from_storage, args.to_storage, source_uri)
-    except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (StudyError, StoreError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return 0
 

@@ -3,14 +3,20 @@
 The ladder (and every command that trains) goes through here: `run_ladder` for a study's steps,
 `train_in_run` for one config inside an open nested run. Keras is imported in `train_in_run`
 alone, when something has to train, so re-running a finished study costs no TensorFlow start-up.
+
+Nothing is lost and nothing is recorded twice: a unit that trains saves a checkpoint after every
+epoch (with the store, keyed by its work); the same command after a kill resumes the interrupted
+parent run and each unfinished unit in its own run, from its last saved epoch. A unit whose training
+fails (a diverging loss, say) ends FAILED with the reason, and the other units go on.
 """
 
 import dataclasses
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 
-from ablation import evidence, tracking
+from ablation import checkpoint, evidence, interrupt, tracking
 from ablation.config import Config, StudyError
 from ablation.data import LazySplits
 from ablation.tracking import Kind, Tag
@@ -62,12 +68,23 @@ def progress_printer(epochs: int, say):
     return begin, end
 
 
-def train_in_run(config, splits, on_epoch=(), on_epoch_begin=()):
-    """Train `config` inside the active run, logging params, every epoch and the result; returns the Result."""
+def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_folder=None, say=print):
+    """Train `config` inside the active run, logging params, every epoch and the result; returns the Result.
+
+    With a save in `checkpoint_folder`, training goes on from it: the epochs it holds that the run has
+    not logged (a kill between the save and the log, or a new run) are logged first.
+    """
     from ablation.train import train  # Keras: imported only when something trains
 
     tracking.log_config(config, {})
-    result = train(config, splits, on_epoch=(tracking.log_epoch, *on_epoch), on_epoch_begin=on_epoch_begin)
+    saved = checkpoint.read(checkpoint_folder) if checkpoint_folder else None
+    if saved is not None:
+        for epoch in range(tracking.logged_epochs(tracking.active_run_id()) + 1, saved.epoch + 1):
+            tracking.log_epoch(epoch, {key: values[epoch - 1] for key, values in saved.history.items()})
+        tracking.set_tags({Tag.RESUMED_AT_EPOCH: saved.epoch})
+        say(f"    resuming from the checkpoint after epoch {saved.epoch}/{config.epochs}")
+    result = train(config, splits, on_epoch=(tracking.log_epoch, *on_epoch), on_epoch_begin=on_epoch_begin,
+                   checkpoint_folder=checkpoint_folder)
     tracking.log_result(result, splits.class_names)
     return result
 
@@ -107,7 +124,8 @@ def ladder_units(study, profile, steps) -> list[Unit]:
     return units
 
 
-def run_ladder(study, profile, steps, data_path=None, force=False, say=print) -> list[dict]:
+def run_ladder(study, profile, steps, data_path=None, force=False, say=print, keep_checkpoints=False,
+               stop_on_failure=False) -> list[dict]:
     """Run (or reuse) every resolved step under one parent run; returns one row per step and seed."""
     seeds = sorted({step.config.seed for step in steps})
     split_seeds = sorted({step.config.split_seed for step in steps})
@@ -116,31 +134,58 @@ def run_ladder(study, profile, steps, data_path=None, force=False, say=print) ->
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
     return run_units(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                     summarize=lambda rows: ladder_evidence(rows, steps))
+                     summarize=lambda rows: ladder_evidence(rows, steps), keep_checkpoints=keep_checkpoints,
+                     stop_on_failure=stop_on_failure)
+
+
+class UnitFailed(Exception):
+    """A unit's training failed and the caller asked to stop there."""
 
 
 def run_units(study, parent_name, parent_tags, units, data_path=None, force=False, say=print,
-              summarize=None) -> list[dict]:
+              summarize=None, keep_checkpoints=False, stop_on_failure=False) -> list[dict]:
     """Every unit under one parent run (reused when finished, else trained); one row per unit.
 
-    `summarize(rows)`, if given, returns a dict logged on the parent as `summary.json` (the ladder's
-    intervals and tests, a design's attributions).
+    An interrupted parent of the same plan (its name and its units' work) is resumed, with its
+    unfinished units' runs. A unit that fails is a row with status "failed"; `stop_on_failure` raises
+    UnitFailed there instead. `summarize(rows)`, if given, returns a dict logged on the parent as
+    `summary.json` (the ladder's intervals and tests, a design's attributions).
     """
-    data = LazySplits(data_path, say)  # read only if some unit has to train (a wrong path fails here)
+    # Phase 1: each unit's work, and the data of those that must train, before any run opens.
+    data = LazySplits(data_path, say)  # a wrong path fails here
+    tagged = [(unit, run_tags(unit, data.fingerprint(**unit.config.split_args()))) for unit in units]
+    plan = plan_key(parent_name, [tags[Tag.WORK_KEY] for _, tags in tagged])
     experiment = tracking.experiment_id(study.name)
     for run_id in tracking.sweep_stale_runs(experiment):
         say(f"marked stale run {run_id} KILLED (its process had died)")
+    for unit, tags in tagged:
+        if force or tracking.find_finished(experiment, tags[Tag.WORK_KEY]) is None:
+            data.splits(**unit.config.split_args())  # a data problem fails now, leaving no run behind
+    interrupt.check()  # a stop asked for while the data was read: no run opened yet
+    # Phase 2: the parent run (resumed when this plan was interrupted) and its units.
+    earlier = None if force else tracking.find_interrupted(experiment, {Tag.PLAN_KEY: plan})
+    children = tracking.child_runs(experiment, earlier.info.run_id) if earlier else {}
     rows = []
-    with tracking.stop_on_sigterm(), tracking.run(experiment, parent_name, parent_tags) as parent:
+    with tracking.run(experiment, parent_name, {**parent_tags, Tag.PLAN_KEY: plan},
+                      resume=earlier.info.run_id if earlier else None) as parent:
         tracking.log_study_file(study.path)
-        say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
-        for number, unit in enumerate(units, start=1):
+        say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, "
+            f"{'resumed ' if earlier else ''}parent run {parent.info.run_id}")
+        for number, (unit, tags) in enumerate(tagged, start=1):
+            interrupt.check()
             say(f"\n[{number}/{len(units)}] {unit.label or unit.name}")
-            rows.append(run_unit(experiment, unit, data, force, say))
+            rows.append(run_unit(experiment, unit, tags, data, force, say, children.get(unit.name), keep_checkpoints))
+            if rows[-1]["status"] == "failed" and stop_on_failure:
+                raise UnitFailed(f"{unit.name} failed: {rows[-1]['error']}")
         tracking.log_table([{k: v for k, v in row.items() if k != "correct"} for row in rows], "units.json")
         if summarize is not None:
             tracking.log_dict(summarize(rows), "summary.json")
     return rows
+
+
+def plan_key(parent_name: str, work_keys: list[str]) -> str:
+    """Identifies an invocation's plan: the same parent name over the same units' work, in order."""
+    return hashlib.sha256("|".join([parent_name, *work_keys]).encode()).hexdigest()[:16]
 
 
 def run_tags(unit: Unit, fingerprint: dict) -> dict:
@@ -150,52 +195,76 @@ def run_tags(unit: Unit, fingerprint: dict) -> dict:
             Tag.SEED: config.seed, Tag.SPLIT_SEED: config.split_seed, **tracking.data_tags(fingerprint)}
 
 
-def run_unit(experiment, unit: Unit, data, force=False, say=print) -> dict:
-    """One unit: reuse the finished run of the same work, or train it in a nested run; its row of results."""
-    config = unit.config
+def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, earlier=None,
+             keep_checkpoints=False) -> dict:
+    """One unit: its run finished before an interruption (`earlier`), a reused run of the same work, or trained."""
+    config, key = unit.config, tags[Tag.WORK_KEY]
     fingerprint = data.fingerprint(**config.split_args())
-    tags = run_tags(unit, fingerprint)
-    key = tags[Tag.WORK_KEY]
     say(f"    {config.model} {dict(config.model_args)}, {config.epochs} epochs, seed {config.seed}, "
         f"{fingerprint['train_size']} train / {fingerprint['val_size']} val / {fingerprint['test_size']} test images")
+    same_work = earlier is not None and earlier.data.tags.get(Tag.WORK_KEY) == key
+    if same_work and earlier.info.status == "FINISHED":
+        say(f"    finished before the interruption (run {earlier.info.run_id})")
+        return unit_row(unit, key, earlier.data.metrics, predicted_correctly(earlier.info.run_id),
+                        reused=Tag.REUSED_FROM in earlier.data.tags)
     previous = None if force else tracking.find_finished(experiment, key)
     if previous is not None:
         metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
-        correct = predictions_correct(previous.info.run_id)
         say(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
-    else:
-        splits = data.splits(**config.split_args())
-        begin, end = progress_printer(config.epochs, say)
-        with tracking.run(experiment, unit.name, tags, nested=True):
-            result = train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,))
-        say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs"
-            f"{' (stopped early)' if result.stopped_early else ''}, {result.train_seconds:.0f} s")
-        metrics, correct = result.metrics(), (result.test_predictions == result.test_labels).tolist()
-    return unit_row(unit, key, metrics, correct, reused=previous is not None)
+        return unit_row(unit, key, metrics, predicted_correctly(previous.info.run_id), reused=True)
+    return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say)
 
 
-def predictions_correct(run_id: str) -> list[bool]:
+def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoints, say) -> dict:
+    """Train a unit in its nested run (`resume`: its unfinished run to continue), from its checkpoint if any.
+
+    The checkpoint is kept when the run is KILLED (the next run goes on from it) and removed when it
+    ends FINISHED or FAILED, unless `keep_checkpoints`.
+    """
+    config, key = unit.config, tags[Tag.WORK_KEY]
+    splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(key)
+    begin, end = progress_printer(config.epochs, say)
+    try:
+        with tracking.run(experiment, unit.name, tags, nested=True, resume=resume):
+            result = train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), checkpoint_folder=folder,
+                                  say=say)
+    except Exception as error:  # this unit's failure (diverged, out of memory...): its run says why, the rest go on
+        say(f"    FAILED: {type(error).__name__}: {error}")
+        if not keep_checkpoints:
+            checkpoint.remove(folder)
+        return unit_row(unit, key, {}, None, reused=False, error=f"{type(error).__name__}: {error}")
+    if not keep_checkpoints:
+        checkpoint.remove(folder)
+    say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs"
+        f"{' (stopped early)' if result.stopped_early else ''}, {result.train_seconds:.0f} s")
+    return unit_row(unit, key, result.metrics(), (result.test_predictions == result.test_labels).tolist(), reused=False)
+
+
+def predicted_correctly(run_id: str) -> list | None:
     """Per test image, whether a finished run predicted it right (from its test_predictions.json)."""
     predictions = tracking.load_json_artifact(run_id, "test_predictions.json") or {}
-    return [p == y for p, y in zip(predictions.get("predictions", []), predictions.get("labels", []), strict=True)]
+    correct = [p == y for p, y in zip(predictions.get("predictions", []), predictions.get("labels", []), strict=True)]
+    return correct or None
 
 
-def unit_row(unit: Unit, key: str, metrics: dict, correct: list, reused: bool) -> dict:
-    """A unit's row of results from its run's metrics: what the ladder's tables and evidence read."""
-    config = unit.config
+ROW_METRICS = ("test_accuracy", "best_val_accuracy", "train_seconds", "train_cpu_seconds", "seconds_per_epoch")
+ROW_COUNTS = ("epochs_run", "num_params", "flops")
+
+
+def unit_row(unit: Unit, key: str, metrics: dict, correct, reused: bool, error: str | None = None) -> dict:
+    """A unit's row of results; a failed unit has NaN metrics, zero counts, status "failed" and its error."""
     return {
-        **unit.row, "name": unit.name, "seed": config.seed, "work_key": key,
-        "test_accuracy": metrics["test_accuracy"], "best_val_accuracy": metrics["best_val_accuracy"],
-        "epochs_run": int(metrics["epochs_run"]), "epochs": config.epochs, "train_seconds": metrics["train_seconds"],
-        "train_cpu_seconds": metrics["train_cpu_seconds"], "num_params": int(metrics["num_params"]),
-        "flops": int(metrics["flops"]), "seconds_per_epoch": metrics["seconds_per_epoch"],
-        "reused": reused, "correct": correct or None,
+        **unit.row, "name": unit.name, "seed": unit.config.seed, "work_key": key, "epochs": unit.config.epochs,
+        **{k: metrics.get(k, math.nan) for k in ROW_METRICS}, **{k: int(metrics.get(k, 0)) for k in ROW_COUNTS},
+        "reused": reused, "correct": correct, "status": "failed" if error else "finished", "error": error,
     }
 
 
 def ladder_evidence(rows: list[dict], steps) -> dict:
-    """Per-step summaries and paired changes of a ladder's rows, as plain data."""
+    """Per-step summaries and paired changes of a ladder's finished rows, and its failed ones, as plain data."""
     order = list(dict.fromkeys((s.name, s.is_baseline) for s in steps))
     unique = list({s.name: s for s in steps}.values())
-    return {"steps": [dataclasses.asdict(s) for s in evidence.summarize_steps(rows, order)],
-            "changes": [dataclasses.asdict(c) for c in evidence.compare_steps(rows, evidence.ladder_pairs(unique))]}
+    finished = [row for row in rows if row["status"] == "finished"]
+    return {"steps": [dataclasses.asdict(s) for s in evidence.summarize_steps(finished, order)],
+            "changes": [dataclasses.asdict(c) for c in evidence.compare_steps(finished, evidence.ladder_pairs(unique))],
+            "failed": [{"step": r["step"], "seed": r["seed"], "error": r["error"]} for r in rows if r["status"] == "failed"]}

@@ -71,8 +71,10 @@ import argparse
 import sys
 import time
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT, add_common_arguments
-from ablation.config import StudyError, get_profile, load_study
+from ablation import interrupt
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop, exit_code_of,
+                          one_line, plain_name, positive_count, positive_seconds)
+from ablation.config import StoreError, StudyError, get_profile, load_study
 from ablation.data import DataError
 
 DEFAULT_TRIALS = 10
@@ -80,61 +82,61 @@ DEFAULT_REPORTS = "reports"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.search",
         description="Optuna search over a study's [search] space on CIFAR-10; each trial is a nested MLflow run.",
     )
     add_common_arguments(parser)
-    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    parser.add_argument("--trials", type=positive_count, default=DEFAULT_TRIALS,
                         help=f"trials this invocation adds to the study (default {DEFAULT_TRIALS}); "
                              "each worker on the same storage adds its own")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage: a URL (sqlite:///search.db, postgresql://...) or a journal file "
                              "(*.journal, *.log); default: optuna.journal beside the MLflow store (./mlruns)")
-    parser.add_argument("--study-name", default=None,
+    parser.add_argument("--study-name", type=plain_name, default=None,
                         help="Optuna study name (default: <study>-<profile>, -seed<N> added with --seed)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=positive_seconds, default=None,
                         help="seconds after which no new trial starts (the running one finishes)")
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
                         help="median (default): prune below the median of complete trials at the same epoch; "
                              "hyperband: for larger budgets; none")
-    parser.add_argument("--top", type=int, default=10, help="rows of the final table (default 10)")
+    parser.add_argument("--top", type=positive_count, default=10, help="rows of the final table (default 10)")
     parser.add_argument("--reports", default=DEFAULT_REPORTS,
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
     parser.add_argument("--verbose", action="store_true", help="also print one line per epoch")
     parser.add_argument("--workers", action="store_true",
                         help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
                              "same stores and work on them too; ends when they are done")
-    args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error("--trials must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    try:
-        study = load_study(args.study)
-        profile = get_profile(args.profile)
-        from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
-        from ablation.workqueue import run_search_shared
+    with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
+        try:
+            study = load_study(args.study)
+            profile = get_profile(args.profile)
+            from ablation import tracking
+            from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
+            from ablation.workqueue import run_search_shared
 
-        if args.workers:
-            summary = run_search_shared(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                        storage=args.storage, study_name=args.study_name, pruner=args.pruner,
-                                        reports=args.reports)
-        else:
-            summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                 storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                                 pruner=args.pruner, reports=args.reports, verbose=args.verbose)
-    except (StudyError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are kept; the running one is marked failed (Optuna) and KILLED "
-              "(MLflow); run the same command again to go on", file=sys.stderr)
-        return EXIT_SIGINT
+            tracking.check_store()
+            if args.workers:
+                summary = run_search_shared(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                            storage=args.storage, study_name=args.study_name, pruner=args.pruner,
+                                            reports=args.reports)
+            else:
+                summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                     storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                     pruner=args.pruner, reports=args.reports, verbose=args.verbose)
+        except (StudyError, DataError, StoreError) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as stop:
+            print(f"\n{describe_stop(stop)}: finished trials are kept; the running one is marked failed (Optuna) "
+                  "and KILLED (MLflow); run the same command again to go on", file=sys.stderr)
+            return exit_code_of(stop)
     print(f"\n{study.title}: Optuna study {summary['optuna_study']!r} ({profile.name} profile), "
           f"{summary['added']} trial(s) added in {time.perf_counter() - started:.0f} s\n")
     print(format_table(summary, study.search.monitor, args.top))

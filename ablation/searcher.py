@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ablation import tracking
+from ablation import interrupt, tracking
 from ablation.config import EPOCH_METRICS, StudyError, split_values, with_values
 from ablation.data import LazySplits
 from ablation.runner import progress_printer, train_in_run, work_key
@@ -285,8 +285,13 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     base = study.step(space.base_step).config
     base = base if seed is None else dataclasses.replace(base, seed=seed)
     optuna_name = study_name or f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+    tracking.check_storage(storage)
 
-    # Phase 2: the Optuna study (created, resumed or joined) and stale work from dead workers.
+    # Phase 2: the data, read once: a data problem fails before any storage is written.
+    data = LazySplits(data_path, out)
+    data.splits(**profile.apply(base).split_args())
+
+    # Phase 3: the Optuna study (created, resumed or joined) and stale work from dead workers.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_obj, storage_kind, where = tracking.open_storage(storage)
     epochs = profile.apply(base).epochs
@@ -302,23 +307,21 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
 
-    # Phase 3: data once, then the trials under one parent run.
-    data = LazySplits(data_path, out)
-    data.splits(**profile.apply(base).split_args())  # read now: a data problem fails before the first trial
+    # Phase 4: the trials under one parent run.
     parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
                    Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
                    Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed}
     objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
                           experiment=experiment, optuna_name=optuna_name, verbose=verbose, out=out)
-    with tracking.stop_on_sigterm(), tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
+    with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
         tracking.log_study_file(study.path)
         out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
         out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
             f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
         optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
-                              callbacks=[trial_printer(space.monitor, out)])
+                              callbacks=[trial_printer(space.monitor, out), lambda *_: interrupt.check()])
         summary = record_outcome(study, space, profile, optuna_study, where, reports)
     summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
     return summary

@@ -10,11 +10,13 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -24,15 +26,17 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from sqlalchemy import exc as sql_errors
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 import ablation
-from ablation.config import StudyError
+from ablation.config import StoreError, StudyError
 
 DEFAULT_STORE = Path("mlruns")
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATION_HEARTBEAT / $ABLATION_GRACE
 MAX_RETRIES = 2  # times a trial whose worker died is queued again
+PROBE_SECONDS = 5  # how long a store check waits for a server or a database before it gives up
 
 
 class Tag:
@@ -59,6 +63,8 @@ class Tag:
     COMPARE_TO = PREFIX + "compare_to"  # on a baseline: the step its change is tested against
     REUSED_FROM = PREFIX + "reused_from"
     MIGRATED_FROM = PREFIX + "migrated_from"  # on a run copied by python -m ablation.migrate: its id in the source
+    PLAN_KEY = PREFIX + "plan_key"  # on a parent: its units' work, so that the same command resumes it
+    RESUMED_AT_EPOCH = PREFIX + "resumed_at_epoch"  # the epoch a killed run's checkpoint took it on from
     STOPPED_EARLY = PREFIX + "stopped_early"
     ERROR = PREFIX + "error"
     # The process that ran it (the stale-run sweep reads these).
@@ -115,16 +121,168 @@ def connect() -> MlflowClient:
 
     Two processes creating one fresh SQLite store at once fail ("table ... already exists",
     "duplicate column name") every time here (MLflow 3.17): parallel search workers start exactly so.
+    A store that cannot be opened is a StoreError (`check_store` says why before anything runs).
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     folder = _sqlite_dir(uri)
-    if folder is None:
-        return MlflowClient(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".mlflow-create.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        return MlflowClient(uri)  # creates or upgrades the tables as it opens the store
+    try:
+        if folder is None:
+            return MlflowClient(uri)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".mlflow-create.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            client = MlflowClient(uri)  # creates or upgrades the tables as it opens the store
+            _relocate_artifacts(Path(uri[len("sqlite:///"):]))
+            return client
+    except (mlflow.exceptions.MlflowException, SQLAlchemyError, sqlite3.Error, OSError) as error:
+        raise StoreError(f"cannot open the tracking store {_safe(uri)}: {_first_line(error)}") from None
+
+
+_RELOCATED: set[Path] = set()  # stores whose artifact locations this process has checked
+
+
+def _relocate_artifacts(database: Path):
+    """Point a SQLite store's artifact locations into its own folder, after the folder was copied or moved.
+
+    Experiments keep their artifacts in `<store folder>/artifacts/<experiment>`, but MLflow records that
+    as an absolute location in the experiment and in each run: a copy of the folder would go on reading
+    and writing the original's artifacts. Only locations of that layout are rewritten, once per process.
+    """
+    if database.resolve() in _RELOCATED:
+        return
+    here = (database.parent / "artifacts").resolve().as_uri()
+    with contextlib.closing(sqlite3.connect(database, timeout=60)) as db, db:
+        for name, location in db.execute("SELECT name, artifact_location FROM experiments").fetchall():
+            old = (location or "").removesuffix(f"/{name}")
+            if old == location or not old.endswith("/artifacts") or old == here:
+                continue
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                           f"WHERE substr({column}, 1, ?) = ?", (here, len(old) + 1, len(old) + 1, old + "/"))
+    _RELOCATED.add(database.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Is the store usable? Checked before anything runs, creating nothing, so an input error writes nothing.
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+OTHER_MLFLOW_SCHEMES = ("databricks", "databricks-uc", "uc")  # MLflow's own: not probed here
+
+
+def check_store():
+    """Raise StoreError, naming the store and what to do, unless the tracking store can be opened and written."""
+    uri = tracking_uri()
+    scheme = uri.split(":", 1)[0].split("+")[0] if "://" in uri else ""
+    if scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme in DATABASE_SCHEMES:
+        check_database(uri, "tracking store")
+    elif scheme not in OTHER_MLFLOW_SCHEMES:
+        kind = "a folder store (MLflow 3 keeps runs in a database)" if scheme in ("", "file") else f"scheme {scheme!r}"
+        raise StoreError(f"MLFLOW_TRACKING_URI={_safe(uri)}: {kind} is not supported; use sqlite:///PATH/mlflow.db, "
+                         "postgresql://..., mysql://... or http(s)://SERVER:PORT")
+
+
+def _check_sqlite(uri: str):
+    """The database file (if it exists) is SQLite and writable, and its folder is (or can be made) writable."""
+    path = Path(uri[len("sqlite:///"):])
+    if not uri.startswith("sqlite:///") or not path.name or path.name == ":memory:":
+        raise StoreError(f"tracking store {uri}: needs a file, e.g. sqlite:///mlruns/mlflow.db")
+    existing = existing_ancestor(path, f"tracking store {path}")
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"tracking store {path} is not a file; point MLFLOW_TRACKING_URI at a database file")
+        _check_sqlite_file(path)
+    check_writable_folder(path.parent if path.parent.exists() else existing, f"tracking store {path}")
+
+
+def _check_sqlite_file(path: Path):
+    """An existing store file: writable, an SQLite database, undamaged, and not locked by another writer."""
+    try:
+        with open(path, "r+b") as file:  # opened for writing (nothing written): a read-only file fails here
+            header = file.read(16)
+    except OSError as error:
+        raise StoreError(f"tracking store {path} is not writable ({error.strerror}); fix its permissions, "
+                         "or point MLFLOW_TRACKING_URI at another store") from None
+    try:
+        if header and header != b"SQLite format 3\x00":
+            raise sqlite3.DatabaseError("not an SQLite database")
+        with contextlib.closing(sqlite3.connect(path, timeout=PROBE_SECONDS, isolation_level=None)) as db:
+            damage = db.execute("PRAGMA quick_check").fetchone()[0]
+            if damage != "ok":
+                raise sqlite3.DatabaseError(f"damaged: {damage}")
+            db.execute("BEGIN IMMEDIATE")  # the write lock, taken and given back: nothing is written
+            db.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        raise StoreError(f"tracking store {path} cannot be used: {_first_line(error)}; repair or move it, "
+                         "or point MLFLOW_TRACKING_URI at another store") from None
+
+
+def existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest of `path` and its parents that exists; a StoreError when it is a file above `path`."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise StoreError(f"{what}: {existing} is a file, not a folder; choose another path")
+    return existing
+
+
+def check_writable_folder(folder: Path, what: str):
+    """A file can be made (and is removed again) in `folder`, or a StoreError naming `what`."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise StoreError(f"{what}: cannot write in {folder} ({error.strerror or error})") from None
+
+
+def _check_server(uri: str):
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS).close()
+    except urllib.error.HTTPError as error:
+        raise StoreError(f"tracking server {_safe(uri)} answered /health with HTTP {error.code}: "
+                         "is it an MLflow tracking server?") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise StoreError(f"cannot reach the tracking server {_safe(uri)} ({reason}; waited up to {PROBE_SECONDS} s): "
+                         "start it, or point MLFLOW_TRACKING_URI at another store") from None
+
+
+def check_database(url: str, what: str):
+    """One connection to a database URL within PROBE_SECONDS, or a StoreError saying why not."""
+    scheme = url.split(":", 1)[0].split("+")[0]
+    timeout = {"postgresql": {"connect_timeout": PROBE_SECONDS}, "mysql": {"connect_timeout": PROBE_SECONDS},
+               "sqlite": {"timeout": PROBE_SECONDS}}.get(scheme, {})
+    engine = None
+    try:
+        engine = create_engine(url, connect_args=timeout)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except ImportError as error:
+        raise StoreError(f"{what} {_safe(url)}: its database driver is not installed ({error.name}); "
+                         "pip install it (e.g. psycopg2-binary for postgresql)") from None
+    except (SQLAlchemyError, ValueError) as error:
+        raise StoreError(f"cannot open the {what} {_safe(url)}: {_first_line(error)}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _safe(url: str) -> str:
+    """A URL as shown in messages: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True) if "@" in url else url
+    except (ValueError, SQLAlchemyError):
+        return url
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message on one line (SQLAlchemy appends SQL and a help link on further lines)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return (lines[0] if lines else type(cause).__name__)[:300]
 
 
 def experiment_id(name: str) -> str:
@@ -185,13 +343,21 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run(experiment: str, name: str, tags: dict, nested: bool = False, parent_run_id: str | None = None):
+def run(experiment: str, name: str, tags: dict, nested: bool = False, resume: str | None = None,
+        parent_run_id: str | None = None):
     """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error.
 
-    `parent_run_id` nests it under a run of another process (a worker's unit under its planner's parent).
+    `resume`: the id of an earlier, unfinished run of the same work, set RUNNING again and continued.
+    `parent_run_id` nests a new run under a run of another process (a worker's unit under its planner's parent).
     """
-    active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, parent_run_id=parent_run_id,
-                              tags={**{k: str(v) for k, v in tags.items()}, **process_tags()})
+    tags = {**{k: str(v) for k, v in tags.items()}, **process_tags()}
+    if resume is None:
+        active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, parent_run_id=parent_run_id,
+                                  tags=tags)
+    else:
+        active = mlflow.start_run(run_id=resume, nested=nested, tags=tags)
+        if Tag.ERROR in active.data.tags:  # why it stopped last time is no longer true
+            connect().delete_tag(resume, Tag.ERROR)
     try:
         yield active
     except KeyboardInterrupt:
@@ -257,20 +423,6 @@ def supersede(run_id: str, reason: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt so runs are closed, not left RUNNING forever."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def log_config(config, extra_tags: dict):
     """Params (the whole resolved config, flat) and the config as a JSON artifact."""
     params = {k: _param(v) for k, v in config.params().items()}
@@ -321,11 +473,18 @@ def find_finished(experiment: str, work_key: str):
     return found[0] if found else None
 
 
+RESULT_TAGS = (Tag.STOPPED_EARLY,)  # tags that describe a run's result, so a copy of the result keeps them
+
+
 def copy_run(source, experiment: str, name: str, tags: dict, parent_run_id: str | None = None):
-    """A nested run that repeats a finished one (params, metrics with their history, artifacts)."""
+    """A nested run that repeats a finished one (params, metrics with their history, artifacts).
+
+    Its tags are the new unit's, a link to the source and the result's own (RESULT_TAGS): none of the
+    source's other tags, which describe what the source was run for, not what this run is.
+    """
     client = connect()
-    kept = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
-    with run(experiment, name, {**kept, **tags, Tag.REUSED_FROM: source.info.run_id}, nested=True,
+    result = {k: source.data.tags[k] for k in RESULT_TAGS if k in source.data.tags}
+    with run(experiment, name, {**tags, **result, Tag.REUSED_FROM: source.info.run_id}, nested=True,
              parent_run_id=parent_run_id):
         mlflow.log_params(source.data.params)
         run_id = mlflow.active_run().info.run_id
@@ -338,6 +497,32 @@ def copy_run(source, experiment: str, name: str, tags: dict, parent_run_id: str 
             local = client.download_artifacts(source.info.run_id, "", folder)
             mlflow.log_artifacts(local)
         return client.get_run(run_id)
+
+
+def find_interrupted(experiment: str, tags: dict):
+    """The newest KILLED run carrying all of `tags` (e.g. a parent with this plan key), or None."""
+    client = connect()
+    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'KILLED'"])
+    found = client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
+def child_runs(experiment: str, parent_run_id: str) -> dict:
+    """The runs nested under a parent, by run name (the newest of a name wins)."""
+    client = connect()
+    found = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                               order_by=["attributes.start_time ASC"], max_results=5000)
+    return {r.data.tags.get("mlflow.runName", ""): r for r in found}
+
+
+def logged_epochs(run_id: str) -> int:
+    """How many epochs a run has logged (its last `loss` step; 0 for none)."""
+    return max((m.step for m in connect().get_metric_history(run_id, "loss")), default=0)
+
+
+def checkpoint_folder(work: str) -> Path:
+    """Where a unit of work keeps its training checkpoints: with the store, keyed by the work, so a re-run finds them."""
+    return store_folder() / "checkpoints" / work
 
 
 def log_study_file(path: Path):
@@ -368,21 +553,49 @@ def store_folder() -> Path:
     return folder if folder is not None else DEFAULT_STORE
 
 
+def check_storage(spec: str | None):
+    """Raise StoreError unless the Optuna storage of --storage can be opened and written; creates nothing."""
+    if spec is not None and "://" in spec:
+        kind = spec.split(":", 1)[0].split("+")[0]
+        if kind not in ("sqlite", *DATABASE_SCHEMES, "oracle"):
+            raise StoreError(f"--storage {_safe(spec)}: unknown scheme {kind!r}; expected an Optuna storage URL "
+                             "(sqlite:///search.db, postgresql://user@host/db, mysql://...) or a .journal file")
+        check_database(spec, "Optuna storage")
+        return
+    path = _journal_path(spec)
+    existing = existing_ancestor(path, f"Optuna storage {path}")
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"Optuna storage {path} is not a file; pass another --storage")
+        try:  # every complete line is one JSON record (the last may be a write in progress)
+            for line in path.read_bytes().split(b"\n")[:-1]:
+                json.loads(line)
+        except (OSError, ValueError) as error:
+            raise StoreError(f"Optuna storage {path} cannot be read ({_first_line(error)}): is it an Optuna "
+                             "journal? Move it away or pass another --storage") from None
+    check_writable_folder(path.parent if path.parent.exists() else existing, f"Optuna storage {path}")
+
+
+def _journal_path(spec: str | None) -> Path:
+    if spec is None:
+        return store_folder() / "optuna.journal"
+    if spec.endswith((".journal", ".log")):
+        return Path(spec)
+    raise StudyError(f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///search.db, "
+                     "postgresql://user@host/db) or a journal file path ending in .journal or .log")
+
+
 def open_storage(spec: str | None):
     """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
 
     RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and queued again (`rdb_storage`).
+    A storage that cannot be opened is a StoreError (see `check_storage`).
     """
+    check_storage(spec)
     if spec is not None and "://" in spec:
         kind = spec.split(":", 1)[0].split("+")[0]
         return rdb_storage(spec, kind), kind, make_url(spec).render_as_string(hide_password=True)
-    if spec is None:
-        path = store_folder() / "optuna.journal"
-    elif spec.endswith((".journal", ".log")):
-        path = Path(spec)
-    else:
-        raise StudyError(f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///search.db, "
-                         "postgresql://user@host/db) or a journal file path ending in .journal or .log")
+    path = _journal_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path))), "journal", str(path.resolve())
 
@@ -417,7 +630,7 @@ def rdb_storage(url: str, kind: str, attempts: int = 4):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES))
-        except (sql_errors.IntegrityError, sql_errors.ProgrammingError):
+        except (IntegrityError, ProgrammingError):
             if attempt == attempts:
                 raise
             time.sleep(0.5 * attempt)

@@ -1,19 +1,30 @@
-"""Training: a config and data in, a result out. No MLflow and no printing here (see callbacks)."""
+"""Training: a config and data in, a result out. No MLflow and no printing here (see callbacks).
+
+Three guards run with every fit: a signal's stop request (see `ablation.interrupt`) is honoured at
+the next batch end; a non-finite loss ends training at the batch it appears in (`Diverged`); and,
+given a checkpoint folder, the state is saved after every epoch and a saved one is continued.
+"""
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 
+from ablation import checkpoint, interrupt
 from ablation.augment import RandomAffine, has_augmentation
 from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
 from ablation.models import build_model
 from ablation.models.flops import count_flops
 
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN or infinite: the run cannot recover, so it ends at that batch."""
 
 
 @dataclass
@@ -160,18 +171,139 @@ class EpochHooks(keras.callbacks.Callback):
             hook(epoch + 1, dict(logs or {}))
 
 
+class StopOnRequest(keras.callbacks.Callback):
+    """Raises `interrupt.Interrupted` at the first batch end (training, validation or test) after a signal."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        interrupt.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+    def on_predict_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Raises `Diverged` at the first batch whose running loss is NaN or infinite (the epoch's mean stays so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(keras.ops.convert_to_numpy(loss))):
+            raise Diverged(f"training diverged: loss {float(keras.ops.convert_to_numpy(loss))} "
+                           f"at epoch {self.epoch}, batch {batch + 1}")
+
+
+COUNTERS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")  # early stopping, ReduceLROnPlateau
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves the whole training state after every epoch (see `ablation.checkpoint`) and puts a saved one back.
+
+    Saved: the weights with the optimizer's state (moments, iteration count, current learning rate),
+    early stopping's and ReduceLROnPlateau's counters and best values (early stopping's best weights
+    too), the seed generators' states (augmentation draws, dropout masks), numpy's and Python's random
+    states, the history and the training time so far. Keras' BackupAndRestore keeps only the first two.
+    Not restorable: tf.data's shuffling state, so batches after a resume come in another order.
+    """
+
+    def __init__(self, folder: Path, saved, schedule: list, seed_variables: list, clock):
+        super().__init__()
+        self.folder, self.saved, self.schedule, self.seed_variables = folder, saved, schedule, seed_variables
+        self.clock = clock  # () -> (wall, cpu) seconds of training so far, earlier runs included
+        self.history = {key: list(values) for key, values in (saved.history if saved else {}).items()}
+
+    def on_train_begin(self, logs=None):
+        # After the schedule callbacks' own on_train_begin, which resets these counters.
+        if self.saved is None:
+            return
+        for callback, counters in zip(self.schedule, self.saved.state["counters"], strict=True):
+            for name, value in counters.items():
+                setattr(callback, name, value)
+            if isinstance(callback, keras.callbacks.EarlyStopping):
+                callback.best_weights = self.saved.best_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in EPOCH_METRICS:
+            self.history.setdefault(key, []).append(float((logs or {}).get(key, float("nan"))))
+        wall, cpu = self.clock()
+        state = {"counters": [{name: _plain(getattr(c, name)) for name in COUNTERS if hasattr(c, name)}
+                              for c in self.schedule],
+                 "seeds": [keras.ops.convert_to_numpy(v).tolist() for v in self.seed_variables],
+                 "numpy_random": _numpy_state(), "python_random": random.getstate(),
+                 "train_seconds": wall, "train_cpu_seconds": cpu, "stopped": bool(self.model.stop_training)}
+        best = next((c.best_weights for c in self.schedule if isinstance(c, keras.callbacks.EarlyStopping)), None)
+        checkpoint.write(self.folder, epoch + 1, self.history, state,
+                         lambda path: self.model.save_weights(path), best)
+
+
+def restore(model, saved, seed_variables: list):
+    """Put a save's weights, optimizer state and random states back into a compiled model."""
+    model.optimizer.build(model.trainable_variables)  # its variables must exist before they are loaded
+    model.load_weights(saved.weights_path)
+    for variable, value in zip(seed_variables, saved.state["seeds"], strict=True):
+        variable.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
+    numpy_state = saved.state["numpy_random"]
+    np.random.set_state((numpy_state[0], np.asarray(numpy_state[1], np.uint32), *numpy_state[2:]))
+    version, internal, gauss = saved.state["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def resume(folder: Path | None, model, validation):
+    """(the save in `folder` or None, the seed generators' states, a clock of training time so far).
+
+    The save, if any, is put back into the compiled model; the clock counts the save's time too.
+    """
+    saved = checkpoint.read(folder) if folder else None
+    seeds = seed_variables(model, *([validation.augment] if isinstance(validation, AugmentedImages) else []))
+    if saved is not None:
+        restore(model, saved, seeds)
+    wall_before, cpu_before = (saved.state["train_seconds"], saved.state["train_cpu_seconds"]) if saved else (0.0, 0.0)
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    return saved, seeds, lambda: (wall_before + time.perf_counter() - wall0, cpu_before + _cpu_seconds() - cpu0)
+
+
+def _numpy_state() -> list:
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), position, has_gauss, gauss]
+
+
+def _plain(value):
+    """A counter as JSON holds it (numpy scalars become Python numbers)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def seed_variables(*layers) -> list:
+    """The states of every seed generator inside `layers`, in a fixed order: what random draws continue from."""
+    return [v for layer in layers for v in layer.variables if v.name == "seed_generator_state"]
+
+
 def make_optimizer(config: Config):
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(config.learning_rate, momentum=0.9)
     return keras.optimizers.Adam(config.learning_rate)
 
 
-def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0) -> Result:
+def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0,
+          checkpoint_folder: Path | None = None) -> Result:
     """Train `config` on `splits` and evaluate on the test set once, at the end.
 
     `on_epoch`: functions called as `hook(epoch, logs)` after each epoch (epoch from 1, logs with
     loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it.
+    `checkpoint_folder`: save the training state there after every epoch and, if a save is there
+    already, go on from it (the hooks then see only the epochs after it; the Result has them all).
     """
+    interrupt.check()  # a stop asked for while Keras was starting
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         enable_op_determinism()
@@ -184,40 +316,36 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         run_eagerly=config.run_eagerly,
     )
     x_train, x_val, x_test = prepare_inputs(splits, config)
-    epoch_callbacks = [*schedule_callbacks(config), _RecordLearningRate(), EpochHooks(on_epoch, on_epoch_begin)]
+    validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
+                  and has_augmentation(config) else (x_val, splits.y_val))
 
-    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
+    saved, seeds, clock = resume(checkpoint_folder, model, validation)
+    schedule = schedule_callbacks(config)
+    saving = [Checkpoint(checkpoint_folder, saved, schedule, seeds, clock)] if checkpoint_folder else []
     fit = model.fit(
         x_train, splits.y_train,
         batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
-        and has_augmentation(config) else (x_val, splits.y_val),
-        callbacks=epoch_callbacks,
+        initial_epoch=saved.epoch if saved else 0,
+        epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
+        validation_data=validation,
+        callbacks=[StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
+                   EpochHooks(on_epoch, on_epoch_begin)],
         shuffle=True,
         verbose=verbose,
     )
-    wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
+    wall, cpu = clock()
 
-    history = {key: [float(v) for v in fit.history.get(key, [])] for key in EPOCH_METRICS}
-    if any(not math.isfinite(v) for v in history["loss"]):
-        raise FloatingPointError(f"training diverged: loss {history['loss'][-1]} at epoch {len(history['loss'])}")
-    # One pass over the test set gives predictions, loss and accuracy (augmentation is off here).
+    # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
+    history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
+               for key in EPOCH_METRICS}
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
     epochs_run = len(history["loss"])
     return Result(
-        history=history,
-        test_loss=float(test_loss),
-        test_accuracy=float(test_accuracy),
-        epochs_run=epochs_run,
-        train_seconds=wall,
-        train_cpu_seconds=cpu,
-        num_params=network.count_params(),
-        flops=count_flops(network),
-        stopped_early=epochs_run < config.epochs,
-        test_predictions=predictions,
-        test_labels=splits.y_test,
+        history=history, test_loss=float(test_loss), test_accuracy=float(test_accuracy), epochs_run=epochs_run,
+        train_seconds=wall, train_cpu_seconds=cpu, num_params=network.count_params(), flops=count_flops(network),
+        stopped_early=epochs_run < config.epochs, test_predictions=predictions, test_labels=splits.y_test,
     )
 
 

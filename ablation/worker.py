@@ -13,15 +13,16 @@ machine. See ablation/workqueue.py for how the queue works and README "Running o
 import argparse
 import sys
 
-from ablation.cli import EXIT_INPUT_ERROR, EXIT_SIGINT
-from ablation.config import StudyError
+from ablation import interrupt
+from ablation.cli import EXIT_INPUT_ERROR, ArgumentParser, describe_stop, exit_code_of, one_line
+from ablation.config import StoreError, StudyError
 from ablation.data import DataError
 
 DEFAULT_IDLE_SECONDS = 60.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.worker",
         description="Take units of the shared work queue (ladder steps, seeds, search trials), train and record them.",
     )
@@ -44,23 +45,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
-    try:
-        from ablation import searcher, tracking, workqueue  # the engines: after --help
-        from ablation.data import LazySplits
+    with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
+        try:
+            from ablation import searcher, tracking, workqueue  # the engines: after --help
+            from ablation.data import LazySplits
 
-        storage, kind, where = tracking.open_storage(args.storage)
-        data = LazySplits(args.data)
-        print(f"worker {searcher.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}")
-        with tracking.stop_on_sigterm():
+            tracking.check_store()
+            storage, kind, where = tracking.open_storage(args.storage)
+            data = LazySplits(args.data)
+            print(f"worker {searcher.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}")
             ran = workqueue.work(storage, data, print, names=args.queue, idle_seconds=args.idle)
-    except (StudyError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("\ninterrupted: the unit in hand went back to the queue (its run is marked KILLED)", file=sys.stderr)
-        return EXIT_SIGINT
+        except (StudyError, DataError, StoreError) as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except KeyboardInterrupt as stop:
+            print(f"\n{describe_stop(stop)}: the unit in hand went back to the queue (its run is marked KILLED)",
+                  file=sys.stderr)
+            return exit_code_of(stop)
     print(f"no work left: this worker ran {ran} unit(s)")
-    return 0
+    return 0  # a unit that failed is recorded (its run says why); its planner reports it
 
 
 if __name__ == "__main__":

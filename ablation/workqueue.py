@@ -43,7 +43,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from ablation import runner, searcher, tracking
+from ablation import interrupt, runner, searcher, tracking
 from ablation.config import Config, StudyError, get_profile, load_study
 from ablation.data import DataError, LazySplits
 from ablation.runner import Unit
@@ -63,7 +63,7 @@ POLL_SECONDS = 2.0  # how often an idle worker looks for work again
 
 
 class WorkError(RuntimeError):
-    """Planned work that did not complete: a unit failed, or its planner died while planning."""
+    """Planned work that cannot be done: the planner that created its queue died while queueing it."""
 
 
 @dataclass
@@ -168,6 +168,7 @@ def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0) 
     ran, idle_since = 0, time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ablation-worker-") as scratch:
         while True:
+            interrupt.check()  # a stop asked for by a signal, between units
             took, others_running = False, False
             for queue in open_queues(storage, names, opened, data, say, Path(scratch)):
                 release_dead(queue.study)
@@ -336,7 +337,7 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
     begin, end = runner.progress_printer(config.epochs, say)
     with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
-        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,))
+        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say)
     say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs")
     return result.test_accuracy
 
@@ -366,7 +367,7 @@ def run_units_shared(study, parent_name, parent_tags, units, data_path=None, for
     storage_obj, kind, where = tracking.open_storage(storage)
     experiment = tracking.experiment_id(study.name)
     parent_tags = {**parent_tags, Tag.OPTUNA_STORAGE: where, Tag.OPTUNA_STORAGE_KIND: kind}
-    with tracking.stop_on_sigterm(), tracking.held_run(experiment, parent_name, parent_tags) as parent_id:
+    with tracking.held_run(experiment, parent_name, parent_tags) as parent_id:
         specs = [unit_spec(unit, fingerprint, study.name, parent_id, force)
                  for unit, fingerprint in zip(units, fingerprints, strict=True)]
         name = queue_name(study.name, parent_name, specs) + (f"-{parent_id[:8]}" if force else "")
@@ -386,21 +387,20 @@ def run_units_shared(study, parent_name, parent_tags, units, data_path=None, for
 
 
 def queue_rows(queue: optuna.Study, units: list[Unit], fingerprints: list[dict]) -> list[dict]:
-    """Each unit's row, read from the run its complete trial names; a WorkError names the units that failed."""
-    done = {t.user_attrs[UNIT_ATTR]["work_key"]: t for t in queue.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    rows, failed = [], []
+    """Each unit's row, read from the run its complete trial names; a unit whose trials failed is a failed row."""
+    trials = queue.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    done = {t.user_attrs[UNIT_ATTR]["work_key"]: t for t in trials if t.state == TrialState.COMPLETE}
+    errors = {t.user_attrs[UNIT_ATTR]["work_key"]: t.user_attrs.get("error", "its worker died") for t in trials
+              if t.state == TrialState.FAIL}
+    rows = []
     for unit, fingerprint in zip(units, fingerprints, strict=True):
         key = runner.work_key(unit.config, fingerprint)
         if key not in done:
-            failed.append(unit.name)
+            rows.append(runner.unit_row(unit, key, {}, None, reused=False, error=errors.get(key, "not run")))
             continue
         run = tracking.get_run(done[key].user_attrs[RUN_ATTR])
-        rows.append(runner.unit_row(unit, key, run.data.metrics, runner.predictions_correct(run.info.run_id),
+        rows.append(runner.unit_row(unit, key, run.data.metrics, runner.predicted_correctly(run.info.run_id),
                                     reused=Tag.REUSED_FROM in run.data.tags))
-    if failed:
-        errors = {t.user_attrs.get("error") for t in queue.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        raise WorkError(f"queue {queue.study_name!r}: unit(s) {failed} did not complete ({sorted(filter(None, errors))}); "
-                        "fix the cause and run again with --force (a new queue)")
     return rows
 
 
@@ -426,7 +426,7 @@ def run_search_shared(study, profile, *, trials: int, data_path=None, seed=None,
     parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: kind, Tag.OPTUNA_STORAGE: where,
                    Tag.BASE_STEP: space.base_step, Tag.PRUNER: pruner, Tag.SEED: base.seed}
-    with tracking.stop_on_sigterm(), tracking.held_run(experiment, f"search-{optuna_name}", parent_tags) as parent_id:
+    with tracking.held_run(experiment, f"search-{optuna_name}", parent_tags) as parent_id:
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
         optuna_study.set_user_attr(SEARCH_ATTR, {"file": study.path.name, "text": study.path.read_text(),
                                                  "profile": profile.name, "seed": seed, "pruner": pruner})

@@ -51,7 +51,7 @@ def test_assignment_study_is_the_report_ladder():
     (BASE + "epochs = -1\n", ["epochs", "positive integer"]),
     (BASE + "horizontal_flip = 'yes'\n", ["horizontal_flip", "true or false"]),
     (BASE + "model = 'resnet9000'\n", ["resnet9000", "template_resnet"]),
-    (BASE + "validation_split = 1.5\n", ["validation_split", "between 0 and 1"]),
+    (BASE + "validation_split = 1.5\n", ["validation_split", "a number in (0, 1)"]),
     (BASE + "lr_schedule = [[80]]\n", ["lr_schedule", "[epoch, multiplier]"]),
     (BASE + "model_args = { stage2_blocks = 2.5 }\n", ["stage2_blocks", "int"]),
     (BASE + "reported_test_accuracy = 72.3\n", ["reported_test_accuracy", "fraction"]),
@@ -60,7 +60,7 @@ def test_assignment_study_is_the_report_ladder():
     (BASE + "[extra]\n", ["unknown key", "extra"]),
     (BASE.replace('name = "t"', ''), ["[study] needs a name"]),
     (BASE + "[search]\n[search.params.depth]\ntype = 'int'\nlow = 1\nhigh = 3\n", ["depth", "allowed", "stage2_blocks"]),
-    (BASE + "[search]\n[search.params.learning_rate]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\nlog = true\n", ["log-scale", "low > 0"]),
+    (BASE + "[search]\n[search.params.min_lr]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\nlog = true\n", ["log-scale", "low > 0"]),
     (BASE + "[search]\n[search.params.dropout_rate]\ntype = 'normal'\n", ["type must be int, float or categorical"]),
     ("[study\n", ["not valid TOML"]),
 ])
@@ -137,13 +137,80 @@ def test_colliding_patiences_are_corrected_to_the_recipes_order(stopping, loweri
 @pytest.mark.parametrize("seeds, expected", [(3, (0, 1, 2)), ([4, 7], (4, 7))])
 def test_study_seeds_are_a_count_or_a_list(tmp_path, seeds, expected):
     path = tmp_path / "s.toml"
-    path.write_text(f'[study]\nname = "s"\nseeds = {json.dumps(seeds)}\n[[steps]]\nname = "a"\n')
+    path.write_text(f'[study]\nname = "s"\nseeds = {json.dumps(seeds)}\n[base]\n[[steps]]\nname = "a"\n')
     assert load_study(path).seeds == expected
 
 
 @pytest.mark.parametrize("seeds", ["0", "[1, 1]", "[-1]", '"3"', "true"])
 def test_bad_seeds_name_the_file_and_key(tmp_path, seeds):
     path = tmp_path / "s.toml"
-    path.write_text(f'[study]\nname = "s"\nseeds = {seeds}\n[[steps]]\nname = "a"\n')
+    path.write_text(f'[study]\nname = "s"\nseeds = {seeds}\n[base]\n[[steps]]\nname = "a"\n')
     with pytest.raises(StudyError, match=r"s\.toml: \[study\] seeds"):
         load_study(path)
+
+
+# Each malformed study an attacker or a clumsy user wrote, and the words its one-line error must hold.
+MALFORMED = {
+    "non_utf8_bytes": (b'[study]\nname = "caf\xe9"\n', ["study.toml", "not UTF-8", "byte 19"]),
+    "steps_as_a_table": (BASE.replace("[[steps]]", "[steps]"), ["steps must be an array of tables", "[[steps]]"]),
+    "steps_as_numbers": ('[study]\nname = "t"\n[base]\nsteps = [1, 2]\n', ["[base]", "unknown key", "steps"]),
+    "top_level_steps_as_numbers": ('steps = [1, 2]\n[study]\nname = "t"\n[base]\n', ["steps must be an array of tables"]),
+    "search_params_a_number": (BASE + "[search]\nparams = 5\n", ["[search] params", "5"]),
+    "numeric_study_name": (BASE.replace('name = "t"', "name = 5"), ["[study] name", "letters, digits", "got 5"]),
+    "empty_study_name": (BASE.replace('name = "t"', 'name = ""'), ["[study] name", "got ''"]),
+    "study_name_leaving_its_folder": (BASE.replace('name = "t"', 'name = "../../x"'), ["[study] name", "../../x"]),
+    "step_name_leaving_its_folder": (BASE.replace('name = "one"', 'name = "../one"'), ["name must be snake_case"]),
+    "infinite_learning_rate": (BASE + "learning_rate = inf\n", ["'one'", "learning_rate", "finite number > 0", "inf"]),
+    "zero_learning_rate": (BASE + "learning_rate = 0\n", ["learning_rate", "> 0", "got 0"]),
+    "nan_zoom": (BASE + "zoom_range = nan\n", ["zoom_range", "[0, 1)", "nan"]),
+    "dropout_above_one": (BASE + "model_args = { dropout_rate = 1.5 }\n", ["model_args.dropout_rate", "[0, 1)", "1.5"]),
+    "negative_blocks": (BASE + "model_args = { stage2_blocks = -3 }\n", ["model_args.stage2_blocks", "non-negative", "-3"]),
+    "resnet_depth_off_pattern": (BASE + "model = 'resnet_v1'\nmodel_args = { depth = 21 }\n", ["depth", "6n + 2", "21"]),
+    "missing_base": (BASE.replace("[base]\n", "").replace('model = "template_resnet"\n', ""), ["needs a [base] table"]),
+    "cumulative_as_a_string": (BASE.replace('name = "t"', 'name = "t"\ncumulative = "false"'),
+                               ["[study]", "cumulative must be true or false", "'false'"]),
+    "reported_accuracy_true": (BASE + "reported_test_accuracy = true\n", ["reported_test_accuracy", "fraction", "True"]),
+    "seed_beyond_32_bits": (BASE + "seed = 4294967296\n", ["seed", "0..4294967295"]),
+    "seeds_a_billion": (BASE.replace('name = "t"', 'name = "t"\nseeds = 1000000000'), ["seeds", "1 to 1000"]),
+    "from_step_a_list": (BASE + "[[baselines]]\nname = 'b'\nfrom_step = ['one']\n", ["from_step", "['one']"]),
+    "search_dropout_range_beyond_one": (
+        BASE + "[search]\n[search.params.dropout_rate]\ntype = 'float'\nlow = 0.1\nhigh = 1.5\n",
+        ["[search.params.dropout_rate]", "dropout_rate must be a number in [0, 1)", "1.5"]),
+    "search_blocks_as_floats": (
+        BASE + "[search]\n[search.params.stage2_blocks]\ntype = 'float'\nlow = 1\nhigh = 3\n",
+        ["stage2_blocks", "type = int"]),
+    "search_choices_of_tables": (
+        BASE + "[search]\n[search.params.optimizer]\ntype = 'categorical'\nchoices = [{a = 1}]\n", ["choices"]),
+    "search_bounds_as_booleans": (
+        BASE + "[search]\n[search.params.epochs]\ntype = 'int'\nlow = true\nhigh = 3\n", ["low < high", "True"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_study_is_one_line_naming_file_and_key(tmp_path, case):
+    text, needles = MALFORMED[case]
+    path = tmp_path / "study.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(StudyError) as error:
+        load_study(path)
+    message = str(error.value)
+    assert "\n" not in message and "study.toml" in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_an_empty_base_is_the_config_defaults(tmp_path):
+    study = load_study(write(tmp_path, '[study]\nname = "t"\n[base]\n[[steps]]\nname = "one"\n'))
+    assert study.steps[0].config == Config()
+
+
+def test_every_default_passes_its_own_rule_and_every_knob_has_one():
+    from ablation.config import FIELD_RULES, check_field, check_knob, check_rules
+    from ablation.models import MODELS
+
+    check_rules(MODELS)  # raises for a knob without a rule or a default its rule refuses
+    assert set(FIELD_RULES) == {f.name for f in dataclasses.fields(Config)}
+    assert check_field("learning_rate", 1, "--set") == 1.0 and isinstance(check_field("learning_rate", 1, "x"), float)
+    assert check_knob("vgg_like", "filters", [8, 16], "x") == (8, 16)
+    with pytest.raises(StudyError, match=r"^--set: epochs must be a positive integer, got 0$"):
+        check_field("epochs", 0, "--set")

@@ -114,7 +114,7 @@ def test_sigterm_closes_runs_and_keeps_finished_steps(tmp_path, cifar_path):
             process.send_signal(signal.SIGTERM)
             break
     rest = process.communicate(timeout=300)[0]
-    assert process.returncode == 130, "".join(lines) + rest
+    assert process.returncode == 143, "".join(lines) + rest
     _, runs = runs_of(tmp_path)
     status = {r.data.tags["mlflow.runName"]: r.info.status for r in runs}
     assert status["template"] == "FINISHED"
@@ -131,7 +131,7 @@ def test_unknown_step_is_an_error_before_anything_runs(tmp_path):
 
 def test_bad_study_is_an_error_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[study]\nname = "x"\n[[steps]]\nname = "a"\nepocs = 3\n')
+    bad.write_text('[study]\nname = "x"\n[base]\n[[steps]]\nname = "a"\nepocs = 3\n')
     done = ladder(["--study", str(bad)], tmp_path)
     assert done.returncode == 2
     assert "bad.toml" in done.stderr and "epocs" in done.stderr and "allowed" in done.stderr
