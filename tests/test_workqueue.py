@@ -78,3 +78,13 @@ def test_bad_heartbeat_settings_are_input_errors(monkeypatch):
     monkeypatch.setenv("ABLATION_GRACE", "soon")
     with pytest.raises(StudyError, match="expected a whole number of seconds"):
         tracking.heartbeat_settings()
+
+
+@pytest.mark.parametrize("module", ["worker", "migrate"])
+def test_help_imports_no_framework(module):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"ablation.{module}", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "storage" in done.stdout, done.stdout + done.stderr
+    assert "ablation.cli" in done.stderr  # -X importtime lists every module imported: --help must stay light
+    assert not {"tensorflow", "mlflow", "optuna", "keras"} & {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                                                             for line in done.stderr.splitlines()}
