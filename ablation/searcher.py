@@ -193,7 +193,9 @@ class Objective:
                 Tag.PROFILE: self.profile.name, Tag.OPTUNA_STUDY: self.optuna_name,
                 Tag.OPTUNA_TRIAL: trial.number, Tag.BASE_STEP: self.space.base_step}
         pruned_at = None
-        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True):
+        # A trial a planner queued for workers names the planner's parent run; else this process's is active.
+        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True,
+                          parent_run_id=trial.user_attrs.get("parent_run_id")):
             trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
             try:
                 value, pruned_at = self.run_trial(trial)
