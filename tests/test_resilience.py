@@ -143,9 +143,9 @@ def test_a_reused_run_carries_exactly_the_new_steps_tags_and_a_link(tmp_path, ci
     source, copy = runs[1], runs[-1]
     assert copy.data.tags["ablation.reused_from"] == source.info.run_id
     ours = {k for k in copy.data.tags if k.startswith(("ablation.", "data."))}
-    expected = {"ablation." + k for k in ("kind", "study", "step", "step_index", "baseline", "profile", "description",
-                                          "config_hash", "work_key", "seed", "split_seed", "host", "pid",
-                                          "code_version", "reused_from", "stopped_early")}
+    expected = {"ablation." + k for k in ("kind", "study", "step", "step_index", "order", "baseline", "profile",
+                                          "description", "overrides", "config_hash", "work_key", "seed", "split_seed",
+                                          "host", "pid", "code_version", "reused_from", "stopped_early")}
     assert ours - {k for k in ours if k.startswith("data.")} == expected
     assert copy.data.tags["ablation.step"] == "renamed" and copy.data.tags["ablation.description"] == ""
     assert "ablation.reported_test_accuracy" in source.data.tags  # the source had it; the copy must not
