@@ -2,7 +2,8 @@
 
 import os
 
-# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides the progress a user wants.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides the progress a user wants; its
+# ERROR level too: a machine without a GPU logs "failed call to cuInit" as one. `--verbose` shows all.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"

@@ -17,8 +17,8 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, describe_stop, exit_code_of, one_line
-from ablation.config import StoreError, StudyError, get_profile, load_study
+from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, configure, describe_stop, exit_code_of, one_line
+from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
 DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
@@ -77,25 +77,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
+    configure(args)
     started, cpu_started = time.perf_counter(), os.times()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             # Phase 1: inputs are checked (in the engine too) before the store is touched.
-            study = load_study(args.study)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
             study = dataclasses.replace(study, seeds=seeds)
             profile = get_profile(args.profile)
             from ablation import attribution, runner, tracking, workqueue  # the engines (MLflow; Keras when a subset trains)
+            from ablation.console import Display
 
             tracking.check_store()
             search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
             run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
                 else runner.run_units
             # Phase 2: the design, reusing every finished run.
-            result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
-                                            data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                            search=search, reports=args.reports, dry_run=args.dry_run,
-                                            run_units=run_units)
+            with Display() as display:
+                result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
+                                                data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                                search=search, reports=args.reports, dry_run=args.dry_run,
+                                                say=display, run_units=run_units)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

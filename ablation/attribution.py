@@ -280,7 +280,8 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
         return outcome
 
     parent_tags = {Tag.KIND: Kind.DESIGN, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.DESIGN: design,
-                   Tag.SEEDS: list(seeds), Tag.DESCRIPTION: f"{design} of {game.full_name} against {game.base_name}"}
+                   Tag.SEEDS: list(seeds), Tag.DESCRIPTION: f"{design} of {game.full_name} against {game.base_name}",
+                   Tag.OVERRIDES: study.overrides_json()}
     run_units(study, f"{study.name}-{profile.name}-{file_stem(game.kind, design)}", parent_tags, units,
               data_path, force, say, summarize)
     return {**outcome, "files": files}

@@ -6,6 +6,7 @@ heavy engines (MLflow, Optuna, Keras).
 
 import argparse
 import math
+import os
 import re
 import signal
 
@@ -90,8 +91,10 @@ def _integer(text: str) -> int:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser):
-    """--study, --profile, --data, --seed: shared by the ladder and the search."""
-    parser.add_argument("--study", default=DEFAULT_STUDY, help=f"study file (default: {DEFAULT_STUDY})")
+    """--study, --profile, --data, --seed, --set, --verbose, --no-system-metrics: shared by every command that trains."""
+    parser.add_argument("--study", default=DEFAULT_STUDY,
+                        help=f"study file, or a shipped study's name (assignment, architectures, keras_resnet; "
+                             f"default: {DEFAULT_STUDY})")
     parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"),
                         help="smoke: seconds (tests); quick: a reduced real run for a CPU (default); "
                              "full: the recipe exactly (for a GPU)")
@@ -99,4 +102,20 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                         help="CIFAR-10: the cifar-10-python.tar.gz archive, its extracted folder, or an image "
                              "folder tree (default: $ABLATION_DATA, else Keras' download)")
     parser.add_argument("--seed", type=seed_value, default=None,
-                        help="seed for the data split and training (default: the study's)")
+                        help="one training seed (default: the study's seeds); the split seed stays the config's")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a config field or model knob in every step, checked as in a study file "
+                             "(repeatable; VALUE as in TOML: --set epochs=3 --set learning_rate=5e-4 "
+                             "--set horizontal_flip=false); recorded in the runs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's and MLflow's start-up messages (hidden by default)")
+    parser.add_argument("--no-system-metrics", action="store_true",
+                        help="do not sample CPU, memory and GPU use into each training run")
+
+
+def configure(args: argparse.Namespace):
+    """The process-wide choices of the common arguments, made before the engines are imported."""
+    from ablation import console  # the terminal's side (rich): after --help
+
+    console.configure(args.verbose)
+    os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false" if args.no_system_metrics else "true"

@@ -69,8 +69,10 @@ class Config:
     run_eagerly: bool = False  # no graph tracing: slower per image, far faster to start (smoke runs)
 
     def __post_init__(self):
-        # Frozen all the way down: model_args cannot be mutated behind the config's back.
-        object.__setattr__(self, "model_args", MappingProxyType(dict(self.model_args)))
+        # Every knob, defaults included: the params show them all, and a default spelled out in a
+        # study is the same work as one left implicit (same hash). Frozen all the way down, too.
+        knobs = model_defaults(self.model) if self.model in MODELS else {}
+        object.__setattr__(self, "model_args", MappingProxyType({**knobs, **self.model_args}))
         object.__setattr__(self, "lr_schedule", tuple(tuple(p) for p in self.lr_schedule))
 
     def to_dict(self) -> dict[str, Any]:
@@ -436,6 +438,12 @@ class Study:
     search: SearchSpace | None = None
     seeds: tuple[int, ...] = (0,)  # the training seeds every step is replicated with (a paired design)
     attribution: tuple[AttributionComponent, ...] = ()  # [attribution]; empty: one component per ladder step
+    # The command line's --set values, already put into every step: recorded with the runs.
+    overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def overrides_json(self) -> str:
+        """The --set values as recorded in a run's tag: JSON, "{}" for none."""
+        return json.dumps(dict(self.overrides), sort_keys=True)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -457,9 +465,23 @@ FRACTION = Rule("a fraction in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1, "f
 MAX_SEEDS = 1000
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file; every error names the file and the key."""
-    path = Path(path)
+SHIPPED_STUDIES = Path(__file__).resolve().parents[1] / "studies"  # beside the package in a source checkout
+
+
+def find_study(name_or_path: str | Path) -> Path:
+    """A study file: a path (ends in .toml or names a folder), or a name: studies/NAME.toml here, else shipped."""
+    text = str(name_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        return Path(text)
+    for folder in (Path("studies"), SHIPPED_STUDIES):
+        if (folder / f"{text}.toml").is_file():
+            return folder / f"{text}.toml"
+    return Path("studies") / f"{text}.toml"
+
+
+def load_study(name_or_path: str | Path) -> Study:
+    """Read and validate a study file (a path, or a shipped study's name); every error names the file and the key."""
+    path = find_study(name_or_path)
     data, where = _read_toml(path), path.name
     _check_keys(data, {"study", "base", "steps", "baselines", "search", "attribution"}, where, "top level")
     # [study]: who the study is.
@@ -499,7 +521,9 @@ def load_study(path: str | Path) -> Study:
 def _read_toml(path: Path) -> dict:
     """The file's TOML as a dict, or a StudyError saying why it cannot be read."""
     if not path.exists():
-        raise StudyError(f"study file {path} not found; the studies shipped are in studies/ (e.g. studies/assignment.toml)")
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED_STUDIES.glob("*.toml")))
+        raise StudyError(f"study file {path} not found; the studies shipped are in studies/ "
+                         f"(e.g. studies/assignment.toml), or give a name: {shipped}")
     if not path.is_file():
         raise StudyError(f"study file {path} is not a file")
     try:
@@ -583,6 +607,54 @@ def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     _check_keys(given, set(knobs), where, f"{at} model_args (model {model})")
     model_args.update({key: check_knob(model, key, value, f"{where}: {at}") for key, value in given.items()})
     return dataclasses.replace(start, **values, model_args=model_args)
+
+
+def parse_overrides(items, where: str = "--set") -> dict[str, Any]:
+    """FIELD=VALUE strings as flat name -> value; VALUE is read as TOML (3, 1e-3, true, [[5, 0.1]]), else as text.
+
+    `none` is None (no subset). Names are Config fields or model knobs; `apply_overrides` checks
+    the values with the rules a study file's are checked with.
+    """
+    knobs = {knob for defaults in MODELS.values() for knob in defaults}
+    values = {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals or not name.strip():
+            raise StudyError(f"{where} {_shown(item)}: expected FIELD=VALUE, e.g. {where} epochs=3")
+        values[name.strip()] = _toml_value(text.strip())
+    _check_keys(values, (set(CONFIG_FIELDS) - {"model_args"}) | knobs, where, "FIELD=VALUE")
+    return values
+
+
+def _toml_value(text: str):
+    if text == "none":
+        return None
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: vgg_like, val_loss, or nothing at all
+
+
+def apply_overrides(study: Study, values: Mapping[str, Any], where: str = "--set") -> Study:
+    """The study with flat values put into every step, checked as a study file's step is, and kept in `overrides`.
+
+    A Config field goes into every step; a knob into the steps whose model has it (at least one must).
+    """
+    if not values:
+        return study
+    fields = {k: v for k, v in values.items() if k in CONFIG_FIELDS}
+    knobs = {k: v for k, v in values.items() if k not in CONFIG_FIELDS}
+    steps = []
+    for step in study.steps:
+        at = f"step {step.name!r}"
+        config = _make_config(step.config, fields, where, at)
+        own = {k: v for k, v in knobs.items() if k in config.model_args}
+        steps.append(dataclasses.replace(step, config=_make_config(config, {"model_args": own}, where, at)))
+    unused = sorted(k for k in knobs if not any(k in s.config.model_args for s in steps))
+    if unused:
+        models = sorted({s.config.model for s in steps})
+        raise StudyError(f"{where}: {unused} are knobs of no model this study runs ({', '.join(models)})")
+    return dataclasses.replace(study, steps=tuple(steps), overrides={**study.overrides, **values})
 
 
 def _make_search(data, study: Study, where: str) -> SearchSpace:

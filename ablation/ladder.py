@@ -11,9 +11,9 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop,
-                          exit_code_of, one_line, seed_count)
-from ablation.config import StoreError, StudyError, get_profile, load_study
+from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure,
+                          describe_stop, exit_code_of, one_line, seed_count)
+from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError, check_data_path
 
 
@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
+                        help="log trained networks as MLflow models (Keras format): final: the study's last step "
+                             "(default); all: every step; none")
     parser.add_argument("--workers", action="store_true",
                         help="put the units in the shared work queue at --storage and work on them with every "
                              "`python -m ablation.worker` on the same stores; ends when all are done")
@@ -122,6 +125,7 @@ def format_changes(summary: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
+    configure(args)
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             return run(args)
@@ -138,9 +142,10 @@ def main(argv=None) -> int:
 def prepare(args):
     """Phase 1 of the ladder: every input checked (study, options, data path, store), nothing written.
 
-    Returns the study, the profile and the resolved steps, or raises StudyError, DataError or StoreError.
+    Returns the study (--set values put in), the profile and the resolved steps, or raises StudyError,
+    DataError or StoreError.
     """
-    study = load_study(args.study)
+    study = apply_overrides(load_study(args.study), parse_overrides(args.set))
     if args.seeds is not None:
         study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
     if args.deterministic:
@@ -161,14 +166,17 @@ def run(args) -> int:
     started = time.perf_counter()
     study, profile, steps = prepare(args)
     from ablation import report, runner, workqueue
+    from ablation.console import Display
 
-    # Phase 2: the steps, seed by seed (in this process, or through the shared queue).
+    # Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue.
     try:
         if args.workers:
             rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage)
         else:
-            rows = runner.run_ladder(study, profile, steps, args.data, args.force,
-                                     keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure)
+            with Display() as display:
+                rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,
+                                         keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
+                                         log_models=args.log_models)
     except runner.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
         return EXIT_FAILED

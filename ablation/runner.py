@@ -16,9 +16,10 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ablation import checkpoint, evidence, interrupt, tracking
+from ablation import checkpoint, console, evidence, interrupt, tracking
 from ablation.config import Config, StudyError
-from ablation.data import LazySplits
+from ablation.console import Display
+from ablation.data import LazySplits, resolve_data_path
 from ablation.tracking import Kind, Tag
 
 
@@ -68,15 +69,21 @@ def progress_printer(epochs: int, say):
     return begin, end
 
 
-def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_folder=None, say=print):
-    """Train `config` inside the active run, logging params, every epoch and the result; returns the Result.
+def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_folder=None, say=print, on_batch=(),
+                 data_file=None, log_model=False):
+    """Train `config` inside the active run, logging params, datasets, every epoch and the result; returns the Result.
 
     With a save in `checkpoint_folder`, training goes on from it: the epochs it holds that the run has
-    not logged (a kill between the save and the log, or a new run) are logged first.
+    not logged (a kill between the save and the log, or a new run) are logged first. `data_file`:
+    where the images came from (None: Keras' download); `log_model`: log the trained network as an
+    MLflow model too.
     """
-    from ablation.train import train  # Keras: imported only when something trains
+    interrupt.check()  # a stop asked for already: spare TensorFlow's start-up
+    with console.native_stderr_hidden():
+        from ablation.train import train  # Keras: imported only when something trains
 
     tracking.log_config(config, {})
+    tracking.log_datasets(splits, data_file)
     saved = checkpoint.read(checkpoint_folder) if checkpoint_folder else None
     if saved is not None:
         for epoch in range(tracking.logged_epochs(tracking.active_run_id()) + 1, saved.epoch + 1):
@@ -84,9 +91,22 @@ def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_fold
         tracking.set_tags({Tag.RESUMED_AT_EPOCH: saved.epoch})
         say(f"    resuming from the checkpoint after epoch {saved.epoch}/{config.epochs}")
     result = train(config, splits, on_epoch=(tracking.log_epoch, *on_epoch), on_epoch_begin=on_epoch_begin,
-                   checkpoint_folder=checkpoint_folder)
+                   checkpoint_folder=checkpoint_folder, on_batch=on_batch)
     tracking.log_result(result, splits.class_names)
+    if log_model:
+        log_network(config, splits, result)
     return result
+
+
+def log_network(config, splits, result):
+    """The trained network as the run's MLflow model, saying what input it takes."""
+    inputs = "float32 images (N, 32, 32, 3), pixel values / 255"
+    if result.input_mean is not None:
+        inputs += ", minus the training images' mean (the run's artifact input_mean.json)"
+        tracking.log_dict({"input_mean": result.input_mean.tolist()}, "input_mean.json")
+    metadata = {"input": inputs, "output": "class probabilities", "class_names": list(splits.class_names),
+                "config_hash": config.hash(), "test_accuracy": result.test_accuracy}
+    tracking.log_keras_model(result.network, splits.x_test[:1].astype("float32") / 255.0, metadata)
 
 
 @dataclass(frozen=True)
@@ -102,17 +122,25 @@ class Unit:
     tags: dict  # who the run is (kind, study, step, ...): the work's identity is added by `run_unit`
     label: str = ""  # a line saying what is trained, printed before it
     row: dict = field(default_factory=dict)  # what the caller wants back in the unit's row (e.g. its step)
+    log_model: bool = False  # log the trained network as an MLflow model
 
 
-def ladder_units(study, profile, steps) -> list[Unit]:
-    """The ladder's units: one per resolved step (and seed), tagged as ladder steps."""
+def ladder_units(study, profile, steps, log_models="none") -> list[Unit]:
+    """The ladder's units: one per resolved step (and seed), tagged as ladder steps.
+
+    `log_models`: which log their trained network (final: the study's last step that is no
+    baseline; all; none).
+    """
     seeds = {step.config.seed for step in steps}
     index = {name: i for i, name in enumerate(dict.fromkeys(s.name for s in steps), start=1)}
+    final = [s.name for s in study.steps if not s.is_baseline][-1]
     units = []
     for step in steps:
         tags = {Tag.KIND: Kind.LADDER_STEP, Tag.STUDY: study.name, Tag.STEP: step.name,
-                Tag.STEP_INDEX: index[step.name], Tag.BASELINE: step.is_baseline, Tag.PROFILE: profile.name,
-                Tag.DESCRIPTION: step.description}
+                Tag.STEP_INDEX: index[step.name], Tag.ORDER: f"{index[step.name]:03d}-seed{step.config.seed:05d}",
+                Tag.BASELINE: step.is_baseline, Tag.PROFILE: profile.name,
+                Tag.DESCRIPTION: step.description, Tag.NOTE: step.description,
+                Tag.OVERRIDES: study.overrides_json()}
         if step.reported_test_accuracy is not None:
             tags[Tag.REPORTED_TEST_ACCURACY] = step.reported_test_accuracy
         if step.compare_to is not None:
@@ -120,18 +148,26 @@ def ladder_units(study, profile, steps) -> list[Unit]:
         name = step.name if len(seeds) == 1 else f"{step.name}-seed{step.config.seed}"
         row = {"step": step.name, "baseline": step.is_baseline, "compare_to": step.compare_to,
                "reported_test_accuracy": step.reported_test_accuracy}
-        units.append(Unit(name, step.config, tags, f"{name}: {step.description}", row))
+        log_model = log_models == "all" or (log_models == "final" and step.name == final)
+        units.append(Unit(name, step.config, tags, f"{name}: {step.description}", row, log_model))
     return units
 
 
 def run_ladder(study, profile, steps, data_path=None, force=False, say=print, keep_checkpoints=False,
-               stop_on_failure=False) -> list[dict]:
-    """Run (or reuse) every resolved step under one parent run; returns one row per step and seed."""
+               stop_on_failure=False, log_models="final") -> list[dict]:
+    """Run (or reuse) every resolved step under one parent run; returns one row per step and seed.
+
+    `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` as
+    `ladder_units` takes it.
+    """
     seeds = sorted({step.config.seed for step in steps})
     split_seeds = sorted({step.config.split_seed for step in steps})
-    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.SEEDS: seeds}
-    units = ladder_units(study, profile, steps)
+    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.SEEDS: seeds,
+                   Tag.OVERRIDES: study.overrides_json(), Tag.NOTE: f"{study.title}: {profile.name} profile"}
+    units = ladder_units(study, profile, steps, log_models)
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
+    if study.overrides:
+        say(f"overrides (every step): {study.overrides_json()}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
     return run_units(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
                      summarize=lambda rows: ladder_evidence(rows, steps), keep_checkpoints=keep_checkpoints,
@@ -149,9 +185,11 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
     An interrupted parent of the same plan (its name and its units' work) is resumed, with its
     unfinished units' runs. A unit that fails is a row with status "failed"; `stop_on_failure` raises
     UnitFailed there instead. `summarize(rows)`, if given, returns a dict logged on the parent as
-    `summary.json` (the ladder's intervals and tests, a design's attributions).
+    `summary.json` (the ladder's intervals and tests, a design's attributions). `say`: a function
+    printing a line, or a `Display` (bars on a terminal).
     """
     # Phase 1: each unit's work, and the data of those that must train, before any run opens.
+    display = say if isinstance(say, Display) else Display(live=False, out=say)
     data = LazySplits(data_path, say)  # a wrong path fails here
     tagged = [(unit, run_tags(unit, data.fingerprint(**unit.config.split_args()))) for unit in units]
     plan = plan_key(parent_name, [tags[Tag.WORK_KEY] for _, tags in tagged])
@@ -165,22 +203,36 @@ def run_units(study, parent_name, parent_tags, units, data_path=None, force=Fals
     # Phase 2: the parent run (resumed when this plan was interrupted) and its units.
     earlier = None if force else tracking.find_interrupted(experiment, {Tag.PLAN_KEY: plan})
     children = tracking.child_runs(experiment, earlier.info.run_id) if earlier else {}
-    rows = []
+    rows, planned = [], 0
     with tracking.run(experiment, parent_name, {**parent_tags, Tag.PLAN_KEY: plan},
                       resume=earlier.info.run_id if earlier else None) as parent:
         tracking.log_study_file(study.path)
         say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, "
             f"{'resumed ' if earlier else ''}parent run {parent.info.run_id}")
+        say_ui(say, experiment, parent.info.run_id)
+        display.start_overall(parent_name, sum(unit.config.epochs for unit in units), "epochs")
         for number, (unit, tags) in enumerate(tagged, start=1):
             interrupt.check()
             say(f"\n[{number}/{len(units)}] {unit.label or unit.name}")
-            rows.append(run_unit(experiment, unit, tags, data, force, say, children.get(unit.name), keep_checkpoints))
+            display.update_overall(description=f"[{number}/{len(units)}] {unit.name}")
+            rows.append(run_unit(experiment, unit, tags, data, force, display, children.get(unit.name), keep_checkpoints))
+            planned += unit.config.epochs  # a reused, resumed or early-stopped unit's epochs count as done
+            display.update_overall(completed=planned)
             if rows[-1]["status"] == "failed" and stop_on_failure:
                 raise UnitFailed(f"{unit.name} failed: {rows[-1]['error']}")
         tracking.log_table([{k: v for k, v in row.items() if k != "correct"} for row in rows], "units.json")
         if summarize is not None:
             tracking.log_dict(summarize(rows), "summary.json")
+    say_ui(say, experiment, parent.info.run_id)
     return rows
+
+
+def say_ui(say, experiment: str, parent_run_id: str, order_by: str = tracking.BY_ORDER):
+    """Where the MLflow UI lists a parent run's runs (sorted by `order_by`), and how to serve it."""
+    say(f"MLflow UI: {tracking.ui_url(experiment, parent_run_id, order_by)}")
+    command = tracking.ui_command()
+    if command:
+        say(f"  (serve it with: {command})")
 
 
 def plan_key(parent_name: str, work_keys: list[str]) -> str:
@@ -211,6 +263,8 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
     if previous is not None:
         metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
         say(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
+        if unit.log_model and not tracking.has_logged_model(previous):
+            say("    no model to show: that run logged none (--force retrains and logs it)")
         return unit_row(unit, key, metrics, predicted_correctly(previous.info.run_id), reused=True)
     return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say)
 
@@ -223,11 +277,17 @@ def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoint
     """
     config, key = unit.config, tags[Tag.WORK_KEY]
     splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(key)
+    if resume and checkpoint.read(folder) is None and tracking.logged_epochs(resume) > 0:
+        resume = None  # its epochs cannot go on (the checkpoint is gone): a new run, not the same epochs twice
     begin, end = progress_printer(config.epochs, say)
+    display = say if isinstance(say, Display) else Display(live=False, out=say)
+    one_more = lambda epoch, logs: display.update_overall(advance=1)  # noqa: E731  (the whole command's bar)
     try:
-        with tracking.run(experiment, unit.name, tags, nested=True, resume=resume):
-            result = train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), checkpoint_folder=folder,
-                                  say=say)
+        with display.epoch_bar(config.epochs, math.ceil(len(splits.y_train) / config.batch_size)) as bar, \
+                tracking.run(experiment, unit.name, tags, nested=True, resume=resume, system_metrics=True):
+            result = train_in_run(config, splits, on_epoch=(end, one_more), on_epoch_begin=(begin, *bar[0]),
+                                  checkpoint_folder=folder, say=say, on_batch=bar[1],
+                                  data_file=resolve_data_path(data.path), log_model=unit.log_model)
     except Exception as error:  # this unit's failure (diverged, out of memory...): its run says why, the rest go on
         say(f"    FAILED: {type(error).__name__}: {error}")
         if not keep_checkpoints:

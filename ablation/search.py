@@ -72,9 +72,9 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, describe_stop, exit_code_of,
-                          one_line, plain_name, positive_count, positive_seconds)
-from ablation.config import StoreError, StudyError, get_profile, load_study
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
+                          exit_code_of, one_line, plain_name, positive_count, positive_seconds)
+from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
 DEFAULT_TRIALS = 10
@@ -103,7 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top", type=positive_count, default=10, help="rows of the final table (default 10)")
     parser.add_argument("--reports", default=DEFAULT_REPORTS,
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
-    parser.add_argument("--verbose", action="store_true", help="also print one line per epoch")
+    parser.add_argument("--epoch-lines", action="store_true",
+                        help="also print one line per epoch of every trial (default: one line per trial)")
     parser.add_argument("--workers", action="store_true",
                         help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
                              "same stores and work on them too; ends when they are done")
@@ -112,12 +113,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure(args)
     started = time.perf_counter()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            study = load_study(args.study)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             profile = get_profile(args.profile)
             from ablation import tracking
+            from ablation.console import Display
             from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
             from ablation.workqueue import run_search_shared
 
@@ -127,9 +130,11 @@ def main(argv=None) -> int:
                                             storage=args.storage, study_name=args.study_name, pruner=args.pruner,
                                             reports=args.reports)
             else:
-                summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                     storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                                     pruner=args.pruner, reports=args.reports, verbose=args.verbose)
+                with Display() as display:
+                    summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                         storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                         pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
+                                         display=display)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

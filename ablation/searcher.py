@@ -7,6 +7,7 @@
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -15,9 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from ablation import interrupt, tracking
-from ablation.config import EPOCH_METRICS, StudyError, split_values, with_values
-from ablation.data import LazySplits
-from ablation.runner import progress_printer, train_in_run, work_key
+from ablation.config import CONFIG_FIELDS, EPOCH_METRICS, StudyError, split_values, with_values
+from ablation.console import Display
+from ablation.data import LazySplits, resolve_data_path
+from ablation.runner import progress_printer, say_ui, train_in_run, work_key
 from ablation.tracking import Kind, Tag
 
 MEDIAN_STARTUP_TRIALS = 3  # complete trials before the median pruner prunes
@@ -79,6 +81,24 @@ def check_monitor(space, where: str):
     if space.monitor not in EPOCH_METRICS:
         raise StudyError(f"{where}: [search] monitor {space.monitor!r} is not a metric training reports; "
                          f"allowed: {', '.join(EPOCH_METRICS)}")
+
+
+def checked_search(study):
+    """The study's search space and its base step's config, or a StudyError saying what is wrong with them."""
+    if study.search is None:
+        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
+    check_monitor(study.search, study.path.name)
+    base = study.step(study.search.base_step).config
+    check_space(study.search, base, study.path.name)
+    return study.search, base
+
+
+def check_space(space, base, where: str):
+    """Every searched name must still be a field or a knob of the base's model (--set may change the model)."""
+    unknown = sorted(p.name for p in space.params if p.name not in CONFIG_FIELDS and p.name not in base.model_args)
+    if unknown:
+        raise StudyError(f"{where}: [search] params {unknown} are not knobs of model {base.model} that the base "
+                         f"step {space.base_step!r} runs; allowed: {sorted(base.model_args)} and the Config fields")
 
 
 def suggest(trial, space) -> dict:
@@ -160,10 +180,10 @@ def worker_id() -> str:
 
 class Objective:
     """Optuna objective: one nested MLflow run per trial; returns the best epoch's monitored metric."""
-    def __init__(self, *, study, space, base, profile, data, experiment, optuna_name, verbose, out):
+    def __init__(self, *, study, space, base, profile, data, experiment, optuna_name, verbose, display):
         self.study, self.space, self.base, self.profile = study, space, base, profile
         self.data, self.experiment, self.optuna_name = data, experiment, optuna_name  # data: a LazySplits
-        self.verbose, self.out = verbose, out
+        self.verbose, self.display, self.out = verbose, display, display.say
         self.calls = 0  # trials this invocation ran
 
     def __call__(self, trial) -> float:
@@ -174,7 +194,7 @@ class Objective:
                 Tag.OPTUNA_TRIAL: trial.number, Tag.BASE_STEP: self.space.base_step}
         pruned_at = None
         # A trial a planner queued for workers names the planner's parent run; else this process's is active.
-        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True,
+        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True,
                           parent_run_id=trial.user_attrs.get("parent_run_id")):
             trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
             try:
@@ -198,13 +218,17 @@ class Objective:
                            Tag.CONFIG_HASH: config.hash(), Tag.SEED: config.seed,
                            Tag.WORK_KEY: work_key(config, splits.fingerprint),
                            **tracking.data_tags(splits.fingerprint)})
+        tracking.set_tags({Tag.NOTE: f"trial {trial.number}: {format_params(params)}"})
         pruning = PruningHook(trial, self.space.monitor)
         begin, end = progress_printer(config.epochs, self.out) if self.verbose else (None, None)
         if self.verbose:
             self.out(f"trial {trial.number}: {format_params(params)}")
+        batches = math.ceil(len(splits.y_train) / config.batch_size)
         try:
-            result = train_in_run(config, splits, on_epoch=(pruning, *filter(None, [end])),
-                                  on_epoch_begin=tuple(filter(None, [begin])))
+            with self.display.epoch_bar(config.epochs, batches) as (bar_begin, bar_batch):
+                result = train_in_run(config, splits, on_epoch=(pruning, *filter(None, [end])),
+                                      on_epoch_begin=(*filter(None, [begin]), *bar_begin), on_batch=bar_batch,
+                                      data_file=resolve_data_path(self.data.path))
         except optuna.TrialPruned:
             trial.set_user_attr("epochs_run", pruning.epochs_done)
             tracking.set_tags({Tag.PRUNED_AT_EPOCH: pruning.epochs_done})
@@ -236,8 +260,10 @@ class PruningHook:
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
 
-def trial_printer(monitor: str, out):
-    """An Optuna callback printing one line per finished trial."""
+def trial_printer(monitor: str, display):
+    """An Optuna callback printing one line per finished trial, and moving the bar of trials on with the best so far."""
+    out = display.say
+
     def report(study, trial):
         state = trial.state.name.lower()
         epochs = f"{trial.user_attrs.get('epochs_run', '?')}/{trial.user_attrs.get('epochs', '?')} epochs"
@@ -250,6 +276,9 @@ def trial_printer(monitor: str, out):
             if best is not None:
                 detail += f"  (best {best.value:.4f}, trial {best.number})"
         out(f"trial {trial.number:>4} {state:<8} {detail}  {epochs}  {seconds}  {format_params(trial.params)}")
+        best = _best(study)
+        display.update_overall(advance=1, description=f"trials: best {monitor} {best.value:.4f} (trial {best.number})"
+                               if best is not None else None)
 
     return report
 
@@ -269,22 +298,20 @@ def format_params(params: dict) -> str:
 
 def run_search(study, profile, *, trials: int, data_path=None, seed=None, storage=None,
                study_name=None, timeout=None, pruner="median", reports="reports", verbose=False,
-               out=None) -> dict:
+               out=None, display=None) -> dict:
     """Add `trials` trials to the study's Optuna search, each a nested MLflow run under one parent run.
 
-    `pruner` is a --pruner name or an Optuna pruner. Returns a summary: the Optuna study name,
-    storage, the top trials' rows, counts by state, epochs pruned, and the best step's TOML (or None).
+    `pruner` is a --pruner name or an Optuna pruner; `out` prints a line, or `display` (bars on a
+    terminal) shows the progress. Returns a summary: the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned,
+    and the best step's TOML (or None).
     """
-    out = out or (lambda text: print(text, flush=True))  # flushed: progress shows through `| tee` and in logs
+    display = display or Display(live=False, out=out)
+    out = display.say
 
     # Phase 1: everything that can be wrong is checked before any data is read or any trial trains.
-    if study.search is None:
-        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
-    space = study.search
-    check_monitor(space, study.path.name)
-    base = study.step(space.base_step).config
+    space, base = checked_search(study)
     base = base if seed is None else dataclasses.replace(base, seed=seed)
-    optuna_name = study_name or f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+    optuna_name = study_name or default_study_name(study, profile, seed)
     tracking.check_storage(storage)
 
     # Phase 2: the data, read once: a data problem fails before any storage is written.
@@ -300,31 +327,49 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
                               study_identity(study, space, base, profile), TrialSeededTPE(base.seed), pruner_obj)
     tracking.connect()  # parallel workers may open a fresh SQLite store at the same moment
     experiment = tracking.experiment_id(study.name)
+    sweep_stale_work(optuna_study, experiment, out)
+
+    # Phase 4: the trials under one parent run.
+    parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
+                   Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
+                   Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
+                   Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed, Tag.OVERRIDES: study.overrides_json(),
+                   Tag.NOTE: f"{study.title}: Optuna study {optuna_name}, {profile.name} profile"}
+    objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
+                          experiment=experiment, optuna_name=optuna_name, verbose=verbose, display=display)
+    with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
+        tracking.log_study_file(study.path)
+        out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
+        if study.overrides:
+            out(f"overrides (the base step): {study.overrides_json()}")
+        out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
+            f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
+        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
+        say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
+        display.start_overall("trials", trials, "trials")
+        optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
+                              callbacks=[trial_printer(space.monitor, display), lambda *_: interrupt.check()])
+        summary = record_outcome(study, space, profile, optuna_study, where, reports)
+    say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
+    summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
+    return summary
+
+
+def default_study_name(study, profile, seed) -> str:
+    """<study>-<profile>, with -seed<N> for --seed and -set<hash> for --set values: each a search of its own."""
+    changed = hashlib.sha256(study.overrides_json().encode()).hexdigest()[:8]
+    return (f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+            + (f"-set{changed}" if study.overrides else ""))
+
+
+def sweep_stale_work(optuna_study, experiment: str, out):
+    """Trials and runs a dead worker left RUNNING: failed (and queued again) and KILLED."""
     for number, run_id in sweep_stale_trials(optuna_study):
         out(f"trial {number} was left RUNNING by a dead worker: marked FAIL and queued again")
         if run_id:
             tracking.set_tags({Tag.TRIAL_STATE: "failed", Tag.ERROR: "worker died"}, run_id=run_id)
     for run_id in tracking.sweep_stale_runs(experiment):
         out(f"marked stale run {run_id} KILLED (its process had died)")
-
-    # Phase 4: the trials under one parent run.
-    parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
-                   Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
-                   Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
-                   Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed}
-    objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
-                          experiment=experiment, optuna_name=optuna_name, verbose=verbose, out=out)
-    with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
-        tracking.log_study_file(study.path)
-        out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-        out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
-            f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
-        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
-        optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
-                              callbacks=[trial_printer(space.monitor, out), lambda *_: interrupt.check()])
-        summary = record_outcome(study, space, profile, optuna_study, where, reports)
-    summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
-    return summary
 
 
 def record_outcome(study, space, profile, optuna_study, where: str, reports: str) -> dict:

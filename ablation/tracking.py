@@ -7,7 +7,7 @@ Optuna storage is a journal file beside the SQLite store (see `open_storage`).
 """
 
 import contextlib
-import fcntl
+import importlib.metadata
 import json
 import os
 import socket
@@ -19,11 +19,17 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from urllib.parse import urlencode
 
+import filelock
 import mlflow
+import mlflow.data
 import optuna
 import pandas as pd
+import psutil
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy import create_engine, text
@@ -37,6 +43,10 @@ DEFAULT_STORE = Path("mlruns")
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATION_HEARTBEAT / $ABLATION_GRACE
 MAX_RETRIES = 2  # times a trial whose worker died is queued again
 PROBE_SECONDS = 5  # how long a store check waits for a server or a database before it gives up
+KERAS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what Keras downloads
+UI_ADDRESS = "http://127.0.0.1:5000"  # where the README's `mlflow ui` serves an embedded store
+# The experiment kind MLflow's UI reads: "model training" opens on the runs, not the GenAI traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class Tag:
@@ -49,9 +59,12 @@ class Tag:
     STUDY = PREFIX + "study"
     PROFILE = PREFIX + "profile"
     DESCRIPTION = PREFIX + "description"
+    NOTE = "mlflow.note.content"  # MLflow's own description of a run, shown on its page and in the list
+    OVERRIDES = PREFIX + "overrides"  # the --set values a command ran with (JSON), "{}" for none
     # A ladder step.
     STEP = PREFIX + "step"
     STEP_INDEX = PREFIX + "step_index"
+    ORDER = PREFIX + "order"  # "003-seed00001": as text (the UI sorts tags so) it sorts a ladder's runs in its order
     BASELINE = PREFIX + "baseline"
     REPORTED_TEST_ACCURACY = PREFIX + "reported_test_accuracy"
     # The work a run did, and where it came from.
@@ -130,8 +143,7 @@ def connect() -> MlflowClient:
         if folder is None:
             return MlflowClient(uri)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".mlflow-create.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with filelock.FileLock(folder / ".mlflow-create.lock"):
             client = MlflowClient(uri)  # creates or upgrades the tables as it opens the store
             _relocate_artifacts(Path(uri[len("sqlite:///"):]))
             return client
@@ -290,14 +302,42 @@ def experiment_id(name: str) -> str:
     client = connect()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if not EXPERIMENT_KIND.items() <= found.tags.items():  # made before the kind was set
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     folder = _sqlite_dir(tracking_uri())
     location = (folder / "artifacts" / name).resolve().as_uri() if folder else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException:
         # Another process created it between our lookup and create.
         return client.get_experiment_by_name(name).experiment_id
+
+
+BY_ORDER, BY_NAME = f"tags.`{Tag.ORDER}`", "tags.`mlflow.runName`"  # sort keys of the UI's runs list
+
+
+def ui_url(experiment: str, parent_run_id: str, order_by: str = BY_ORDER) -> str:
+    """The MLflow UI's page of a parent run's children in the model-training view, sorted by `order_by` (ascending).
+
+    The UI's own address when the store is a tracking server, else the README's `mlflow ui` on
+    127.0.0.1:5000. Sorting by a tag, not by start time, also keeps the list flat: sorted by time,
+    the UI folds the children under their parent.
+    """
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    query = urlencode({"workflowType": "machine_learning",
+                       "searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                       "orderByKey": order_by, "orderByAsc": "true"})
+    return f"{base}/#/experiments/{experiment}/runs?{query}"
+
+
+def ui_command() -> str | None:
+    """The command that serves this store's UI at `UI_ADDRESS`; None for a tracking server (it is the UI)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def code_version() -> str:
@@ -332,30 +372,27 @@ def sweep_stale_runs(experiment: str) -> list[str]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host with that pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a process of this host with that pid exists (on every OS: no signal is sent)."""
+    return psutil.pid_exists(pid)
 
 
 @contextlib.contextmanager
 def run(experiment: str, name: str, tags: dict, nested: bool = False, resume: str | None = None,
-        parent_run_id: str | None = None):
+        system_metrics: bool = False, parent_run_id: str | None = None):
     """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error.
 
     `resume`: the id of an earlier, unfinished run of the same work, set RUNNING again and continued.
     `parent_run_id` nests a new run under a run of another process (a worker's unit under its planner's parent).
+    `system_metrics`: sample CPU, memory (and GPU) while it runs, if MLflow's switch is on
+    (`MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`: the commands turn it on unless --no-system-metrics).
     """
     tags = {**{k: str(v) for k, v in tags.items()}, **process_tags()}
+    sampling = None if system_metrics else False  # None: as MLflow's switch says
     if resume is None:
         active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, parent_run_id=parent_run_id,
-                                  tags=tags)
+                                  tags=tags, log_system_metrics=sampling)
     else:
-        active = mlflow.start_run(run_id=resume, nested=nested, tags=tags)
+        active = mlflow.start_run(run_id=resume, nested=nested, tags=tags, log_system_metrics=sampling)
         if Tag.ERROR in active.data.tags:  # why it stopped last time is no longer true
             connect().delete_tag(resume, Tag.ERROR)
     try:
@@ -462,6 +499,45 @@ def log_result(result, class_names):
                      "predictions": result.test_predictions.tolist()}, "test_predictions.json")
 
 
+def log_datasets(splits, data_file: Path | None):
+    """The images a run trained, validated and was tested on, as MLflow dataset inputs.
+
+    Named by part, with the split's fingerprint digest (runs on the same images group together) and
+    their source: the data file or folder, or the URL Keras downloads from when there is none.
+    """
+    fingerprint = splits.fingerprint
+    source = (LocalArtifactDatasetSource(data_file.resolve().as_uri()) if data_file is not None
+              else HTTPDatasetSource(KERAS_CIFAR10_URL))
+    parts = (("train", splits.x_train, splits.y_train, "training"),
+             ("validation", splits.x_val, splits.y_val, "validation"),
+             ("test", splits.x_test, splits.y_test, "evaluation"))
+    for part, images, labels, context in parts:
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"cifar10-{part}",
+                                         digest=fingerprint["digest"])
+        mlflow.log_input(dataset, context=context)
+
+
+def log_keras_model(network, sample_inputs, metadata: dict) -> str:
+    """The trained network as the active run's MLflow logged model (Keras format); returns its models:/ URI.
+
+    `mlflow.keras.load_model(uri)` reloads it (after `import ablation.models.layers`, which registers
+    the project's BatchNormalization). Requirements are pinned from the installed packages: MLflow's
+    own inference would import the model again in a subprocess.
+    """
+    import mlflow.keras  # imports TensorFlow: only once a network has been trained, so it is loaded already
+
+    signature = infer_signature(sample_inputs, network.predict(sample_inputs, verbose=0))
+    requirements = [f"{name}=={importlib.metadata.version(name)}" for name in ("keras", "tensorflow", "numpy")]
+    info = mlflow.keras.log_model(network, name="model", signature=signature, pip_requirements=requirements,
+                                  metadata=metadata)
+    return info.model_uri
+
+
+def has_logged_model(run) -> bool:
+    """Whether a run logged (or took over) a trained model."""
+    return bool(run.outputs and run.outputs.model_outputs)
+
+
 def find_finished(experiment: str, work_key: str):
     """The newest FINISHED run that did exactly this work, or None."""
     client = connect()
@@ -493,6 +569,11 @@ def copy_run(source, experiment: str, name: str, tags: dict, parent_run_id: str 
             metrics.extend(client.get_metric_history(source.info.run_id, key))
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        # The same datasets, and the source's logged model (if any) as this run's output too.
+        if source.inputs and source.inputs.dataset_inputs:
+            client.log_inputs(run_id, datasets=source.inputs.dataset_inputs)
+        if has_logged_model(source):
+            client.log_outputs(run_id, models=source.outputs.model_outputs)
         with tempfile.TemporaryDirectory() as folder:
             local = client.download_artifacts(source.info.run_id, "", folder)
             mlflow.log_artifacts(local)
@@ -689,8 +770,7 @@ def _store_client(uri: str) -> MlflowClient:
     if folder is None:
         return MlflowClient(uri)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".mlflow-create.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with filelock.FileLock(folder / ".mlflow-create.lock"):
         return MlflowClient(uri)
 
 

@@ -42,6 +42,8 @@ class Result:
     stopped_early: bool
     test_predictions: np.ndarray = field(repr=False)  # predicted class per test image
     test_labels: np.ndarray = field(repr=False)  # the true class of each test image
+    network: keras.Model | None = field(default=None, repr=False)  # the trained network (no augmentation layer)
+    input_mean: np.ndarray | None = field(default=None, repr=False)  # subtracted from inputs (per_pixel_mean)
 
     def metrics(self) -> dict[str, float]:
         """The final numbers, as logged to MLflow."""
@@ -85,14 +87,15 @@ class AugmentedImages(keras.utils.PyDataset):
 
 
 def prepare_inputs(splits: Splits, config: Config):
-    """Images as float32 in [0, 1], minus the training set's mean image when asked."""
+    """Images as float32 in [0, 1], minus the training set's mean image when asked (returned last, or None)."""
     x_train, x_val, x_test = (x.astype("float32") / 255.0 for x in (splits.x_train, splits.x_val, splits.x_test))
-    if config.normalization == "per_pixel_mean":
-        mean = x_train.mean(axis=0)
-        x_train -= mean
-        x_val -= mean
-        x_test -= mean
-    return x_train, x_val, x_test
+    if config.normalization != "per_pixel_mean":
+        return x_train, x_val, x_test, None
+    mean = x_train.mean(axis=0)
+    x_train -= mean
+    x_val -= mean
+    x_test -= mean
+    return x_train, x_val, x_test, mean
 
 
 def schedule_callbacks(config: Config) -> list:
@@ -169,6 +172,24 @@ class EpochHooks(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for hook in self.on_end:
             hook(epoch + 1, dict(logs or {}))
+
+
+class BatchHooks(keras.callbacks.Callback):
+    """Calls plain functions `hook(batch, {})` (batch from 1 within its epoch) after each training batch.
+
+    A callback of its own, added only when there are hooks (a progress bar): a batch-level callback
+    that is not async-safe makes Keras wait for every batch's numbers.
+    """
+
+    async_safe = True  # the hooks only draw; Keras may call them from its dispatch thread
+
+    def __init__(self, on_batch):
+        super().__init__()
+        self.on_batch = tuple(on_batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for hook in self.on_batch:
+            hook(batch + 1, {})
 
 
 class StopOnRequest(keras.callbacks.Callback):
@@ -295,11 +316,12 @@ def make_optimizer(config: Config):
 
 
 def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0,
-          checkpoint_folder: Path | None = None) -> Result:
+          checkpoint_folder: Path | None = None, on_batch=()) -> Result:
     """Train `config` on `splits` and evaluate on the test set once, at the end.
 
     `on_epoch`: functions called as `hook(epoch, logs)` after each epoch (epoch from 1, logs with
-    loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it.
+    loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it;
+    `on_batch`: `hook(batch, {})` after each training batch (from 1 in each epoch).
     `checkpoint_folder`: save the training state there after every epoch and, if a save is there
     already, go on from it (the hooks then see only the epochs after it; the Result has them all).
     """
@@ -315,7 +337,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         metrics=["accuracy"],
         run_eagerly=config.run_eagerly,
     )
-    x_train, x_val, x_test = prepare_inputs(splits, config)
+    x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
     validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
                   and has_augmentation(config) else (x_val, splits.y_val))
 
@@ -330,7 +352,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
         validation_data=validation,
         callbacks=[StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
-                   EpochHooks(on_epoch, on_epoch_begin)],
+                   EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else [])],
         shuffle=True,
         verbose=verbose,
     )
@@ -346,6 +368,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         history=history, test_loss=float(test_loss), test_accuracy=float(test_accuracy), epochs_run=epochs_run,
         train_seconds=wall, train_cpu_seconds=cpu, num_params=network.count_params(), flops=count_flops(network),
         stopped_early=epochs_run < config.epochs, test_predictions=predictions, test_labels=splits.y_test,
+        network=network, input_mean=input_mean,
     )
 
 

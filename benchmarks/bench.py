@@ -182,7 +182,7 @@ def train_bare(network: str, splits, epochs: int, turns: Turns):
     keras.utils.set_random_seed(config.seed)
     _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    x_train, x_val, _ = prepare_inputs(splits, config)
+    x_train, x_val, _, _ = prepare_inputs(splits, config)
     turn = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: turns.epoch_end())
     model.fit(x_train, splits.y_train, batch_size=config.batch_size, epochs=epochs,
               validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[turn])

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a smoke-ladder store."""
+"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a small tree cut from it, a smoke-ladder store."""
 
 import os
 import subprocess
@@ -24,6 +24,27 @@ def cifar_path() -> Path:
     if not path.exists():
         pytest.fail(f"CIFAR-10 not found at {path}: set ABLATION_DATA or put the archive in ../shared/data/")
     return path
+
+
+@pytest.fixture(scope="session")
+def cifar_tree(tmp_path_factory, cifar_path) -> Path:
+    """A small image-folder tree cut from the real CIFAR-10 (8 training and 4 test images per class).
+
+    Commands read it in milliseconds, where the archive costs seconds of CPU per process: for tests
+    that start many training processes (signals, resumes).
+    """
+    from PIL import Image
+
+    from ablation.data import load_cifar10
+
+    root, dataset = tmp_path_factory.mktemp("cifar_tree"), load_cifar10(cifar_path)
+    for split, x, y, per_class in (("train", dataset.x_train, dataset.y_train, 8),
+                                   ("test", dataset.x_test, dataset.y_test, 4)):
+        for label, name in enumerate(dataset.class_names):
+            (root / split / name).mkdir(parents=True)
+            for index in [i for i in range(len(y)) if y[i] == label][:per_class]:
+                Image.fromarray(x[index]).save(root / split / name / f"{index}.png")
+    return root
 
 
 def run_command(module: str, args, store: Path, **popen):

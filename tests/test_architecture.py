@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import ablation modules of lower layers only, and of its own package.
 LAYERS = [
     {"ablation", "ablation.models", "ablation.interrupt"},
-    {"ablation.config"},
+    {"ablation.config", "ablation.console"},
     {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure",
      "ablation.checkpoint"},
     {"ablation.evidence"},
@@ -59,8 +59,10 @@ def imported(path: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from ablation import tracking`
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & set(MODULES)  # `from ablation import tracking`
+            names.update(submodules)
+            if len(submodules) < len(node.names):
+                names.add(base)  # a name defined in the module (or package) itself
     return names
 
 

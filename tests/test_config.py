@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import PROFILES, Config, StudyError, load_study
+from ablation.config import PROFILES, Config, StudyError, apply_overrides, load_study, parse_overrides
 
 BASE = """
 [study]
@@ -38,22 +38,93 @@ def test_assignment_study_is_the_report_ladder():
     assert dict(final.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}
     assert (final.epochs, final.early_stopping_monitor, final.reduce_lr_monitor) == (75, "val_loss", "val_loss")
     vgg = steps["vgg_like"]
-    assert vgg.is_baseline and vgg.config.model == "vgg_like" and dict(vgg.config.model_args) == {}
+    # A new model starts from its own defaults, every knob spelled out.
+    assert vgg.is_baseline and vgg.config.model == "vgg_like" and dict(vgg.config.model_args) == {
+        "filters": (32, 64, 128), "convs_per_group": 3, "dense_units": 128, "dropout_rate": 0.2}
     assert vgg.config.early_stopping_monitor == "val_accuracy" and vgg.config.horizontal_flip
     assert [s.reported_test_accuracy for s in study.steps] == [0.723, 0.829, 0.834, 0.873, 0.892, 0.879]
     assert study.search.base_step == "deeper_dropout"
 
 
+# A bad field or knob (name, TOML value, what the error says): the same cases in a study file and in --set.
+BAD_VALUES = [
+    ("epocs", "3", ["epocs", "allowed", "epochs"]),
+    ("dropuot_rate", "0.5", ["dropuot_rate", "dropout_rate"]),
+    ("optimizer", "'adamw'", ["optimizer", "adam", "sgd"]),
+    ("epochs", "-1", ["epochs", "positive integer"]),
+    ("horizontal_flip", "'yes'", ["horizontal_flip", "true or false"]),
+    ("model", "'resnet9000'", ["resnet9000", "template_resnet"]),
+    ("validation_split", "1.5", ["validation_split", "a number in (0, 1)"]),
+    ("lr_schedule", "[[80]]", ["lr_schedule", "[epoch, multiplier]"]),
+    ("stage2_blocks", "2.5", ["stage2_blocks", "int"]),
+    ("learning_rate", "inf", ["learning_rate", "finite number > 0", "inf"]),
+    ("learning_rate", "0", ["learning_rate", "> 0", "got 0"]),
+    ("zoom_range", "nan", ["zoom_range", "[0, 1)", "nan"]),
+    ("dropout_rate", "1.5", ["model_args.dropout_rate", "[0, 1)", "1.5"]),
+    ("stage3_blocks", "-3", ["model_args.stage3_blocks", "non-negative", "-3"]),
+    ("seed", "4294967296", ["seed", "0..4294967295"]),
+    ("train_subset", "0", ["train_subset", "positive integer"]),
+]
+KNOBS = {"dropuot_rate", "stage2_blocks", "dropout_rate", "stage3_blocks"}  # in a study file, under model_args
+IDS = [f"{name}={value}" for name, value, _ in BAD_VALUES]
+
+
+@pytest.mark.parametrize("name, value, needles", BAD_VALUES, ids=IDS)
+def test_bad_value_in_a_study_file_names_file_key_and_allowed(tmp_path, name, value, needles):
+    line = f"model_args = {{ {name} = {value} }}" if name in KNOBS else f"{name} = {value}"
+    with pytest.raises(StudyError) as error:
+        load_study(write(tmp_path, BASE + line + "\n"))
+    for needle in ["study.toml", *needles]:
+        assert needle in str(error.value)
+
+
+@pytest.mark.parametrize("name, value, needles", BAD_VALUES, ids=IDS)
+def test_bad_value_in_set_names_the_option_key_and_allowed(tmp_path, name, value, needles):
+    study = load_study(write(tmp_path, BASE))
+    with pytest.raises(StudyError) as error:
+        apply_overrides(study, parse_overrides([f"{name}={value}"]))
+    for needle in ["--set", *needles]:
+        assert needle in str(error.value)
+
+
+@pytest.mark.parametrize("item", ["epochs", "=3", "", "model_args={dropout_rate = 0.1}"])
+def test_set_needs_field_equals_value(item):
+    with pytest.raises(StudyError, match="expected FIELD=VALUE|unknown key"):
+        parse_overrides([item])
+
+
+def test_set_changes_every_step_a_knob_where_the_model_has_it():
+    study = load_study("assignment")  # a shipped study by name
+    values = parse_overrides(["epochs=3", "dropout_rate=0.3", "stage2_blocks=2", "early_stopping_monitor=val_loss",
+                              "lr_schedule=[[2, 0.1]]", "horizontal_flip=false", "test_subset=none"])
+    assert values["early_stopping_monitor"] == "val_loss" and values["lr_schedule"] == [[2, 0.1]]  # TOML, else text
+    overridden = apply_overrides(study, values)
+    assert overridden.overrides == values and overridden.overrides_json().startswith('{"dropout_rate": 0.3, "early_stopping_monitor"')
+    changed = {s.name: s.config for s in overridden.steps}
+    assert len(changed) == 6 and {c.epochs for c in changed.values()} == {3}
+    assert {c.model_args["dropout_rate"] for c in changed.values()} == {0.3}  # a knob of both models
+    assert changed["deeper_dropout"].model_args["stage2_blocks"] == 2
+    assert "stage2_blocks" not in changed["vgg_like"].model_args  # not a knob of the VGG-like network
+    assert changed["template"].lr_schedule == ((2, 0.1),) and not changed["augmentation"].horizontal_flip
+    assert changed["template"].test_subset is None
+    assert changed["template"].hash() != study.step("template").config.hash()
+    with pytest.raises(StudyError, match="knobs of no model this study runs"):
+        apply_overrides(study, parse_overrides(["depth=20"]))  # a ResNet v1 knob: no step runs that model
+
+
+def test_a_shipped_study_by_name_and_the_names_when_missing():
+    assert load_study("architectures").name == "architectures"
+    with pytest.raises(StudyError, match="assignment, keras_resnet"):
+        load_study("architecture")
+
+
+def test_every_knob_is_in_the_config_and_a_default_spelled_out_is_the_same_work():
+    assert dict(Config().model_args) == {"stage2_blocks": 5, "stage3_blocks": 3, "stage4_blocks": 1, "dropout_rate": 0.0}
+    assert Config(model_args={"dropout_rate": 0.0}).hash() == Config().hash()
+    assert Config(model_args={"dropout_rate": 0.5}).hash() != Config().hash()
+
+
 @pytest.mark.parametrize("text, needles", [
-    (BASE + "epocs = 3\n", ["study.toml", "epocs", "allowed", "epochs"]),
-    (BASE + "model_args = { dropuot_rate = 0.5 }\n", ["study.toml", "dropuot_rate", "dropout_rate"]),
-    (BASE + "optimizer = 'adamw'\n", ["optimizer", "adam", "sgd"]),
-    (BASE + "epochs = -1\n", ["epochs", "positive integer"]),
-    (BASE + "horizontal_flip = 'yes'\n", ["horizontal_flip", "true or false"]),
-    (BASE + "model = 'resnet9000'\n", ["resnet9000", "template_resnet"]),
-    (BASE + "validation_split = 1.5\n", ["validation_split", "a number in (0, 1)"]),
-    (BASE + "lr_schedule = [[80]]\n", ["lr_schedule", "[epoch, multiplier]"]),
-    (BASE + "model_args = { stage2_blocks = 2.5 }\n", ["stage2_blocks", "int"]),
     (BASE + "reported_test_accuracy = 72.3\n", ["reported_test_accuracy", "fraction"]),
     (BASE + "[[steps]]\nname = 'one'\n", ["unique", "one"]),
     (BASE + "[[steps]]\nname = 'Two Words'\n", ["snake_case"]),

@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,13 +113,15 @@ def test_a_generated_study_loads_and_passes_the_rules_or_is_one_line(tmp_path, c
 
 OPTIONS = {
     "ladder": ["--study", "--profile", "--data", "--seed", "--seeds", "--steps", "--force", "--vary-split",
-               "--deterministic", "--no-report", "--keep-checkpoints", "--stop-on-failure", "--bogus"],
+               "--deterministic", "--no-report", "--keep-checkpoints", "--stop-on-failure", "--set", "--bogus"],
     "search": ["--study", "--profile", "--data", "--seed", "--trials", "--storage", "--study-name", "--timeout",
                "--pruner", "--top", "--bogus"],
 }
 words = st.one_of(st.text(max_size=10), st.sampled_from(
     ["studies/assignment.toml", "studies/nope.toml", "smoke", "quick", "-1", "0", "3", "4294967296", "nan", "inf",
-     "1e9", "template,augmentation", "template,,", "median", "x.journal", "foo://x", "../x", ""]))
+     "1e9", "template,augmentation", "template,,", "median", "x.journal", "foo://x", "../x", "",
+     "epochs=3", "epochs=0", "dropout_rate=1.5", "learning_rate=inf", "lr_schedule=[[2, 0.1]]", "stage2_blocks=x",
+     "train_subset=none", "model_args={}", "=", "nope=1"]))
 
 
 def command_lines(command: str):
@@ -147,7 +148,7 @@ def test_a_generated_ladder_command_line_passes_its_checks_or_is_one_line(tmp_pa
     if args is None:
         return
     try:
-        study, _, steps = ladder.prepare(args)
+        study, _, steps, _ = ladder.prepare(args)
     except (StudyError, DataError, StoreError) as error:
         assert len(one_line(error).splitlines()) == 1
     else:

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 ONE_STEP = TINY.format(epochs=3) + '[[steps]]\nname = "only"\ndescription = "the source step"\nreported_test_accuracy = 0.5\n'
 
 
-def ladder(folder: Path, study: str, cifar_path, *extra, **popen):
+def ladder(folder: Path, study: str, data: Path, *extra, **popen):
     (folder / "tiny.toml").write_text(study)
-    args = ["--study", str(folder / "tiny.toml"), "--profile", "full", "--no-report", "--data", str(cifar_path), *extra]
+    args = ["--study", str(folder / "tiny.toml"), "--profile", "full", "--no-report", "--data", str(data), *extra]
     return run_command("ladder", args, folder, **popen)
 
 
@@ -46,23 +46,29 @@ def stop_at(process, trigger: str, signum, delay: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, cifar_path) -> Path:
+def finished(tmp_path_factory, cifar_tree) -> Path:
     """A store holding one uninterrupted ladder of the one-step study: the reference, copied by tests that add runs."""
     store = tmp_path_factory.mktemp("finished")
-    done = ladder(store, ONE_STEP, cifar_path)
+    done = ladder(store, ONE_STEP, cifar_tree, "--keep-checkpoints")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return store
 
 
-def test_sigkill_mid_epoch_then_the_same_command_resumes_the_same_run(tmp_path, cifar_path, finished):
-    process = ladder(tmp_path, ONE_STEP, cifar_path, start_new_session=True)
+def test_keep_checkpoints_keeps_a_finished_steps_last_save(finished):
+    saves = list((finished / "checkpoints").glob("*/latest"))
+    assert len(saves) == 1
+    assert json.loads((saves[0].parent / saves[0].read_text() / "state.json").read_text())["epoch"] == 3
+
+
+def test_sigkill_mid_epoch_then_the_same_command_resumes_the_same_run(tmp_path, cifar_tree, finished):
+    process = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
     killed = stop_at(process, "epoch   1/3", signal.SIGKILL, 0.3)  # in epoch 2: epoch 1 is saved
     assert process.returncode == -signal.SIGKILL, killed
     assert (tmp_path / "checkpoints").is_dir() and any((tmp_path / "checkpoints").glob("*/latest"))
     _, before = runs_of(tmp_path)
     assert [r.info.status for r in before] == ["RUNNING", "RUNNING"]  # what SIGKILL leaves
 
-    again = ladder(tmp_path, ONE_STEP, cifar_path)
+    again = ladder(tmp_path, ONE_STEP, cifar_tree)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from the checkpoint after epoch" in again.stdout and "resumed parent run" in again.stdout
     client, after = runs_of(tmp_path)
@@ -81,8 +87,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_the_same_run(tmp_path, 
     assert not any((tmp_path / "checkpoints").iterdir())  # removed once the step finished
 
 
-def test_ctrl_c_mid_epoch_ends_killed_keeps_the_checkpoint_and_exits_130(tmp_path, cifar_path):
-    process = ladder(tmp_path, ONE_STEP, cifar_path, start_new_session=True)
+def test_ctrl_c_mid_epoch_ends_killed_keeps_the_checkpoint_and_exits_130(tmp_path, cifar_tree):
+    process = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
     output = stop_at(process, "epoch   1/3", signal.SIGINT, 0.3)
     assert process.returncode == 130, output
     assert "interrupted by SIGINT" in output and "Run the same command again to resume" in output
@@ -96,8 +102,8 @@ DIVERGING = ('[[steps]]\nname = "before"\n[[steps]]\nname = "diverging"\noptimiz
              '[[steps]]\nname = "after"\nlearning_rate = 0.002\n')
 
 
-def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_path, cifar_path):
-    done = ladder(tmp_path, TINY.format(epochs=2) + DIVERGING, cifar_path)
+def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_path, cifar_tree):
+    done = ladder(tmp_path, TINY.format(epochs=2) + DIVERGING, cifar_tree)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     client, runs = runs_of(tmp_path)
@@ -116,9 +122,9 @@ def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_
     assert "1 step run(s) failed: diverging" in done.stderr
 
 
-def test_stop_on_failure_ends_the_ladder_at_the_failing_step(tmp_path, cifar_path):
+def test_stop_on_failure_ends_the_ladder_at_the_failing_step(tmp_path, cifar_tree):
     study = TINY.format(epochs=1) + DIVERGING[DIVERGING.index('[[steps]]\nname = "diverging"'):]
-    done = ladder(tmp_path, study, cifar_path, "--stop-on-failure")
+    done = ladder(tmp_path, study, cifar_tree, "--stop-on-failure")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "error: diverging failed: Diverged" in done.stderr and "--stop-on-failure" in done.stderr
     _, runs = runs_of(tmp_path)
@@ -126,35 +132,39 @@ def test_stop_on_failure_ends_the_ladder_at_the_failing_step(tmp_path, cifar_pat
                                                                               ("diverging", "FAILED")]
 
 
-def test_a_reused_run_carries_exactly_the_new_steps_tags_and_a_link(tmp_path, cifar_path, finished):
+def test_a_reused_run_carries_exactly_the_new_steps_tags_and_a_link(tmp_path, cifar_tree, finished):
     shutil.copytree(finished, tmp_path / "store")
     store = tmp_path / "store"
     renamed = ONE_STEP.replace('name = "only"\ndescription = "the source step"\nreported_test_accuracy = 0.5\n',
                                'name = "renamed"\n')
-    done = ladder(store, renamed, cifar_path)
+    done = ladder(store, renamed, cifar_tree)
     assert done.returncode == 0 and "reused finished run" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     _, runs = runs_of(store)
     source, copy = runs[1], runs[-1]
     assert copy.data.tags["ablation.reused_from"] == source.info.run_id
     ours = {k for k in copy.data.tags if k.startswith(("ablation.", "data."))}
-    expected = {"ablation." + k for k in ("kind", "study", "step", "step_index", "baseline", "profile", "description",
-                                          "config_hash", "work_key", "seed", "split_seed", "host", "pid",
-                                          "code_version", "reused_from", "stopped_early")}
+    expected = {"ablation." + k for k in ("kind", "study", "step", "step_index", "order", "baseline", "profile",
+                                          "description", "overrides", "config_hash", "work_key", "seed", "split_seed",
+                                          "host", "pid", "code_version", "reused_from", "stopped_early")}
     assert ours - {k for k in ours if k.startswith("data.")} == expected
     assert copy.data.tags["ablation.step"] == "renamed" and copy.data.tags["ablation.description"] == ""
     assert "ablation.reported_test_accuracy" in source.data.tags  # the source had it; the copy must not
 
 
-def test_a_copied_store_reads_and_writes_its_own_artifacts(tmp_path, cifar_path, finished):
+def test_a_copied_store_reads_and_writes_its_own_artifacts(tmp_path, cifar_tree, finished):
     shutil.copytree(finished, tmp_path / "copy")
     original = snapshot(finished / "artifacts")
-    done = ladder(tmp_path / "copy", ONE_STEP, cifar_path)
+    done = ladder(tmp_path / "copy", ONE_STEP, cifar_tree)
     assert done.returncode == 0 and "reused finished run" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    assert snapshot(finished / "artifacts") == original  # the original store got nothing
+    report = run_command("report", ["--study", str(tmp_path / "copy" / "tiny.toml"), "--out", str(tmp_path / "report")],
+                         tmp_path / "copy")
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert snapshot(finished / "artifacts") == original  # the original store got nothing, from either command
     client, runs = runs_of(tmp_path / "copy")
     here = (tmp_path / "copy" / "artifacts").resolve().as_uri()
     assert len(runs) == 4 and all(r.info.artifact_uri.startswith(here) for r in runs)
     assert {"config.json", "history.csv"} <= {a.path for a in client.list_artifacts(runs[-1].info.run_id)}
+    assert "report" in {a.path for a in client.list_artifacts(runs[-2].info.run_id)}  # the latest parent's
 
 
 def test_a_data_error_on_a_store_with_runs_adds_no_run(tmp_path, cifar_path, finished):

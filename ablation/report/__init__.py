@@ -21,11 +21,8 @@ and the ladder's import of it cost nothing until a report is written.
 
 from pathlib import Path
 
-DEFAULT_STUDY = "studies/assignment.toml"
-
-
-class ReportError(Exception):
-    """Nothing to report (no store, experiment or runs) or a bad option; the message says how to fix it."""
+from ablation.cli import DEFAULT_STUDY
+from ablation.report.errors import ReportError  # noqa: F401  (the package's public error)
 
 
 def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None, log=False, data=None) -> Path:
@@ -51,9 +48,3 @@ def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None,
         tracking.log_report(folder, report.log_run_id)
     return folder / "report.html"
 
-
-def main(argv=None) -> int:
-    """The command (`python -m ablation.report`): see `ablation.report.__main__`."""
-    from ablation.report.__main__ import main as command
-
-    return command(argv)

@@ -19,7 +19,8 @@ import pandas as pd
 from ablation import evidence, tracking
 from ablation.config import EPOCH_METRICS, SearchSpace, StudyError, load_study
 from ablation.data import DataError, load_cifar10, make_splits, resolve_data_path
-from ablation.report import DEFAULT_STUDY, ReportError
+from ablation.cli import DEFAULT_STUDY
+from ablation.report.errors import ReportError
 from ablation.tracking import Kind, Tag
 
 
