@@ -4,9 +4,8 @@ import keras
 from keras import ops
 
 if keras.backend.backend() == "tensorflow":
-    # The only TensorFlow import in `ablation`: Keras 3 has no op for the fused kernel (nor a switch for
-    # op determinism). Guarded so
-    # that other backends run without TensorFlow installed.
+    # The only TensorFlow import in `ablation`: Keras 3 has no op for the fused kernel (nor a switch
+    # for op determinism). Guarded so that other backends run without TensorFlow installed.
     import tensorflow as tf
 
 # cuDNN's floor on epsilon (CUDNN_BN_MIN_EPSILON); Keras 2 also left the fused kernel below it.
