@@ -44,6 +44,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from ablation import interrupt, runner, searcher, tracking
+from ablation.console import Display
 from ablation.config import Config, StudyError, get_profile, load_study
 from ablation.data import DataError, LazySplits
 from ablation.runner import Unit
@@ -225,7 +226,7 @@ def open_search_queue(storage, summary, data: LazySplits, say, scratch: Path) ->
                                      sampler=searcher.TrialSeededTPE(base.seed), pruner=pruner)
     objective = searcher.Objective(study=study, space=space, base=base, profile=profile, data=data,
                                    experiment=tracking.experiment_id(study.name), optuna_name=summary.study_name,
-                                   verbose=False, out=say)
+                                   verbose=False, display=Display(live=False, out=say))
     return Queue(optuna_study, objective)
 
 
