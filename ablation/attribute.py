@@ -11,12 +11,13 @@ and any subset another design or invocation trained, are reused, never trained a
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import EXIT_INPUT_ERROR, add_common_arguments, configure, describe_stop, exit_code_of, one_line
+from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, configure, describe_stop, exit_code_of, one_line
 from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
@@ -51,7 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--from-search", action="store_true",
                         help="attribute the search's best trial against its base step, one component per knob it "
                              "changed, beside Optuna's parameter importances")
-    parser.add_argument("--storage", default=None, help="with --from-search: the Optuna storage (as the search's)")
+    parser.add_argument("--workers", action="store_true",
+                        help="put the subsets' units in the shared work queue at --storage and work on them with "
+                             "every `python -m ablation.worker` on the same stores; ends when all are done")
+    parser.add_argument("--storage", default=None,
+                        help="with --from-search: the Optuna storage (as the search's); with --workers: the queue's "
+                             "(default: optuna.journal beside the MLflow store)")
     parser.add_argument("--study-name", default=None,
                         help="with --from-search: the Optuna study (default <study>-<profile>)")
     args = parser.parse_args(argv)
@@ -61,8 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds must be at least 1")
     if args.budget < 1:
         parser.error("--budget must be at least 1")
-    if (args.storage or args.study_name) and not args.from_search:
-        parser.error("--storage and --study-name go with --from-search")
+    if args.study_name and not args.from_search:
+        parser.error("--study-name goes with --from-search")
+    if args.storage and not (args.from_search or args.workers):
+        parser.error("--storage goes with --from-search or --workers")
     return args
 
 
@@ -74,22 +82,23 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             # Phase 1: inputs are checked (in the engine too) before the store is touched.
-            overrides = parse_overrides(args.set)
-            study = apply_overrides(load_study(args.study), overrides)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
             study = dataclasses.replace(study, seeds=seeds)
             profile = get_profile(args.profile)
-            from ablation import attribution, tracking  # the engine (MLflow; Keras when a subset trains): after --help
+            from ablation import attribution, runner, tracking, workqueue  # the engines (MLflow; Keras when a subset trains)
             from ablation.console import Display
 
             tracking.check_store()
             search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
+            run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
+                else runner.run_units
             # Phase 2: the design, reusing every finished run.
             with Display() as display:
                 result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
                                                 data_path=args.data, force=args.force, deterministic=args.deterministic,
                                                 search=search, reports=args.reports, dry_run=args.dry_run,
-                                                say=display, overrides=overrides)
+                                                say=display, run_units=run_units)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR
@@ -97,6 +106,9 @@ def main(argv=None) -> int:
             print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "
                   "marked KILLED with its checkpoint kept, and a re-run resumes it", file=sys.stderr)
             return exit_code_of(stop)
+        except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
     if result is None:
         return 0
     # Phase 3: the table.

@@ -254,11 +254,11 @@ def design_units(study, profile, game: Game, plan: Plan, seeds, deterministic=Fa
 
 def run_design(study, profile, design: str, *, seeds, budget: int, data_path=None, force=False,
                deterministic=False, search=None, reports="reports", dry_run=False, say=print,
-               overrides=None) -> dict | None:
+               run_units=runner.run_units) -> dict | None:
     """Plan a design, say what it will train, run it (reusing finished work) and attribute; None on a dry run.
 
     `search`: None attributes the ladder; a dict (storage, optuna_name) attributes the search's best trial.
-    `overrides`: the --set values the study already has put in, recorded on the parent run.
+    `run_units`: how the units run, `runner.run_units` or the shared queue's (same arguments).
     """
     # Phase 1: the game and the plan; every input error is raised here, before the store is touched.
     game = ladder_game(study) if search is None else search_game(study, profile, **search)
@@ -281,9 +281,9 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
 
     parent_tags = {Tag.KIND: Kind.DESIGN, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.DESIGN: design,
                    Tag.SEEDS: list(seeds), Tag.DESCRIPTION: f"{design} of {game.full_name} against {game.base_name}",
-                   Tag.OVERRIDES: json.dumps(overrides or {}, sort_keys=True)}
-    runner.run_units(study, f"{study.name}-{profile.name}-{file_stem(game.kind, design)}", parent_tags, units,
-                     data_path, force, say, summarize)
+                   Tag.OVERRIDES: study.overrides_json()}
+    run_units(study, f"{study.name}-{profile.name}-{file_stem(game.kind, design)}", parent_tags, units,
+              data_path, force, say, summarize)
     return {**outcome, "files": files}
 
 

@@ -438,6 +438,12 @@ class Study:
     search: SearchSpace | None = None
     seeds: tuple[int, ...] = (0,)  # the training seeds every step is replicated with (a paired design)
     attribution: tuple[AttributionComponent, ...] = ()  # [attribution]; empty: one component per ladder step
+    # The command line's --set values, already put into every step: recorded with the runs.
+    overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def overrides_json(self) -> str:
+        """The --set values as recorded in a run's tag: JSON, "{}" for none."""
+        return json.dumps(dict(self.overrides), sort_keys=True)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -630,7 +636,7 @@ def _toml_value(text: str):
 
 
 def apply_overrides(study: Study, values: Mapping[str, Any], where: str = "--set") -> Study:
-    """The study with flat values put into every step, checked as a study file's step is.
+    """The study with flat values put into every step, checked as a study file's step is, and kept in `overrides`.
 
     A Config field goes into every step; a knob into the steps whose model has it (at least one must).
     """
@@ -648,7 +654,7 @@ def apply_overrides(study: Study, values: Mapping[str, Any], where: str = "--set
     if unused:
         models = sorted({s.config.model for s in steps})
         raise StudyError(f"{where}: {unused} are knobs of no model this study runs ({', '.join(models)})")
-    return dataclasses.replace(study, steps=tuple(steps))
+    return dataclasses.replace(study, steps=tuple(steps), overrides={**study.overrides, **values})
 
 
 def _make_search(data, study: Study, where: str) -> SearchSpace:

@@ -39,6 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
                         help="log trained networks as MLflow models (Keras format): final: the study's last step "
                              "(default); all: every step; none")
+    parser.add_argument("--workers", action="store_true",
+                        help="put the units in the shared work queue at --storage and work on them with every "
+                             "`python -m ablation.worker` on the same stores; ends when all are done")
+    parser.add_argument("--storage", default=None,
+                        help="with --workers: the queue's Optuna storage, a URL (postgresql://user@host/db) or a "
+                             "journal file (default: optuna.journal beside the MLflow store, one machine only)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each step's checkpoints (<store>/checkpoints/) after it ends (default: removed "
                              "once it finishes or fails; an interrupted step's are always kept, to resume it)")
@@ -46,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop the ladder at a step whose training fails, e.g. diverges (default: record it "
                              "FAILED and go on with the next step)")
     args = parser.parse_args(argv)
+    if args.storage is not None and not args.workers:
+        parser.error("--storage is the work queue's: give it with --workers")
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
     return args
@@ -134,11 +142,10 @@ def main(argv=None) -> int:
 def prepare(args):
     """Phase 1 of the ladder: every input checked (study, options, data path, store), nothing written.
 
-    Returns the study (--set put in), the profile, the resolved steps and the --set values, or raises
-    StudyError, DataError or StoreError.
+    Returns the study (--set values put in), the profile and the resolved steps, or raises StudyError,
+    DataError or StoreError.
     """
-    overrides = parse_overrides(args.set)
-    study = apply_overrides(load_study(args.study), overrides)
+    study = apply_overrides(load_study(args.study), parse_overrides(args.set))
     if args.seeds is not None:
         study = dataclasses.replace(study, seeds=tuple(range(args.seeds)))
     if args.deterministic:
@@ -151,24 +158,30 @@ def prepare(args):
     steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
     check_data_path(args.data)
     tracking.check_store()
-    return study, profile, steps, overrides
+    return study, profile, steps
 
 
 def run(args) -> int:
     """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
     started = time.perf_counter()
-    study, profile, steps, overrides = prepare(args)
-    from ablation import report, runner
+    study, profile, steps = prepare(args)
+    from ablation import report, runner, workqueue
     from ablation.console import Display
 
-    # Phase 2: the steps, seed by seed; on a terminal, under live bars.
+    # Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue.
     try:
-        with Display() as display:
-            rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,
-                                     keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
-                                     log_models=args.log_models, overrides=overrides)
+        if args.workers:
+            rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage)
+        else:
+            with Display() as display:
+                rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,
+                                         keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
+                                         log_models=args.log_models)
     except runner.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
+        return EXIT_FAILED
+    except workqueue.WorkError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     summary = runner.ladder_evidence(rows, steps)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")

@@ -12,7 +12,6 @@ fails (a diverging loss, say) ends FAILED with the reason, and the other units g
 
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -126,11 +125,11 @@ class Unit:
     log_model: bool = False  # log the trained network as an MLflow model
 
 
-def ladder_units(study, profile, steps, log_models="none", overrides=None) -> list[Unit]:
+def ladder_units(study, profile, steps, log_models="none") -> list[Unit]:
     """The ladder's units: one per resolved step (and seed), tagged as ladder steps.
 
     `log_models`: which log their trained network (final: the study's last step that is no
-    baseline; all; none). `overrides`: the command line's --set values, recorded as a tag.
+    baseline; all; none).
     """
     seeds = {step.config.seed for step in steps}
     index = {name: i for i, name in enumerate(dict.fromkeys(s.name for s in steps), start=1)}
@@ -141,7 +140,7 @@ def ladder_units(study, profile, steps, log_models="none", overrides=None) -> li
                 Tag.STEP_INDEX: index[step.name], Tag.ORDER: f"{index[step.name]:03d}-seed{step.config.seed:05d}",
                 Tag.BASELINE: step.is_baseline, Tag.PROFILE: profile.name,
                 Tag.DESCRIPTION: step.description, Tag.NOTE: step.description,
-                Tag.OVERRIDES: json.dumps(overrides or {}, sort_keys=True)}
+                Tag.OVERRIDES: study.overrides_json()}
         if step.reported_test_accuracy is not None:
             tags[Tag.REPORTED_TEST_ACCURACY] = step.reported_test_accuracy
         if step.compare_to is not None:
@@ -155,22 +154,20 @@ def ladder_units(study, profile, steps, log_models="none", overrides=None) -> li
 
 
 def run_ladder(study, profile, steps, data_path=None, force=False, say=print, keep_checkpoints=False,
-               stop_on_failure=False, log_models="final", overrides=None) -> list[dict]:
+               stop_on_failure=False, log_models="final") -> list[dict]:
     """Run (or reuse) every resolved step under one parent run; returns one row per step and seed.
 
-    `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` and
-    `overrides` as `ladder_units` takes them.
+    `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` as
+    `ladder_units` takes it.
     """
     seeds = sorted({step.config.seed for step in steps})
     split_seeds = sorted({step.config.split_seed for step in steps})
-    changed = json.dumps(overrides or {}, sort_keys=True)
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.SEEDS: seeds,
-                   Tag.OVERRIDES: changed,
-                   Tag.NOTE: f"{study.title}: {profile.name} profile" + (f", --set {changed}" if overrides else "")}
-    units = ladder_units(study, profile, steps, log_models, overrides)
+                   Tag.OVERRIDES: study.overrides_json(), Tag.NOTE: f"{study.title}: {profile.name} profile"}
+    units = ladder_units(study, profile, steps, log_models)
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-    if overrides:
-        say(f"overrides (every step): {changed}")
+    if study.overrides:
+        say(f"overrides (every step): {study.overrides_json()}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
     return run_units(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
                      summarize=lambda rows: ladder_evidence(rows, steps), keep_checkpoints=keep_checkpoints,

@@ -44,8 +44,12 @@ turns pruning off.
 Stale trials. Each trial records its worker (`host:pid`, trial user attr `worker`). At start, RUNNING
 trials whose worker on this host is dead are marked FAIL and queued once more with the same params
 (user attr `retry_of`). Journal storage has no heartbeat, so this sweep is its only guard; RDB
-storages also get Optuna's heartbeat (60 s, stale after 180 s) with RetryHeartbeatStaleTrialCallback
-(one retry), which also covers workers on other machines.
+storages also get Optuna's heartbeat (60 s, stale after 180 s; $ABLATION_HEARTBEAT, $ABLATION_GRACE) with
+RetryHeartbeatStaleTrialCallback (two retries), which also covers workers on other machines.
+
+Shared queue. With --workers the invocation queues its --trials trials in the study (WAITING trials
+whose params TPE samples when a worker runs them) and works on them beside every `python -m
+ablation.worker` on the same stores, then records the outcome as above (ablation/workqueue.py).
 
 MLflow: one parent run per invocation (`ablation.kind` = search, with the Optuna study and storage),
 one nested run per trial named `trial-0007`: the whole resolved config as params, per-epoch metrics,
@@ -101,6 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
     parser.add_argument("--epoch-lines", action="store_true",
                         help="also print one line per epoch of every trial (default: one line per trial)")
+    parser.add_argument("--workers", action="store_true",
+                        help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
+                             "same stores and work on them too; ends when they are done")
     return parser.parse_args(argv)
 
 
@@ -110,19 +117,24 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            overrides = parse_overrides(args.set)
-            study = apply_overrides(load_study(args.study), overrides)
+            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
             profile = get_profile(args.profile)
             from ablation import tracking
             from ablation.console import Display
             from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
+            from ablation.workqueue import run_search_shared
 
             tracking.check_store()
-            with Display() as display:
-                summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                     storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                                     pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
-                                     display=display, overrides=overrides)
+            if args.workers:
+                summary = run_search_shared(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                            storage=args.storage, study_name=args.study_name, pruner=args.pruner,
+                                            reports=args.reports)
+            else:
+                with Display() as display:
+                    summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                         storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                         pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
+                                         display=display)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

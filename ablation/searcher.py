@@ -193,7 +193,9 @@ class Objective:
                 Tag.PROFILE: self.profile.name, Tag.OPTUNA_STUDY: self.optuna_name,
                 Tag.OPTUNA_TRIAL: trial.number, Tag.BASE_STEP: self.space.base_step}
         pruned_at = None
-        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True):
+        # A trial a planner queued for workers names the planner's parent run; else this process's is active.
+        with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True,
+                          parent_run_id=trial.user_attrs.get("parent_run_id")):
             trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
             try:
                 value, pruned_at = self.run_trial(trial)
@@ -296,12 +298,11 @@ def format_params(params: dict) -> str:
 
 def run_search(study, profile, *, trials: int, data_path=None, seed=None, storage=None,
                study_name=None, timeout=None, pruner="median", reports="reports", verbose=False,
-               out=None, display=None, overrides=None) -> dict:
+               out=None, display=None) -> dict:
     """Add `trials` trials to the study's Optuna search, each a nested MLflow run under one parent run.
 
     `pruner` is a --pruner name or an Optuna pruner; `out` prints a line, or `display` (bars on a
-    terminal) shows the progress; `overrides`: the --set values already put in the study. Returns a
-    summary: the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned,
+    terminal) shows the progress. Returns a summary: the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned,
     and the best step's TOML (or None).
     """
     display = display or Display(live=False, out=out)
@@ -310,7 +311,7 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     # Phase 1: everything that can be wrong is checked before any data is read or any trial trains.
     space, base = checked_search(study)
     base = base if seed is None else dataclasses.replace(base, seed=seed)
-    optuna_name = study_name or default_study_name(study, profile, seed, overrides)
+    optuna_name = study_name or default_study_name(study, profile, seed)
     tracking.check_storage(storage)
 
     # Phase 2: the data, read once: a data problem fails before any storage is written.
@@ -329,19 +330,18 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     sweep_stale_work(optuna_study, experiment, out)
 
     # Phase 4: the trials under one parent run.
-    changed = json.dumps(overrides or {}, sort_keys=True)
     parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
                    Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
-                   Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed, Tag.OVERRIDES: changed,
+                   Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed, Tag.OVERRIDES: study.overrides_json(),
                    Tag.NOTE: f"{study.title}: Optuna study {optuna_name}, {profile.name} profile"}
     objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
                           experiment=experiment, optuna_name=optuna_name, verbose=verbose, display=display)
     with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
         tracking.log_study_file(study.path)
         out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-        if overrides:
-            out(f"overrides (the base step): {changed}")
+        if study.overrides:
+            out(f"overrides (the base step): {study.overrides_json()}")
         out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
             f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
         out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
@@ -355,11 +355,11 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     return summary
 
 
-def default_study_name(study, profile, seed, overrides) -> str:
+def default_study_name(study, profile, seed) -> str:
     """<study>-<profile>, with -seed<N> for --seed and -set<hash> for --set values: each a search of its own."""
-    changed = json.dumps(overrides or {}, sort_keys=True)
+    changed = hashlib.sha256(study.overrides_json().encode()).hexdigest()[:8]
     return (f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
-            + (f"-set{hashlib.sha256(changed.encode()).hexdigest()[:8]}" if overrides else ""))
+            + (f"-set{changed}" if study.overrides else ""))
 
 
 def sweep_stale_work(optuna_study, experiment: str, out):

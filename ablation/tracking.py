@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -33,13 +34,14 @@ from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 import ablation
 from ablation.config import StoreError, StudyError
 
 DEFAULT_STORE = Path("mlruns")
-HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only
+HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATION_HEARTBEAT / $ABLATION_GRACE
+MAX_RETRIES = 2  # times a trial whose worker died is queued again
 PROBE_SECONDS = 5  # how long a store check waits for a server or a database before it gives up
 KERAS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what Keras downloads
 UI_ADDRESS = "http://127.0.0.1:5000"  # where the README's `mlflow ui` serves an embedded store
@@ -73,6 +75,7 @@ class Tag:
     SEEDS = PREFIX + "seeds"  # on a ladder parent: the JSON list of training seeds every step ran with
     COMPARE_TO = PREFIX + "compare_to"  # on a baseline: the step its change is tested against
     REUSED_FROM = PREFIX + "reused_from"
+    MIGRATED_FROM = PREFIX + "migrated_from"  # on a run copied by python -m ablation.migrate: its id in the source
     PLAN_KEY = PREFIX + "plan_key"  # on a parent: its units' work, so that the same command resumes it
     RESUMED_AT_EPOCH = PREFIX + "resumed_at_epoch"  # the epoch a killed run's checkpoint took it on from
     STOPPED_EARLY = PREFIX + "stopped_early"
@@ -375,18 +378,19 @@ def process_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def run(experiment: str, name: str, tags: dict, nested: bool = False, resume: str | None = None,
-        system_metrics: bool = False):
+        system_metrics: bool = False, parent_run_id: str | None = None):
     """An MLflow run that always ends: FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED with the error.
 
     `resume`: the id of an earlier, unfinished run of the same work, set RUNNING again and continued.
+    `parent_run_id` nests a new run under a run of another process (a worker's unit under its planner's parent).
     `system_metrics`: sample CPU, memory (and GPU) while it runs, if MLflow's switch is on
     (`MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`: the commands turn it on unless --no-system-metrics).
     """
     tags = {**{k: str(v) for k, v in tags.items()}, **process_tags()}
     sampling = None if system_metrics else False  # None: as MLflow's switch says
     if resume is None:
-        active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, tags=tags,
-                                  log_system_metrics=sampling)
+        active = mlflow.start_run(experiment_id=experiment, run_name=name, nested=nested, parent_run_id=parent_run_id,
+                                  tags=tags, log_system_metrics=sampling)
     else:
         active = mlflow.start_run(run_id=resume, nested=nested, tags=tags, log_system_metrics=sampling)
         if Tag.ERROR in active.data.tags:  # why it stopped last time is no longer true
@@ -403,6 +407,57 @@ def run(experiment: str, name: str, tags: dict, nested: bool = False, resume: st
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+@contextlib.contextmanager
+def held_run(experiment: str, name: str, tags: dict):
+    """A parent run for other processes' runs, kept off this process's active-run stack; yields its id.
+
+    MLflow nests a new run under the active one only, so a planner whose parent were active could
+    not train a unit planned by another planner. Ends as `run` does: FINISHED, KILLED, FAILED.
+    """
+    client = connect()
+    tags = {**{k: str(v) for k, v in tags.items()}, **process_tags()}
+    run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+    try:
+        yield run_id
+    except KeyboardInterrupt:
+        client.set_tag(run_id, Tag.ERROR, "interrupted")
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, Tag.ERROR, f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def resumed(run_id: str):
+    """Make a held run the active one for a while (to log its summary with the `log_*` functions)."""
+    connect()
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()  # FINISHED; an error propagating to `held_run` ends it FAILED or KILLED after
+
+
+def get_run(run_id: str):
+    """A run by id (params, metrics, tags, status)."""
+    return connect().get_run(run_id)
+
+
+def supersede(run_id: str, reason: str) -> bool:
+    """Mark KILLED the run of an attempt that another attempt replaces (its worker died, or was judged
+    dead), whatever state it ended in; whether it was not KILLED already."""
+    client = connect()
+    if client.get_run(run_id).info.status == "KILLED":
+        return False
+    client.set_tag(run_id, Tag.ERROR, reason)
+    client.set_terminated(run_id, "KILLED")
+    return True
 
 
 def log_config(config, extra_tags: dict):
@@ -497,7 +552,7 @@ def find_finished(experiment: str, work_key: str):
 RESULT_TAGS = (Tag.STOPPED_EARLY,)  # tags that describe a run's result, so a copy of the result keeps them
 
 
-def copy_run(source, experiment: str, name: str, tags: dict):
+def copy_run(source, experiment: str, name: str, tags: dict, parent_run_id: str | None = None):
     """A nested run that repeats a finished one (params, metrics with their history, artifacts).
 
     Its tags are the new unit's, a link to the source and the result's own (RESULT_TAGS): none of the
@@ -505,7 +560,8 @@ def copy_run(source, experiment: str, name: str, tags: dict):
     """
     client = connect()
     result = {k: source.data.tags[k] for k in RESULT_TAGS if k in source.data.tags}
-    with run(experiment, name, {**tags, **result, Tag.REUSED_FROM: source.info.run_id}, nested=True):
+    with run(experiment, name, {**tags, **result, Tag.REUSED_FROM: source.info.run_id}, nested=True,
+             parent_run_id=parent_run_id):
         mlflow.log_params(source.data.params)
         run_id = mlflow.active_run().info.run_id
         metrics = []
@@ -613,22 +669,52 @@ def _journal_path(spec: str | None) -> Path:
 def open_storage(spec: str | None):
     """(storage, kind, location) for --storage: a journal file by default, beside the MLflow store.
 
-    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and retried once. A storage
-    that cannot be opened is a StoreError (see `check_storage`).
+    RDB URLs get Optuna's heartbeat, so a dead worker's trial is failed and queued again (`rdb_storage`).
+    A storage that cannot be opened is a StoreError (see `check_storage`).
     """
     check_storage(spec)
     if spec is not None and "://" in spec:
         kind = spec.split(":", 1)[0].split("+")[0]
-        engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
-        with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                spec, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return storage, kind, make_url(spec).render_as_string(hide_password=True)
+        return rdb_storage(spec, kind), kind, make_url(spec).render_as_string(hide_password=True)
     path = _journal_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path))), "journal", str(path.resolve())
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: $ABLATION_HEARTBEAT and $ABLATION_GRACE, else 60 and 180."""
+    values = []
+    for variable, default in (("ABLATION_HEARTBEAT", HEARTBEAT_SECONDS), ("ABLATION_GRACE", GRACE_SECONDS)):
+        text = os.environ.get(variable, "").strip() or str(default)
+        if not text.isdigit() or int(text) < 1:
+            raise StudyError(f"${variable}={text!r}: expected a whole number of seconds, at least 1")
+        values.append(int(text))
+    if values[1] <= values[0]:
+        raise StudyError(f"$ABLATION_GRACE={values[1]} must exceed $ABLATION_HEARTBEAT={values[0]}: a live "
+                         "worker's trial would be judged dead between two heartbeats")
+    return values[0], values[1]
+
+
+def rdb_storage(url: str, kind: str, attempts: int = 4):
+    """Optuna's RDBStorage with heartbeats and the retry of a dead worker's trial.
+
+    Workers that open an empty PostgreSQL database at once race while Optuna creates its tables
+    (UniqueViolation on pg_type_typname_nsp_index, or a table that already exists): creation checks
+    for each table first, so opening again after the winner finished succeeds.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {}  # wait out a busy writer
+    heartbeat, grace = heartbeat_settings()
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRIES))
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
 
 
 def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: list[tuple[str, float, int]],
@@ -647,6 +733,118 @@ def write_run(experiment: str, name: str, *, tags: dict, params: dict, metrics: 
         client.log_batch(run_id, params=params[start:start + 100])
     client.set_terminated(run_id, status)
     return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving a study's stores (the embedded ones on a laptop to servers): python -m ablation.migrate.
+
+def copy_store(source_uri: str, target_uri: str, say=print) -> tuple[int, int]:
+    """Copy every run of one MLflow store into another; (runs copied, runs skipped as copied before).
+
+    Experiments by name; each run whole (tags, params, metric histories, artifacts, status and
+    times), its parent link and `reused_from` remapped to the copies. A run copied before (tag
+    `ablation.migrated_from`) is skipped, so an interrupted migration is finished by running it again.
+    """
+    source, target = MlflowClient(source_uri), _store_client(target_uri)
+    copied = skipped = 0
+    for experiment in source.search_experiments():
+        runs = _all_runs(source, experiment.experiment_id)
+        if not runs:
+            continue
+        target_id = _store_experiment(target, target_uri, experiment.name)
+        ids = {r.data.tags[Tag.MIGRATED_FROM]: r.info.run_id for r in _all_runs(target, target_id)
+               if Tag.MIGRATED_FROM in r.data.tags}
+        for run in _parents_first(runs):
+            if run.info.run_id in ids:
+                skipped += 1
+                continue
+            ids[run.info.run_id] = _copy_between(source, target, run, target_id, ids)
+            copied += 1
+        say(f"experiment {experiment.name!r}: {len(runs)} runs")
+    return copied, skipped
+
+
+def _store_client(uri: str) -> MlflowClient:
+    """A client of another store; a SQLite one is created (tables too) under the same lock as `connect`."""
+    folder = _sqlite_dir(uri)
+    if folder is None:
+        return MlflowClient(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(folder / ".mlflow-create.lock"):
+        return MlflowClient(uri)
+
+
+def _store_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """The experiment `name` of another store, created there (artifacts beside a SQLite store) if missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    folder = _sqlite_dir(uri)
+    return client.create_experiment(name, artifact_location=(folder / "artifacts" / name).resolve().as_uri()
+                                    if folder else None)
+
+
+def _all_runs(client: MlflowClient, experiment: str) -> list:
+    """Every run of an experiment, oldest first, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment], max_results=1000, order_by=["attributes.start_time ASC"],
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _parents_first(runs: list) -> list:
+    """The runs ordered so that a parent comes before its children (parent links are remapped as copied)."""
+    ids, ordered, placed = {r.info.run_id for r in runs}, [], set()
+    pending = list(runs)
+    while pending:
+        ready = [r for r in pending if r.data.tags.get("mlflow.parentRunId") not in ids - placed]
+        ordered += ready
+        placed |= {r.info.run_id for r in ready}
+        pending = [r for r in pending if r.info.run_id not in placed] if ready else []
+    return ordered
+
+
+def _copy_between(source: MlflowClient, target: MlflowClient, run, experiment: str, ids: dict) -> str:
+    """One run into another store; returns its new id."""
+    tags = {**run.data.tags, Tag.MIGRATED_FROM: run.info.run_id}
+    for link in ("mlflow.parentRunId", Tag.REUSED_FROM):
+        if link in tags and tags[link] in ids:
+            tags[link] = ids[tags[link]]
+    new_id = target.create_run(experiment, start_time=run.info.start_time, tags=tags).info.run_id
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    metrics = [m for key in run.data.metrics for m in source.get_metric_history(run.info.run_id, key)]
+    for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limits: 100 params, 1,000 metrics
+        target.log_batch(new_id, params=params[start:start + 100], metrics=metrics[start:start + 100])
+    with tempfile.TemporaryDirectory() as folder:
+        local = source.download_artifacts(run.info.run_id, "", folder)
+        if any(Path(local).iterdir()):
+            target.log_artifacts(new_id, local)
+    if run.info.status != "RUNNING":
+        target.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
+    return new_id
+
+
+def journal_beside(uri: str) -> Path:
+    """The search's default Optuna journal for the MLflow store `uri`: beside a SQLite store, else in ./mlruns."""
+    return (_sqlite_dir(uri) or DEFAULT_STORE) / "optuna.journal"
+
+
+def copy_studies(source, target, say=print) -> tuple[list[str], list[str]]:
+    """Copy every Optuna study of one storage into another (optuna.copy_study); (copied, already there)."""
+    copied, present = [], []
+    existing = set(optuna.get_all_study_names(target))
+    for name in optuna.get_all_study_names(source):
+        if name in existing:
+            present.append(name)
+            continue
+        optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target)
+        say(f"Optuna study {name!r}: {len(optuna.load_study(study_name=name, storage=target).trials)} trials")
+        copied.append(name)
+    return copied, present
 
 
 # ---------------------------------------------------------------------------------------------

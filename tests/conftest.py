@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import mlflow_server, postgres_cluster, require_driver
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 
@@ -64,3 +66,18 @@ def smoke_store(tmp_path_factory, cifar_path):
     done = run_command("ladder", ["--profile", "smoke", "--no-report", "--data", str(cifar_path)], store)
     assert done.returncode == 0, done.stdout + done.stderr
     return store, done.stdout
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (a servers.PostgresCluster)."""
+    require_driver()
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_server(postgres, tmp_path_factory):
+    """URL (http://127.0.0.1:PORT) of an MLflow tracking server on database `mlflow` of the cluster."""
+    with mlflow_server(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow-artifacts")) as url:
+        yield url

@@ -22,7 +22,8 @@ LAYERS = [
     {"ablation.train"},
     {"ablation.tracking"},
     {"ablation.runner"},
-    {"ablation.searcher", "ablation.attribution", "ablation.queue"},
+    {"ablation.searcher", "ablation.attribution"},
+    {"ablation.workqueue"},
     {"ablation.report"},
     {"ablation.ladder", "ablation.search", "ablation.attribute", "ablation.worker", "ablation.migrate"},
 ]

@@ -98,7 +98,9 @@ def test_set_changes_every_step_a_knob_where_the_model_has_it():
     values = parse_overrides(["epochs=3", "dropout_rate=0.3", "stage2_blocks=2", "early_stopping_monitor=val_loss",
                               "lr_schedule=[[2, 0.1]]", "horizontal_flip=false", "test_subset=none"])
     assert values["early_stopping_monitor"] == "val_loss" and values["lr_schedule"] == [[2, 0.1]]  # TOML, else text
-    changed = {s.name: s.config for s in apply_overrides(study, values).steps}
+    overridden = apply_overrides(study, values)
+    assert overridden.overrides == values and overridden.overrides_json().startswith('{"dropout_rate": 0.3, "early_stopping_monitor"')
+    changed = {s.name: s.config for s in overridden.steps}
     assert len(changed) == 6 and {c.epochs for c in changed.values()} == {3}
     assert {c.model_args["dropout_rate"] for c in changed.values()} == {0.3}  # a knob of both models
     assert changed["deeper_dropout"].model_args["stage2_blocks"] == 2

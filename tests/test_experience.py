@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 import ablation.models.layers  # noqa: F401  (registers the project's BatchNormalization, for loading a model)
 from ablation.config import Config, load_study
 from ablation.data import load_cifar10, make_splits
+from ablation.tracking import Kind, Tag
 from conftest import run_command
 
 pty = pytest.importorskip("pty")  # pseudo-terminals: POSIX only
@@ -115,14 +116,14 @@ def test_ladder_draws_bars_on_a_terminal_and_plain_lines_in_a_pipe(tiny, cifar_p
     assert piped.stderr == ""  # TensorFlow's and MLflow's start-up lines are hidden (--verbose shows them)
     _, _, terminal_runs = runs_of(tiny / "terminal", "tiny")
     _, _, piped_runs = runs_of(tiny / "pipe", "tiny")
-    trained, overridden = (next(r for r in runs if r.data.tags.get("ablation.kind") == "ladder_step")
+    trained, overridden = (next(r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP)
                            for runs in (terminal_runs, piped_runs))
     assert overridden.data.params["dropout_rate"] == "0.25" and trained.data.params["dropout_rate"] == "0.0"
-    assert json.loads(overridden.data.tags["ablation.overrides"]) == {"dropout_rate": 0.25}
-    assert json.loads(trained.data.tags["ablation.overrides"]) == {}
-    parent = next(r for r in piped_runs if r.data.tags.get("ablation.kind") == "ladder")
-    assert json.loads(parent.data.tags["ablation.overrides"]) == {"dropout_rate": 0.25}
-    assert overridden.data.tags["ablation.config_hash"] != trained.data.tags["ablation.config_hash"]
+    assert json.loads(overridden.data.tags[Tag.OVERRIDES]) == {"dropout_rate": 0.25}
+    assert json.loads(trained.data.tags[Tag.OVERRIDES]) == {}
+    parent = next(r for r in piped_runs if r.data.tags.get(Tag.KIND) == Kind.LADDER)
+    assert json.loads(parent.data.tags[Tag.OVERRIDES]) == {"dropout_rate": 0.25}
+    assert overridden.data.tags[Tag.CONFIG_HASH] != trained.data.tags[Tag.CONFIG_HASH]
     # System metrics: sampled by default, off with --no-system-metrics.
     assert "system/cpu_utilization_percentage" in trained.data.metrics
     assert not any(key.startswith("system/") for key in overridden.data.metrics)
@@ -133,20 +134,20 @@ def test_ladder_draws_bars_on_a_terminal_and_plain_lines_in_a_pipe(tiny, cifar_p
 
 @pytest.mark.slow
 def test_search_draws_bars_on_a_terminal_and_plain_lines_in_a_pipe(tiny, cifar_path):
-    args = ["--study", str(tiny / "tiny.toml"), "--profile", "smoke", "--trials", "2", "--data", str(cifar_path),
+    args = ["--study", str(tiny / "tiny.toml"), "--profile", "smoke", "--trials", "1", "--data", str(cifar_path),
             "--reports", str(tiny / "reports")]
     store = tiny / "search"
     code, shown = run_in_terminal("search", args, store)
     assert code == 0, shown[-3000:]
     assert ETA.search(shown), shown[-3000:]
     assert re.search(r"trials: best val_accuracy \d\.\d{4} \(trial \d\)", shown)  # the best value so far
-    piped = run_command("search", [*args, "--trials", "1", "--epoch-lines"], store)
+    piped = run_command("search", [*args, "--epoch-lines"], store)
     assert piped.returncode == 0, piped.stdout[-3000:] + piped.stderr[-3000:]
     assert "ETA" not in piped.stdout and "\x1b" not in piped.stdout and piped.stderr == ""
-    assert re.search(r"trial +2 complete", piped.stdout) and "epoch   2/2  loss" in piped.stdout
+    assert re.search(r"trial +1 complete", piped.stdout) and "epoch   2/2  loss" in piped.stdout
     _, _, runs = runs_of(store, "tiny")
-    trials = [r for r in runs if r.data.tags.get("ablation.kind") == "search_trial"]
-    assert len(trials) == 3 and all(r.data.tags["mlflow.note.content"].startswith("trial ") for r in trials)
+    trials = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SEARCH_TRIAL]
+    assert len(trials) == 2 and all(r.data.tags[Tag.NOTE].startswith("trial ") for r in trials)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,20 +159,20 @@ def test_step_runs_carry_their_datasets_notes_and_every_knob(smoke_store):
     store, printed = smoke_store
     client, experiment, runs = runs_of(store, "assignment")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
-    steps = [r for r in runs if r.data.tags.get("ablation.kind") == "ladder_step"]
+    steps = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP]
     study = {s.name: s for s in load_study("assignment").steps}
-    assert [r.data.tags["ablation.step"] for r in steps[:6]] == STEPS
-    orders = [r.data.tags["ablation.order"] for r in steps[:6]]
+    assert [r.data.tags[Tag.STEP] for r in steps[:6]] == STEPS
+    orders = [r.data.tags[Tag.ORDER] for r in steps[:6]]
     assert orders == sorted(orders) and orders[0] == "001-seed00000"  # as text, the UI sorts them in ladder order
     for run in steps:
-        step = study[run.data.tags["ablation.step"]]
-        assert run.data.tags["mlflow.note.content"] == step.description
+        step = study[run.data.tags[Tag.STEP]]
+        assert run.data.tags[Tag.NOTE] == step.description
         inputs = {i.dataset.name: (i.dataset.digest, [t.value for t in i.tags]) for i in run.inputs.dataset_inputs}
         digest = run.data.tags["data.digest"]
         assert inputs == {"cifar10-train": (digest, ["training"]), "cifar10-validation": (digest, ["validation"]),
                           "cifar10-test": (digest, ["evaluation"])}
         assert set(step.config.model_args) <= set(run.data.params)
-    vgg = next(r for r in steps if r.data.tags["ablation.step"] == "vgg_like")
+    vgg = next(r for r in steps if r.data.tags[Tag.STEP] == "vgg_like")
     assert (vgg.data.params["filters"], vgg.data.params["dropout_rate"]) == ("[32, 64, 128]", "0.2")  # its defaults
     assert "vgg_like {}" not in printed and "vgg_like {'filters': (32, 64, 128)" in printed
     # The runs group by dataset through MLflow's own search.
@@ -188,7 +189,7 @@ def test_the_final_steps_model_reloads_and_scores_its_test_accuracy(smoke_store,
     models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
     assert len(models) == 1  # --log-models final: the study's last step only
     run = client.get_run(models[0].source_run_id)
-    assert run.data.tags["ablation.step"] == "deeper_dropout" and models[0].name == "model"
+    assert run.data.tags[Tag.STEP] == "deeper_dropout" and models[0].name == "model"
     network = mlflow.keras.load_model(models[0].model_uri)
     config = Config(**json.loads(open(client.download_artifacts(run.info.run_id, "config.json")).read()))
     splits = make_splits(load_cifar10(cifar_path), **config.split_args())

@@ -1,6 +1,7 @@
 """Many workers, one study: a real PostgreSQL cluster (Optuna's RDB storage) and a real MLflow tracking server.
 
-The cluster and the server are started once per session (`tests/servers.py`): about 2 s and 15 s here.
+The cluster and the server are started once per session (fixtures `postgres` and `mlflow_tracking_server`
+in conftest.py, from `tests/servers.py`): about 2 s and 15 s here.
 Optuna and MLflow get a database each: both keep an `alembic_version` table.
 """
 
@@ -11,13 +12,10 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-
-from servers import mlflow_server, postgres_cluster, require_driver
 
 REPO = Path(__file__).resolve().parents[1]
 DATABASE_NUMBERS = itertools.count()
@@ -54,21 +52,6 @@ log = true
 """
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (a servers.PostgresCluster)."""
-    require_driver()
-    with postgres_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def mlflow_tracking_server(postgres, tmp_path_factory):
-    """URL (http://127.0.0.1:PORT) of an MLflow tracking server on database `mlflow` of the cluster."""
-    with mlflow_server(postgres.create_database("mlflow"), tmp_path_factory.mktemp("mlflow-artifacts")) as url:
-        yield url
-
-
 @pytest.fixture
 def database(postgres):
     """A fresh, empty database of the session's cluster for one test; its SQLAlchemy URL."""
@@ -103,10 +86,10 @@ def test_cluster_accepts_connections_and_optuna_creates_a_study_on_it(database):
 
     # The search's --storage takes the URL with or without the driver: SQLAlchemy 2.1 reads a plain
     # postgresql:// as postgresql+psycopg:// (psycopg 3), so the `postgres` extra installs both drivers.
-    from ablation import search
+    from ablation import tracking
 
     for url in (database, database.replace("postgresql+psycopg2://", "postgresql://")):
-        storage, kind, where = search.open_storage(url)
+        storage, kind, where = tracking.open_storage(url)
         assert kind == "postgresql" and where == url
         assert optuna.load_study(study_name="pg", storage=storage).best_value == again.best_value
 
@@ -143,18 +126,14 @@ def test_mlflow_server_logs_and_reads_back_through_http(mlflow_tracking_server, 
     assert Path(local).read_text() == "hello through the proxy"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "ablation.search.open_storage lets Optuna's RDBStorage create its schema unlocked: workers that open a "
-    "fresh PostgreSQL database together collide (UniqueViolation, pg_type_typname_nsp_index); remove this "
-    "marker once open_storage serializes or retries it"))
 def test_workers_opening_a_fresh_storage_together_all_succeed(postgres):
     """Each worker opens the storage as it starts: on an empty database that creates Optuna's schema.
 
     Threads of this process stand in for worker processes (the race is in the database, and threads
-    start together without paying imports); two databases, two openers each: each pair collides every
-    time here without a fix.
+    start together without paying imports); two databases, two openers each: each pair collided every
+    time here before `tracking.rdb_storage` retried the creation.
     """
-    from ablation import search
+    from ablation import tracking
 
     urls = [postgres.create_database(f"fresh_{next(DATABASE_NUMBERS)}") for _ in range(2)]
     together = threading.Barrier(2 * len(urls))
@@ -163,7 +142,7 @@ def test_workers_opening_a_fresh_storage_together_all_succeed(postgres):
     def worker(url):
         together.wait()
         try:
-            search.open_storage(url)
+            tracking.open_storage(url)
         except Exception as error:  # noqa: BLE001 - every failure is reported below
             errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
 
@@ -181,12 +160,9 @@ def test_two_workers_share_one_study_through_postgres_and_the_tracking_server(
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from ablation import search
+    from ablation.tracking import Tag
 
-    storage_url = postgres.create_database("search_e2e")
-    # Optuna's schema is created once before the workers start: workers that create it together on an
-    # empty database collide (test_workers_opening_a_fresh_storage_together_all_succeed).
-    search.open_storage(storage_url)
+    storage_url = postgres.create_database("search_e2e")  # empty: the workers create Optuna's schema together
     study_file = tmp_path / "tiny_pg.toml"
     study_file.write_text(TINY_STUDY)
     args = ["--study", str(study_file), "--profile", "smoke", "--trials", "2", "--storage", storage_url,
@@ -225,7 +201,7 @@ def test_two_workers_share_one_study_through_postgres_and_the_tracking_server(
     trial_runs = [r for r in runs if r.data.tags.get("ablation.kind") == "search_trial"]
     assert len(trial_runs) == 4 and len(parents) == 2
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert all(r.info.status == "FINISHED" and r.data.tags[search.STATE_TAG] == "complete" for r in trial_runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags[Tag.TRIAL_STATE] == "complete" for r in trial_runs)
     assert sorted(int(r.data.tags["ablation.optuna_trial"]) for r in trial_runs) == [0, 1, 2, 3]
     assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in trial_runs}
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {p.info.run_id for p in parents}

@@ -1,0 +1,444 @@
+"""The shared work queue: every training a command needs is a trial of an Optuna study that workers anywhere take.
+
+A planner (`python -m ablation.ladder --workers`, `python -m ablation.search --workers`) puts its
+units in an Optuna storage; workers (`python -m ablation.worker` on any machine, and the planner
+itself) take them, train them under the planner's MLflow parent run and tell Optuna the outcome.
+The storage is the queue and its only arbiter, through Optuna's own mechanisms:
+
+- A unit is a WAITING trial (`Study.enqueue_trial`). A unit of the runner (a ladder step and seed,
+  a design's subset) carries its spec in its user attrs (config, run name, tags, data digest,
+  experiment, parent run): a worker needs no study file. A planned search trial carries its parent run only: TPE samples its params when a worker
+  runs it (with the constant liar, so concurrent trials spread out).
+- A worker takes one with the storage's conditional update WAITING -> RUNNING, the step with which
+  `Study.ask` pops Optuna's queue (a row lock in an RDB storage, the journal's file lock): two
+  workers never get the same trial. It does not call `ask`, which makes a fresh trial when the
+  queue is empty: taking nothing leaves nothing behind.
+- While a unit trains, Optuna's heartbeat thread keeps its trial alive (RDB storages). Every idle
+  process of the queue runs `fail_stale_trials`: a trial whose heartbeat stopped for the grace
+  period is failed and a copy queued by RetryHeartbeatStaleTrialCallback (same params and user
+  attrs). The copy still names the dead attempt's MLflow run, which its new worker marks KILLED
+  before training the unit in a new run (a live worker whose trial was judged dead, starved of
+  CPU past the grace period, finds its trial finished when it reports, and marks its own run KILLED). A journal file (one machine) has no heartbeat: there a
+  trial whose worker on this host is dead is failed and queued the same way.
+- A command's queue is named from its work (its parent's name and a digest of the units' work keys), so
+  a second planner of the same work finds the study and joins it instead of queueing the work
+  again. Creating a study name is atomic, and only the planner that created it enqueues the units
+  (then sets `planned`): enqueueing is idempotent by work key without a lock of our own.
+
+Heartbeat interval and grace period: $ABLATION_HEARTBEAT and $ABLATION_GRACE (`tracking.heartbeat_settings`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import TrialState
+
+from ablation import interrupt, runner, searcher, tracking
+from ablation.config import Config, StudyError, get_profile, load_study
+from ablation.data import DataError, LazySplits
+from ablation.runner import Unit
+from ablation.tracking import Kind, Tag
+
+# Optuna attributes of a queue. Study: what it is and what its units need.
+QUEUE_ATTR = "queue"  # "units" | "search": set last, once a worker has what it needs to run the units
+OWNER_ATTR = "planner"  # host:pid of the planner that enqueues (only it does)
+PLANNED_ATTR = "planned"  # set once every unit is enqueued
+DATA_ATTR = "data"  # the fingerprints of the planner's data splits: a worker's data must match them
+SEARCH_ATTR = "search"  # a search's study file (name and text), profile, seed and pruner
+# Trial: the unit and its current attempt.
+UNIT_ATTR = "unit"  # a unit's spec (`unit_spec`)
+PARENT_ATTR = "parent_run_id"  # a planned search trial's parent run (a unit's is in its spec)
+RUN_ATTR = "mlflow_run_id"  # the MLflow run of the trial's latest attempt
+POLL_SECONDS = 2.0  # how often an idle worker looks for work again
+
+
+class WorkError(RuntimeError):
+    """Planned work that cannot be done: the planner that created its queue died while queueing it."""
+
+
+@dataclass
+class Queue:
+    """An opened queue study and how this process runs one of its trials."""
+
+    study: optuna.Study
+    execute: Callable  # trial -> objective value; raises optuna.TrialPruned for a pruned trial
+
+
+# ---------------------------------------------------------------------------------------------
+# Units as plain data: what travels through the storage.
+
+
+def unit_spec(unit: Unit, fingerprint: dict, experiment_name: str, parent_run_id: str, force: bool) -> dict:
+    """Everything a worker needs to rebuild and run a unit, as JSON-ready data."""
+    return {"name": unit.name, "config": unit.config.to_dict(), "config_hash": unit.config.hash(),
+            "tags": json.loads(json.dumps(unit.tags)), "label": unit.label, "row": unit.row,
+            "work_key": runner.work_key(unit.config, fingerprint), "data_digest": fingerprint["digest"],
+            "experiment": experiment_name, "parent_run_id": parent_run_id, "force": force}
+
+
+def unit_from_spec(spec: dict) -> Unit:
+    """The unit a spec describes; its config must hash as planned (else this code's Config differs)."""
+    config = Config(**spec["config"])
+    if config.hash() != spec["config_hash"]:
+        raise StudyError(f"unit {spec['name']!r}: its config hashes to {config.hash()} here, {spec['config_hash']} "
+                         "where it was planned: run the same version of ablation on every machine")
+    return Unit(spec["name"], config, spec["tags"], spec["label"], spec["row"])
+
+
+def queue_name(study_name: str, parent_name: str, specs: list[dict]) -> str:
+    """The queue of a command's units, named from their content: the same work gets the same queue."""
+    content = "\n".join(sorted(f"{spec['work_key']} {spec['name']}" for spec in specs))
+    return f"units-{parent_name}-{hashlib.sha256(content.encode()).hexdigest()[:12]}"
+
+
+def split_args_of(fingerprint: dict) -> dict:
+    """The split arguments a data fingerprint was made with (`Config.split_args` names)."""
+    return {"validation_split": fingerprint["validation_split"], "seed": fingerprint["seed"],
+            "train_subset": fingerprint["subset_train"], "test_subset": fingerprint["subset_test"]}
+
+
+def check_data(expected: list[dict], data: LazySplits, where: str):
+    """This machine's data must give the planner's splits, digest for digest."""
+    for planned in expected:
+        found = data.fingerprint(**split_args_of(planned))
+        if found["digest"] != planned["digest"]:
+            raise DataError(f"{where}: the data here ({found['source']}) gives digest {found['digest']} for split "
+                            f"{split_args_of(planned)}, the planner's ({planned['source']}) gave {planned['digest']}: "
+                            "point --data or $ABLATION_DATA at the same CIFAR-10 as the planner")
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning.
+
+
+def plan_units(storage, name: str, specs: list[dict], fingerprints: list[dict], say) -> optuna.Study:
+    """Create the queue and enqueue every unit once, or join the queue another planner of this work made."""
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler())
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        say(f"queue {name!r} exists: joining the planner that made it")
+        wait_until_planned(study, say)
+        return study
+    study.set_user_attr(OWNER_ATTR, searcher.worker_id())
+    study.set_user_attr(DATA_ATTR, fingerprints)
+    study.set_user_attr(QUEUE_ATTR, "units")
+    unique = {spec["work_key"]: spec for spec in specs}  # two units of one work are trained once
+    for spec in unique.values():
+        study.enqueue_trial({}, user_attrs={UNIT_ATTR: spec})
+    study.set_user_attr(PLANNED_ATTR, len(unique))
+    return study
+
+
+def wait_until_planned(study: optuna.Study, say):
+    """Wait for the planner that created the queue to finish enqueueing (it takes a moment)."""
+    told = False
+    while PLANNED_ATTR not in study.user_attrs:
+        host, _, pid = study.user_attrs.get(OWNER_ATTR, "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not tracking.process_alive(int(pid)):
+            raise WorkError(f"queue {study.study_name!r}: its planner (pid {pid}) died before it had queued every "
+                            f"unit; delete it (optuna delete-study --study-name {study.study_name} --storage URL) "
+                            "and plan again")
+        if not told:
+            say(f"waiting for planner {host}:{pid} to finish queueing the units")
+            told = True
+        time.sleep(POLL_SECONDS / 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Working: take a unit, run it with a heartbeat, tell the outcome; until no work is left.
+
+
+def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0) -> int:
+    """Run units of the queues in `storage` (those in `names`, else all) until none is waiting or running
+    and `idle_seconds` have passed so; returns how many this process ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opened: dict[str, Queue] = {}
+    ran, idle_since = 0, time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ablation-worker-") as scratch:
+        while True:
+            interrupt.check()  # a stop asked for by a signal, between units
+            took, others_running = False, False
+            for queue in open_queues(storage, names, opened, data, say, Path(scratch)):
+                release_dead(queue.study)
+                trial = take(queue.study)
+                if trial is not None:
+                    run_taken(queue, trial, say)
+                    ran, took = ran + 1, True
+                    break
+                # A unit running elsewhere may still lose its worker: wait, to take its retry.
+                others_running = others_running or bool(queue.study.get_trials(deepcopy=False,
+                                                                               states=(TrialState.RUNNING,)))
+            if took:
+                idle_since = time.monotonic()
+                continue
+            if others_running:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= idle_seconds:
+                return ran
+            time.sleep(POLL_SECONDS)
+
+
+def open_queues(storage, names, opened: dict, data: LazySplits, say, scratch: Path) -> list[Queue]:
+    """The queue studies of the storage (those in `names`, else all), each opened once."""
+    queues = []
+    for summary in storage.get_all_studies():
+        kind = summary.user_attrs.get(QUEUE_ATTR)
+        if kind is None or (names and summary.study_name not in names):
+            continue
+        if summary.study_name not in opened:
+            check_data(summary.user_attrs.get(DATA_ATTR, []), data, f"queue {summary.study_name!r}")
+            opener = open_units_queue if kind == "units" else open_search_queue
+            opened[summary.study_name] = opener(storage, summary, data, say, scratch)
+        queues.append(opened[summary.study_name])
+    return queues
+
+
+def open_units_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
+    study = optuna.load_study(study_name=summary.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    return Queue(study, lambda trial: train_unit(trial, data, say))
+
+
+def open_search_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
+    """A search's study with its sampler and pruner, and its objective rebuilt from the study file it carries."""
+    search = summary.user_attrs[SEARCH_ATTR]
+    path = scratch / summary.study_name / search["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(search["text"])
+    study = load_study(path)
+    profile = get_profile(search["profile"])
+    space, base = study.search, study.step(study.search.base_step).config
+    base = base if search["seed"] is None else dataclasses.replace(base, seed=search["seed"])
+    pruner = searcher.make_pruner(search["pruner"], profile.apply(base).epochs)
+    optuna_study = optuna.load_study(study_name=summary.study_name, storage=storage,
+                                     sampler=searcher.TrialSeededTPE(base.seed), pruner=pruner)
+    objective = searcher.Objective(study=study, space=space, base=base, profile=profile, data=data,
+                                   experiment=tracking.experiment_id(study.name), optuna_name=summary.study_name,
+                                   verbose=False, out=say)
+    return Queue(optuna_study, objective)
+
+
+def take(study: optuna.Study) -> optuna.Trial | None:
+    """A waiting trial, now RUNNING for this process; None when none is waiting.
+
+    Optuna 5's `Study._pop_waiting_trial_id` without its fallback of creating a fresh trial: the
+    storage moves a trial from WAITING to RUNNING for one caller only.
+    """
+    storage = study._storage
+    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker took and finished it meanwhile
+    return None
+
+
+def release_dead(study: optuna.Study):
+    """Fail the trials of dead workers and queue each again (up to `tracking.MAX_RETRIES` times).
+
+    RDB storages: Optuna's heartbeat judges, on every machine. A journal file has none: a trial
+    whose worker was on this host and is gone is released the same way.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if is_heartbeat_enabled(study._storage):
+        return
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or tracking.process_alive(int(pid)):
+            continue
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                requeue(study, trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker released it first
+
+
+def requeue(study: optuna.Study, trial_id: int):
+    """Queue a copy of a failed trial (params, user attrs, retry history), as the heartbeat's retry does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tracking.MAX_RETRIES)
+        retry(study, study._storage.get_trial(trial_id))
+
+
+def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
+    """Run a taken trial with Optuna's heartbeat and tell its outcome; None when another attempt replaced it."""
+    study = queue.study
+    trial.set_user_attr("worker", searcher.worker_id())
+    earlier = trial.user_attrs.get(RUN_ATTR)  # a retried trial names the run of the attempt it replaces
+    if earlier and tracking.supersede(earlier, f"its trial was judged dead and retried as trial {trial.number}"):
+        say(f"marked run {earlier} KILLED: trial {trial.number} retries the unit its dead worker left")
+    state, value, error = attempt(queue, trial)
+    try:
+        if error:
+            trial.set_user_attr("error", error)
+            say(f"trial {trial.number} of {study.study_name!r} failed: {error}")
+        if state is not None:
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        state = None
+    if state is None:
+        # Its heartbeat was judged stopped (a starved or cut-off worker) and the unit queued again: the
+        # retry's run is the unit's record, so this attempt's run must not stay FINISHED beside it.
+        if trial.user_attrs.get(RUN_ATTR):
+            tracking.supersede(trial.user_attrs[RUN_ATTR], "its trial was judged dead (heartbeat) and retried")
+        say(f"trial {trial.number} of {study.study_name!r} was judged dead meanwhile and retried: this attempt is dropped")
+        return None
+    say(f"trial {trial.number} of {study.study_name!r}: {state.name.lower()}")
+    return state
+
+
+def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float | None, str]:
+    """(state, value, error) of running the trial under Optuna's heartbeat; state None when its trial was
+    finished by another process meanwhile. Interrupted, the trial fails and goes back to the queue."""
+    with get_heartbeat_thread(trial._trial_id, queue.study._storage):
+        try:
+            return TrialState.COMPLETE, queue.execute(trial), ""
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None, ""
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None, None, ""
+        except KeyboardInterrupt:
+            queue.study.tell(trial, state=TrialState.FAIL)
+            requeue(queue.study, trial._trial_id)
+            raise
+        except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
+            return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:1000]
+
+
+def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
+    """A unit's trial: reuse finished work, else train it in a run under the planner's parent."""
+    spec = trial.user_attrs[UNIT_ATTR]
+    unit, parent = unit_from_spec(spec), spec["parent_run_id"]
+    config, experiment = unit.config, tracking.experiment_id(spec["experiment"])
+    say(f"\n{unit.label or unit.name}  (trial {trial.number} of queue {trial.study.study_name!r})")
+    tags = runner.run_tags(unit, data.fingerprint(**config.split_args()))
+    previous = None if spec["force"] else tracking.find_finished(experiment, spec["work_key"])
+    if previous is not None:
+        copied = tracking.copy_run(previous, experiment, unit.name, tags, parent_run_id=parent)
+        trial.set_user_attr(RUN_ATTR, copied.info.run_id)
+        say(f"    reused finished run {previous.info.run_id} (same config and data)")
+        return copied.data.metrics["test_accuracy"]
+    splits = data.splits(**config.split_args())
+    begin, end = runner.progress_printer(config.epochs, say)
+    with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
+        trial.set_user_attr(RUN_ATTR, run.info.run_id)
+        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say)
+    say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs")
+    return result.test_accuracy
+
+
+# ---------------------------------------------------------------------------------------------
+# The planners: put the work in the queue, work on it, wait for all of it, summarize.
+
+
+def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print) -> list[dict]:
+    """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows."""
+    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
+                   Tag.SEEDS: sorted({step.config.seed for step in steps})}
+    say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
+    return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, runner.ladder_units(study, profile, steps),
+                            data_path, force, say, summarize=lambda rows: runner.ladder_evidence(rows, steps),
+                            storage=storage)
+
+
+def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
+                     storage=None) -> list[dict]:
+    """`runner.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
+    queued (or the same plan joined), this process works on them beside the workers, and returns their rows
+    once every one is done."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = LazySplits(data_path, say)
+    fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]
+    storage_obj, kind, where = tracking.open_storage(storage)
+    experiment = tracking.experiment_id(study.name)
+    parent_tags = {**parent_tags, Tag.OPTUNA_STORAGE: where, Tag.OPTUNA_STORAGE_KIND: kind}
+    with tracking.held_run(experiment, parent_name, parent_tags) as parent_id:
+        specs = [unit_spec(unit, fingerprint, study.name, parent_id, force)
+                 for unit, fingerprint in zip(units, fingerprints, strict=True)]
+        name = queue_name(study.name, parent_name, specs) + (f"-{parent_id[:8]}" if force else "")
+        say(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
+        queue = plan_units(storage_obj, name, specs, list({f["digest"]: f for f in fingerprints}.values()), say)
+        say(f"queue {name!r} in {where} ({kind}): {len(specs)} units; workers join with "
+            f"python -m ablation.worker --storage URL")
+        ran = work(storage_obj, data, say, names=[name])
+        rows = queue_rows(queue, units, fingerprints)
+        say(f"\nall {len(rows)} units of queue {name!r} are done ({ran} run by this process)")
+        with tracking.resumed(parent_id):
+            tracking.log_study_file(study.path)
+            tracking.log_table([{k: v for k, v in row.items() if k != "correct"} for row in rows], "units.json")
+            if summarize is not None:
+                tracking.log_dict(summarize(rows), "summary.json")
+    return rows
+
+
+def queue_rows(queue: optuna.Study, units: list[Unit], fingerprints: list[dict]) -> list[dict]:
+    """Each unit's row, read from the run its complete trial names; a unit whose trials failed is a failed row."""
+    trials = queue.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    done = {t.user_attrs[UNIT_ATTR]["work_key"]: t for t in trials if t.state == TrialState.COMPLETE}
+    errors = {t.user_attrs[UNIT_ATTR]["work_key"]: t.user_attrs.get("error", "its worker died") for t in trials
+              if t.state == TrialState.FAIL}
+    rows = []
+    for unit, fingerprint in zip(units, fingerprints, strict=True):
+        key = runner.work_key(unit.config, fingerprint)
+        if key not in done:
+            rows.append(runner.unit_row(unit, key, {}, None, reused=False, error=errors.get(key, "not run")))
+            continue
+        run = tracking.get_run(done[key].user_attrs[RUN_ATTR])
+        rows.append(runner.unit_row(unit, key, run.data.metrics, runner.predicted_correctly(run.info.run_id),
+                                    reused=Tag.REUSED_FROM in run.data.tags))
+    return rows
+
+
+def run_search_shared(study, profile, *, trials: int, data_path=None, seed=None, storage=None, study_name=None,
+                      pruner="median", reports="reports", out=print) -> dict:
+    """The search through the shared queue: add `trials` planned trials to its Optuna study, work, wait for them."""
+    if study.search is None:
+        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
+    space = study.search
+    searcher.check_monitor(space, study.path.name)
+    base = study.step(space.base_step).config
+    base = base if seed is None else dataclasses.replace(base, seed=seed)
+    optuna_name = study_name or f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_obj, kind, where = tracking.open_storage(storage)
+    optuna_study = searcher.open_study(storage_obj, where, optuna_name, space.direction,
+                                       searcher.study_identity(study, space, base, profile),
+                                       searcher.TrialSeededTPE(base.seed),
+                                       searcher.make_pruner(pruner, profile.apply(base).epochs))
+    data = LazySplits(data_path, out)
+    fingerprint = data.fingerprint(**profile.apply(base).split_args())
+    experiment = tracking.experiment_id(study.name)
+    parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
+                   Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: kind, Tag.OPTUNA_STORAGE: where,
+                   Tag.BASE_STEP: space.base_step, Tag.PRUNER: pruner, Tag.SEED: base.seed}
+    with tracking.held_run(experiment, f"search-{optuna_name}", parent_tags) as parent_id:
+        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
+        optuna_study.set_user_attr(SEARCH_ATTR, {"file": study.path.name, "text": study.path.read_text(),
+                                                 "profile": profile.name, "seed": seed, "pruner": pruner})
+        optuna_study.set_user_attr(DATA_ATTR, [fingerprint])
+        optuna_study.set_user_attr(QUEUE_ATTR, "search")
+        for _ in range(trials):
+            optuna_study.enqueue_trial({}, user_attrs={PARENT_ATTR: parent_id})
+        optuna_study.set_user_attr(PLANNED_ATTR, trials)  # by the latest planner of the study
+        out(f"Optuna study {optuna_name!r} in {where} ({kind}): {trials} trial(s) queued for workers")
+        work(storage_obj, data, out, names=[optuna_name])
+        with tracking.resumed(parent_id):
+            tracking.log_study_file(study.path)
+            summary = searcher.record_outcome(study, space, profile, optuna_study, where, reports)
+    summary.update(optuna_study=optuna_name, storage=where, storage_kind=kind, added=trials)
+    return summary

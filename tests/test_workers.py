@@ -1,0 +1,223 @@
+"""The shared work queue end to end: PostgreSQL, an MLflow tracking server, planners and workers as processes.
+
+One smoke ladder (2 steps x 2 seeds) and a 2-trial smoke search are planned into a fresh PostgreSQL
+database; three `python -m ablation.worker` processes join; one of them is SIGKILLed while it trains.
+Heartbeats are shortened through $ABLATION_HEARTBEAT / $ABLATION_GRACE so the retry comes in seconds.
+"""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+STUDY = """
+[study]
+name = "queue_e2e"
+
+[base]
+model = "template_resnet"
+model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }
+epochs = 25  # 1 epoch at the smoke profile
+batch_size = 16
+train_subset = 80
+test_subset = 64
+run_eagerly = true
+
+[[steps]]
+name = "small"
+
+[[steps]]
+name = "flip"
+horizontal_flip = true
+
+[search]
+base_step = "small"
+
+[search.params.dropout_rate]
+type = "float"
+low = 0.0
+high = 0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def cifar_slice(cifar_path, tmp_path_factory) -> Path:
+    """The first 20 training and 10 test images of each class of the real archive, as an image-folder tree:
+    each of the test's six processes reads it in a moment instead of the whole archive."""
+    from PIL import Image
+
+    from ablation.data import load_cifar10
+
+    root, dataset = tmp_path_factory.mktemp("cifar_slice"), load_cifar10(cifar_path)
+    for split, x, y, per_class in (("train", dataset.x_train, dataset.y_train, 20),
+                                   ("test", dataset.x_test, dataset.y_test, 10)):
+        for label, name in enumerate(dataset.class_names):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number, index in enumerate(np.flatnonzero(y == label)[:per_class]):
+                Image.fromarray(x[index]).save(folder / f"{number:03d}.png")
+    return root
+
+
+def start(module: str, args: list, env: dict, log: Path) -> subprocess.Popen:
+    """`python -m ablation.<module> ARGS` in the background, output to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", f"ablation.{module}", *args], env=env, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def queue_studies(storage_url: str, count: int, timeout: float = 600) -> dict:
+    """Wait until `count` queue studies are planned; name -> optuna.Study."""
+    import optuna
+
+    from ablation import tracking
+
+    storage = tracking.open_storage(storage_url)[0]  # the planners may be creating Optuna's tables right now
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        planned = [s.study_name for s in storage.get_all_studies() if "planned" in s.user_attrs]
+        if len(planned) == count:
+            return {name: optuna.load_study(study_name=name, storage=storage) for name in planned}
+        time.sleep(1)
+    pytest.fail(f"the planners did not queue their work within {timeout} s")
+
+
+def kill_a_training_worker(studies: dict, workers: list, client, timeout: float = 600):
+    """SIGKILL a worker as soon as one holds a unit whose run has logged its config (training has begun)."""
+    from optuna.trial import TrialState
+
+    pids = {w.pid: w for w in workers}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, study in studies.items():
+            for trial in study.get_trials(states=(TrialState.RUNNING,)):
+                pid = int(trial.user_attrs.get("worker", "0:0").rpartition(":")[2])
+                run_id = trial.user_attrs.get("mlflow_run_id")
+                if pid in pids and run_id and client.get_run(run_id).data.params:
+                    pids[pid].send_signal(signal.SIGKILL)
+                    pids[pid].wait(30)
+                    return name, trial.number, run_id
+        time.sleep(0.3)
+    pytest.fail(f"no worker held a unit in training within {timeout} s")
+
+
+def finish(processes: list, logs: list, timeout: float = 900) -> list[str]:
+    """Wait for every process (killing what is left at the timeout); their outputs."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(max(1, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [log.read_text() for log in logs]
+
+
+@pytest.mark.slow
+def test_workers_share_a_ladder_and_a_search_and_retry_a_killed_workers_unit(
+        postgres, mlflow_tracking_server, cifar_slice, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    study_file = tmp_path / "queue_e2e.toml"
+    study_file.write_text(STUDY)
+    storage_url = postgres.create_database("queue_e2e")  # empty: the processes create Optuna's tables together
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_tracking_server, "ABLATION_DATA": str(cifar_slice),
+           "ABLATION_HEARTBEAT": "3", "ABLATION_GRACE": "30", "PYTHONUNBUFFERED": "1",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    common = ["--study", str(study_file), "--profile", "smoke", "--workers", "--storage", storage_url]
+    planners = [start("ladder", [*common, "--seeds", "2", "--no-report"], env, tmp_path / "ladder.log"),
+                start("search", [*common, "--trials", "2"], env, tmp_path / "search.log")]
+    client = MlflowClient(mlflow_tracking_server)
+    workers = []
+    try:
+        studies = queue_studies(storage_url, count=2)
+        workers = [start("worker", ["--storage", storage_url, "--idle", "3"], env, tmp_path / f"worker{i}.log")
+                   for i in range(3)]
+        killed = kill_a_training_worker(studies, workers, client)
+    finally:
+        outputs = finish(planners + workers, [tmp_path / n for n in ("ladder.log", "search.log")]
+                         + [tmp_path / f"worker{i}.log" for i in range(len(workers))])
+    codes = [p.returncode for p in planners + workers]
+    assert sorted(codes) == [-signal.SIGKILL, 0, 0, 0, 0], "\n\n".join(outputs)
+    assert "all 4 units of queue" in outputs[0] and "(postgresql)" in outputs[0], outputs[0]
+    assert sum("retries the unit its dead worker left" in output for output in outputs) == 1, "\n\n".join(outputs)
+
+    check_optuna(studies, killed)
+    ladder_parent = check_mlflow(client, killed)
+    # The same work in one process, as `python -m ablation.ladder` runs it: it finds every unit finished
+    # (by work key) and summarizes the same numbers through its own path.
+    single = subprocess.run([sys.executable, "-m", "ablation.ladder", "--study", str(study_file), "--profile", "smoke",
+                             "--seeds", "2", "--no-report"], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert single.returncode == 0 and single.stdout.count("reused finished run") == 4, single.stdout + single.stderr
+    assert summary_of(client, ladder_parent, tmp_path / "shared") == summary_of(client, latest_ladder(client),
+                                                                                 tmp_path / "single")
+
+
+def check_optuna(studies: dict, killed: tuple):
+    """Every unit complete exactly once; the killed trial failed and its retry completed."""
+    from optuna.trial import TrialState
+
+    name, number, run_id = killed
+    for study_name, study in studies.items():
+        trials = study.get_trials()
+        states = collections.Counter(t.state for t in trials)
+        expected_failed = 1 if study_name == name else 0
+        assert states[TrialState.FAIL] == expected_failed and states[TrialState.WAITING] == 0, states
+        assert states[TrialState.RUNNING] == 0, states
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        if study_name.startswith("units-"):
+            keys = collections.Counter(t.user_attrs["unit"]["work_key"] for t in finished)
+            assert len(keys) == 4 and set(keys.values()) == {1}, keys
+        else:
+            assert len(finished) == 2, [t.state for t in trials]
+    retry = [t for t in studies[name].get_trials() if t.system_attrs.get("failed_trial") == number]
+    assert len(retry) == 1 and retry[0].state != TrialState.FAIL
+    assert retry[0].user_attrs["mlflow_run_id"] != run_id
+
+
+def check_mlflow(client, killed: tuple) -> str:
+    """One FINISHED run per unit, under its planner's parent; the killed attempt's run KILLED; none RUNNING."""
+    experiment = client.get_experiment_by_name("queue_e2e").experiment_id
+    runs = client.search_runs([experiment], max_results=1000)
+    by_kind = collections.defaultdict(list)
+    for run in runs:
+        by_kind[run.data.tags["ablation.kind"]].append(run)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    assert client.get_run(killed[2]).info.status == "KILLED"
+    (ladder_parent,), (search_parent,) = by_kind["ladder"], by_kind["search"]
+    assert ladder_parent.info.status == search_parent.info.status == "FINISHED"
+    steps = [r for r in by_kind["ladder_step"] if r.info.status == "FINISHED"]
+    assert len(steps) == 4 and len({r.data.tags["ablation.work_key"] for r in steps}) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in steps} == {ladder_parent.info.run_id}
+    trials = [r for r in by_kind["search_trial"] if r.info.status == "FINISHED"]
+    assert len(trials) == 2 and len({r.data.tags["ablation.optuna_trial"] for r in trials}) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {search_parent.info.run_id}
+    killed_runs = [r for r in runs if r.info.status == "KILLED"]
+    assert [r.info.run_id for r in killed_runs] == [killed[2]]
+    assert len(by_kind["ladder_step"]) + len(by_kind["search_trial"]) == 4 + 2 + 1
+    return ladder_parent.info.run_id
+
+
+def latest_ladder(client) -> str:
+    """The id of the newest ladder parent run of the study."""
+    experiment = client.get_experiment_by_name("queue_e2e").experiment_id
+    return client.search_runs([experiment], "tags.`ablation.kind` = 'ladder'",
+                              order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id
+
+
+def summary_of(client, run_id: str, folder: Path) -> dict:
+    """A ladder parent's summary.json: per-step intervals and the paired tests."""
+    folder.mkdir()
+    return json.loads(Path(client.download_artifacts(run_id, "summary.json", str(folder))).read_text())

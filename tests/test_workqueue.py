@@ -1,0 +1,90 @@
+"""The work queue's planning and its checks, on real storages (PostgreSQL, a journal file), without training."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ablation import runner, tracking, workqueue
+from ablation.config import StudyError, get_profile, load_study
+from ablation.data import LazySplits
+
+REPO = Path(__file__).resolve().parents[1]
+FINGERPRINT = {"source": "cifar-10-python.tar.gz", "train_size": 128, "val_size": 32, "test_size": 100,
+               "subset_train": 160, "subset_test": 100, "seed": 0, "validation_split": 0.2,
+               "digest": "0123456789abcdef"}
+
+
+def ladder_specs(parent_run_id="parent") -> list[dict]:
+    """The specs of the assignment's smoke ladder with 2 seeds, as a planner makes them (a made-up digest)."""
+    study, profile = load_study(REPO / "studies" / "assignment.toml"), get_profile("smoke")
+    study = dataclasses.replace(study, seeds=(0, 1))
+    units = runner.ladder_units(study, profile, runner.resolve_steps(study, profile))
+    return [workqueue.unit_spec(unit, FINGERPRINT, study.name, parent_run_id, force=False) for unit in units]
+
+
+def test_planners_of_the_same_work_started_together_queue_it_once(postgres):
+    """Four planners at once on a fresh database: one creates the queue and enqueues, three join it."""
+    storage_url = postgres.create_database("plan_once")
+    specs = ladder_specs()
+    name = workqueue.queue_name("assignment", "assignment-smoke", specs)
+    together, said = threading.Barrier(4), []
+
+    def planner():
+        storage = tracking.open_storage(storage_url)[0]
+        together.wait()
+        workqueue.plan_units(storage, name, specs, [FINGERPRINT], said.append)
+
+    threads = [threading.Thread(target=planner) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
+    assert len(specs) == 12 and len(trials) == 12  # 6 steps x 2 seeds, each queued once
+    assert sorted(t.user_attrs["unit"]["work_key"] for t in trials) == sorted(s["work_key"] for s in specs)
+    assert said.count(f"queue {name!r} exists: joining the planner that made it") == 3
+    # A unit rebuilt from its spec is the planned unit: same config hash, same work key.
+    unit = workqueue.unit_from_spec(trials[0].user_attrs["unit"])
+    assert runner.work_key(unit.config, FINGERPRINT) == trials[0].user_attrs["unit"]["work_key"]
+
+
+def test_a_worker_whose_data_differs_from_the_planners_stops_with_both_digests(tmp_path, cifar_path):
+    journal = tmp_path / "queue.journal"
+    storage = tracking.open_storage(str(journal))[0]
+    planned = LazySplits(cifar_path).fingerprint(validation_split=0.2, seed=0, train_subset=160, test_subset=100)
+    wrong = {**planned, "digest": "ffffffffffffffff"}
+    workqueue.plan_units(storage, "units-other-data", ladder_specs()[:1], [wrong], print)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "ablation.worker", "--storage", str(journal), "--data",
+                           str(cifar_path), "--idle", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"gives digest {planned['digest']}" in done.stderr and "gave ffffffffffffffff" in done.stderr
+    assert "point --data or $ABLATION_DATA at the same CIFAR-10" in done.stderr
+    trial = optuna.load_study(study_name="units-other-data", storage=storage).trials[0]
+    assert trial.state == optuna.trial.TrialState.WAITING  # nothing was taken
+
+
+def test_bad_heartbeat_settings_are_input_errors(monkeypatch):
+    monkeypatch.setenv("ABLATION_HEARTBEAT", "10")
+    monkeypatch.setenv("ABLATION_GRACE", "5")
+    with pytest.raises(StudyError, match="ABLATION_GRACE=5 must exceed"):
+        tracking.heartbeat_settings()
+    monkeypatch.setenv("ABLATION_GRACE", "soon")
+    with pytest.raises(StudyError, match="expected a whole number of seconds"):
+        tracking.heartbeat_settings()
+
+
+@pytest.mark.parametrize("module", ["worker", "migrate"])
+def test_help_imports_no_framework(module):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"ablation.{module}", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "storage" in done.stdout, done.stdout + done.stderr
+    assert "ablation.cli" in done.stderr  # -X importtime lists every module imported: --help must stay light
+    assert not {"tensorflow", "mlflow", "optuna", "keras"} & {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                                                             for line in done.stderr.splitlines()}
