@@ -21,6 +21,7 @@ from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
 from ablation.models import build_model
 from ablation.models.flops import count_flops
+from ablation.models.layers import enable_op_determinism
 
 
 class Diverged(FloatingPointError):
@@ -377,14 +378,6 @@ def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     predictions = np.argmax(probabilities, axis=1).astype("int64")
     return float(-np.log(picked).mean()), float((predictions == labels).mean()), predictions
-
-
-def enable_op_determinism():
-    """Bit-identical repeats of a seed on TensorFlow (slower kernels); other backends: nothing to do."""
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf  # the backend itself, already loaded by Keras
-
-        tf.config.experimental.enable_op_determinism()
 
 
 def _cpu_seconds() -> float:

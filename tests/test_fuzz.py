@@ -148,7 +148,7 @@ def test_a_generated_ladder_command_line_passes_its_checks_or_is_one_line(tmp_pa
     if args is None:
         return
     try:
-        study, _, steps, _ = ladder.prepare(args)
+        study, _, steps = ladder.prepare(args)
     except (StudyError, DataError, StoreError) as error:
         assert len(one_line(error).splitlines()) == 1
     else:

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 if keras.backend.backend() == "tensorflow":
-    # The only TensorFlow import in `ablation`: Keras 3 has no op for the fused kernel. Guarded so
-    # that other backends run without TensorFlow installed.
+    # The only TensorFlow import in `ablation`: Keras 3 has no op for the fused kernel (nor a switch
+    # for op determinism). Guarded so that other backends run without TensorFlow installed.
     import tensorflow as tf
 
 # cuDNN's floor on epsilon (CUDNN_BN_MIN_EPSILON); Keras 2 also left the fused kernel below it.
@@ -73,3 +73,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
         return outputs
+
+
+def enable_op_determinism():
+    """Bit-identical repeats of a seed on TensorFlow (slower kernels); other backends: nothing to do."""
+    if keras.backend.backend() == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
