@@ -44,7 +44,6 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from ablation import interrupt, runner, searcher, tracking
-from ablation.console import Display
 from ablation.config import Config, StudyError, get_profile, load_study
 from ablation.console import Display
 from ablation.data import DataError, LazySplits, resolve_data_path
