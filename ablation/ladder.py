@@ -171,7 +171,8 @@ def run(args) -> int:
     # Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue.
     try:
         if args.workers:
-            rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage)
+            rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
+                                               log_models=args.log_models)
         else:
             with Display() as display:
                 rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,

@@ -44,9 +44,9 @@ from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enable
 from optuna.trial import TrialState
 
 from ablation import interrupt, runner, searcher, tracking
-from ablation.console import Display
 from ablation.config import Config, StudyError, get_profile, load_study
-from ablation.data import DataError, LazySplits
+from ablation.console import Display
+from ablation.data import DataError, LazySplits, resolve_data_path
 from ablation.runner import Unit
 from ablation.tracking import Kind, Tag
 
@@ -84,7 +84,7 @@ def unit_spec(unit: Unit, fingerprint: dict, experiment_name: str, parent_run_id
     return {"name": unit.name, "config": unit.config.to_dict(), "config_hash": unit.config.hash(),
             "tags": json.loads(json.dumps(unit.tags)), "label": unit.label, "row": unit.row,
             "work_key": runner.work_key(unit.config, fingerprint), "data_digest": fingerprint["digest"],
-            "experiment": experiment_name, "parent_run_id": parent_run_id, "force": force}
+            "experiment": experiment_name, "parent_run_id": parent_run_id, "force": force, "log_model": unit.log_model}
 
 
 def unit_from_spec(spec: dict) -> Unit:
@@ -93,7 +93,7 @@ def unit_from_spec(spec: dict) -> Unit:
     if config.hash() != spec["config_hash"]:
         raise StudyError(f"unit {spec['name']!r}: its config hashes to {config.hash()} here, {spec['config_hash']} "
                          "where it was planned: run the same version of ablation on every machine")
-    return Unit(spec["name"], config, spec["tags"], spec["label"], spec["row"])
+    return Unit(spec["name"], config, spec["tags"], spec["label"], spec["row"], spec["log_model"])
 
 
 def queue_name(study_name: str, parent_name: str, specs: list[dict]) -> str:
@@ -338,7 +338,8 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
     begin, end = runner.progress_printer(config.epochs, say)
     with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
         trial.set_user_attr(RUN_ATTR, run.info.run_id)
-        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say)
+        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say,
+                                     data_file=resolve_data_path(data.path), log_model=unit.log_model)
     say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs")
     return result.test_accuracy
 
@@ -347,14 +348,19 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 # The planners: put the work in the queue, work on it, wait for all of it, summarize.
 
 
-def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print) -> list[dict]:
-    """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows."""
+def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print,
+                      log_models="final") -> list[dict]:
+    """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows.
+
+    As `runner.run_ladder` (the same parent, units and summary), with the queue's `storage`.
+    """
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
-                   Tag.SEEDS: sorted({step.config.seed for step in steps})}
+                   Tag.SEEDS: sorted({step.config.seed for step in steps}), Tag.OVERRIDES: study.overrides_json(),
+                   Tag.NOTE: f"{study.title}: {profile.name} profile"}
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-    return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, runner.ladder_units(study, profile, steps),
-                            data_path, force, say, summarize=lambda rows: runner.ladder_evidence(rows, steps),
-                            storage=storage)
+    units = runner.ladder_units(study, profile, steps, log_models)
+    return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
+                            summarize=lambda rows: runner.ladder_evidence(rows, steps), storage=storage)
 
 
 def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
