@@ -118,7 +118,9 @@ def main(argv=None) -> int:
           f"{cpu:.0f} CPU-s\n")
     print(attribution.format_table(result))
     print("\nwritten: " + ", ".join(result["files"]))
-    return 0
+    for failed in result["failed"]:  # its subsets count as missing in the table above
+        print(f"FAILED: base + {failed['components']} seed {failed['seed']}: {failed['error']}", file=sys.stderr)
+    return EXIT_FAILED if result["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -276,6 +276,8 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
 
     def summarize(rows):
         outcome.update(attribute(study, profile, game, plan, seeds, rows, data, deterministic))
+        outcome["failed"] = [{"components": row["components"], "seed": row["seed"], "error": row["error"]}
+                             for row in rows if row["status"] == "failed"]
         files.extend(write_outputs(outcome, Path(reports) / study.name))
         return outcome
 
@@ -342,7 +344,8 @@ def finished_accuracies(study, configs: Mapping, data) -> dict:
 def attribute(study, profile, game: Game, plan: Plan, seeds, rows, data, deterministic=False) -> dict:
     """Every measure the store can give: the design's rows, the subsets other designs ran, the ladder's own runs."""
     k = len(game.components)
-    values = {(frozenset(row["subset"]), row["seed"]): row["test_accuracy"] for row in rows}
+    # A failed unit (diverged, crashed) measured nothing: its subsets count as missing, never as NaN.
+    values = {(frozenset(row["subset"]), row["seed"]): row["test_accuracy"] for row in rows if row["status"] == "finished"}
     missing = {(subset, seed): as_trained(compose(game, subset), profile, seed, deterministic)
                for subset in needed_subsets(k, plan) for seed in seeds if (subset, seed) not in values}
     values.update(finished_accuracies(study, missing, data))
@@ -532,6 +535,8 @@ def notes(result: dict) -> list[str]:
                    f"Shapley values: sampled from {result['plan']['orders']} antithetic orders ({result['plan']['subsets']}"
                    f" subsets); their sampling standard errors (points): "
                    + ", ".join(f"{100 * se:.1f}" for se in result["sampling_se"]) + ".")
+    out += [f"FAILED, so missing above: {result['base']} + {', '.join(f['components']) or 'nothing'}, seed {f['seed']}: "
+            f"{f['error']}" for f in result.get("failed", [])]
     for name, flag in RUN_IT.items():
         if result["measures"][name] is None:
             out.append(f"{HEADERS[name]}: not all its subsets are in the store for seeds {seeds} (run {flag}).")

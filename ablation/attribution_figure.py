@@ -29,5 +29,6 @@ def draw_attribution(result: dict, path, labels: dict):
     axes.set_xlabel("points of test accuracy (mean over training seeds, 95% interval)")
     axes.set_title(f"{result['study']}: what each change is worth ({result['profile']} profile, "
                    f"seeds {result['seeds']})", fontsize=10)
-    axes.legend(fontsize=8, loc="best")
+    if measures:  # none when every unit a measure needs failed: an empty chart, no legend
+        axes.legend(fontsize=8, loc="best")
     figure.savefig(path, dpi=120)

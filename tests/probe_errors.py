@@ -214,6 +214,10 @@ CASES = [
     Case("store_database_unreachable", SMOKE, needles=("cannot open the tracking store", "postgresql"),
          store="postgresql://user:secret@127.0.0.1:{port}/mlflow"),
     # Broken Optuna storages.
+    Case("store_report_database_corrupt", ("--no-log",), command="report", needles=("mlflow.db", "cannot be used"),
+         prepare=corrupt_database),
+    Case("store_report_unknown_scheme", ("--no-log",), command="report", needles=("MLFLOW_TRACKING_URI", "foo"),
+         store="foo://bar"),
     Case("storage_under_a_file", ("--storage", "{folder}/store/search.journal", *SMOKE_SEARCH), command="search",
          needles=("Optuna storage", "is a file, not a folder"), prepare=store_under_a_file,
          store="sqlite:///{folder}/other/mlflow.db"),

@@ -7,6 +7,7 @@ template ResNet without identity blocks on 64 training images for one eager epoc
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 
@@ -356,6 +357,39 @@ def test_the_search_best_trial_is_attributed_knob_by_knob(tiny, shapley, cifar_p
     assert "Optuna importance" in table and "ladder gain" not in table
     rows = {line.split()[0]: line for line in table.splitlines()[2:4]}
     assert set(rows) == {"dropout_rate", "learning_rate"}
+
+
+DIVERGING = TINY.split("[[steps]]")[0] + """
+[[steps]]
+name = "plain"
+
+[[steps]]
+name = "diverge"
+optimizer = "sgd"
+learning_rate = 1e30
+
+[[steps]]
+name = "recover"
+optimizer = "adam"
+learning_rate = 1e-3
+horizontal_flip = true
+"""
+
+
+@pytest.mark.slow
+def test_a_diverging_subset_is_failed_and_missing_never_a_nan(tmp_path, cifar_path):
+    (tmp_path / "tiny.toml").write_text(DIVERGING)
+    done = attribute_command(["--design", "add-one-in", "--seeds", "1", "--study", str(tmp_path / "tiny.toml"),
+                              "--data", str(cifar_path), "--reports", str(tmp_path / "reports")], tmp_path)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED: base + ['diverge'] seed 0:" in done.stderr and "diverged" in done.stderr
+    client, runs = runs_of(tmp_path)
+    parent = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.DESIGN][0]
+    summary = json.loads(open(client.download_artifacts(parent.info.run_id, "summary.json")).read())
+    assert summary["failed"] == [{"components": ["diverge"], "seed": 0, "error": summary["failed"][0]["error"]}]
+    assert summary["measures"]["add_one_in"] is None  # {diverge} measured nothing, so add-one-in has no seed
+    assert summary["full_gain"]["seeds"] == [0] and math.isfinite(summary["full_gain"]["mean"])  # these trained
+    assert "FAILED, so missing above: plain + diverge, seed 0: Diverged" in done.stdout
 
 
 # --- Input errors and a light --help ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from ablation.config import StoreError, StudyError
 from ablation.report import DEFAULT_STUDY, ReportError, write_report
 
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     try:
         path = write_report(args.study, experiment=args.experiment, out=args.out, log=not args.no_log,
                             data=args.data)
-    except ReportError as error:
+    except (ReportError, StoreError, StudyError) as error:  # a broken store or study: one line, exit 2
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"report: {path.resolve()}  (and report.md, the CSVs, the figures beside it)")
