@@ -121,6 +121,10 @@ def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_
     table_line = next(line for line in done.stdout.splitlines() if line.startswith("diverging "))
     assert "FAILED" in table_line and "diverged" in table_line
     assert "1 step run(s) failed: diverging" in done.stderr
+    report = run_command("report", ["--study", str(tmp_path / "tiny.toml"), "--no-log", "--out", str(tmp_path / "r")],
+                         tmp_path)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert "not counted: diverging failed (Diverged: training diverged: loss" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_stop_on_failure_ends_the_ladder_at_the_failing_step(tmp_path, cifar_tree):

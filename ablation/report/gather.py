@@ -61,6 +61,7 @@ class Ladder:
     curve_seed: int | None  # the training seed whose epochs are drawn
     histories: dict[str, pd.DataFrame]  # run id -> per-epoch metrics, indexed by epoch (from 1), for `steps`
     correct: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> right/wrong per test image
+    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)  # its step runs that failed, were killed or run
 
 
 @dataclass
@@ -273,7 +274,10 @@ def read_ladder(runs: pd.DataFrame, config_columns: list[str]) -> Ladder | None:
     refs = [StepRef(r[STEP], bool(r[BASELINE]), _text(r.get(COMPARE_TO))) for _, r in steps.iterrows()]
     pool = replicates(runs, parent, mine, config_columns)
     pairs = evidence.ladder_pairs(refs)
-    return Ladder(parent, mine, steps, pool, pairs, seeds, curve_seed, histories(steps["run_id"]))
+    unfinished = runs[runs[KIND].eq(Kind.LADDER_STEP) & runs["parent_run_id"].eq(parent["run_id"])
+                      & ~runs["status"].eq("FINISHED")]
+    return Ladder(parent, mine, steps, pool, pairs, seeds, curve_seed, histories(steps["run_id"]),
+                  unfinished=unfinished.sort_values("start_time"))
 
 
 def _run_at(runs: pd.DataFrame, seed) -> pd.Series:

@@ -86,10 +86,19 @@ def ladder_sections(ladder: Ladder, title: str) -> tuple[list[Section], dict[str
                     "stopping fired). CPU-s / epoch: training CPU time / epochs run, mean over the seeds (reused: "
                     "copied from an earlier run of the same work). The same table is ladder_summary.csv beside "
                     "this report.")
+    section.notes += unfinished_notes(ladder)
     sections = [section, changes_section(changes)]
     sections += curve_sections(ladder)
     sections.append(architecture_section(ladder, summary))
     return sections, {"ladder_summary.csv": summary}
+
+
+def unfinished_notes(ladder: Ladder) -> list[str]:
+    """One line per step run of the latest ladder that did not finish: it is in no number above."""
+    error = col(Tag.ERROR)
+    return [f"not counted: {run['run_name']} {str(run['status']).lower()}"
+            + (f" ({run[error]})" if isinstance(run.get(error), str) and run[error] else "")
+            for _, run in ladder.unfinished.iterrows()]
 
 
 def changes_section(changes: pd.DataFrame) -> Section:
