@@ -153,10 +153,10 @@ def prepare(args):
             dataclasses.replace(s, config=dataclasses.replace(s.config, deterministic=True)) for s in study.steps))
     profile = get_profile(args.profile)
     only = [name.strip() for name in args.steps.split(",")] if args.steps else None
+    check_data_path(args.data)  # before the engines' imports: a wrong path is said at once
     from ablation import runner, tracking  # the engines (MLflow; Keras when a step trains): after --help
 
     steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
-    check_data_path(args.data)
     tracking.check_store()
     return study, profile, steps
 

@@ -1,6 +1,8 @@
 """Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a small tree cut from it, a smoke-ladder store."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 
 # The data fingerprints the tests compute stay out of the user's cache (commands inherit this).
 os.environ["ABLATION_CACHE"] = tempfile.mkdtemp(prefix="ablation-test-cache-")
+atexit.register(shutil.rmtree, os.environ["ABLATION_CACHE"], ignore_errors=True)  # it holds 184 MB of decoded data
 
 
 @pytest.fixture(scope="session")

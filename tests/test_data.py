@@ -329,3 +329,27 @@ def test_fingerprint_comes_from_the_cache_until_the_archive_changes(cifar, cifar
     os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the archive was replaced
     assert LazySplits(archive, said.append).fingerprint(**arguments) == expected
     assert said == ["loading CIFAR-10 ..."]
+
+
+def test_a_decoded_archive_is_read_from_the_cache_and_a_damaged_copy_is_decoded_again(cifar, cifar_path, tmp_path,
+                                                                                        monkeypatch):
+    monkeypatch.setenv("ABLATION_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / cifar_path.name
+    shutil.copyfile(cifar_path, archive)
+    first = load_cifar10(archive)
+    [copy] = (tmp_path / "cache").glob("cifar10-*.npz")
+    stamp = copy.stat().st_mtime_ns
+    second = load_cifar10(archive)
+    assert copy.stat().st_mtime_ns == stamp  # read, not written again
+    for loaded in (first, second):
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            assert np.array_equal(getattr(loaded, name), getattr(cifar, name))
+        assert loaded.class_names == cifar.class_names and loaded.source == cifar_path.name
+    copy.write_bytes(copy.read_bytes()[:1000])  # a copy cut short (a full disk, a killed writer)
+    third = load_cifar10(archive)
+    assert np.array_equal(third.x_train, cifar.x_train) and copy.stat().st_size > 1000  # decoded and rewritten
+    stat = archive.stat()
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the archive was replaced
+    load_cifar10(archive)
+    assert [p.name for p in (tmp_path / "cache").glob("cifar10-*.npz")] != [copy.name]  # a new key, the old copy gone
+    assert len(list((tmp_path / "cache").glob("cifar10-*.npz"))) == 1
