@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ablation import checkpoint, interrupt
+from ablation import checkpoint, interrupt, memory
 from ablation.augment import RandomAffine, has_augmentation
 from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
@@ -327,6 +327,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     already, go on from it (the hooks then see only the epochs after it; the Result has them all).
     """
     interrupt.check()  # a stop asked for while Keras was starting
+    memory.keep_freed_memory()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         enable_op_determinism()

@@ -1,8 +1,8 @@
-"""Performance benchmark (issue 6): six ratios, each with its medians, to a CSV and a Markdown table.
+"""Performance benchmark: seven ratios, each with its medians, to a CSV and a Markdown table.
 
 Run from the repository root:
 
-    python -m benchmarks.bench --data ../shared/data/cifar-10-python.tar.gz     # all six ratios
+    python -m benchmarks.bench --data ../shared/data/cifar-10-python.tar.gz     # all seven ratios
     python -m benchmarks.bench --data ... --quick                                # fewer images, rounds, trials
     python -m benchmarks.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
 
@@ -29,8 +29,12 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
    again on the store the first run filled: nothing to train.
 5. `python -m ablation.ladder --help` (goal <= 1 s wall).
 6. `python -m ablation.report` over a store of 1,000 runs shaped like ladder and search runs (goal <= 10 s).
+7. the allocator settings (goal >= 1.0): the project's CPU per training image with glibc's malloc defaults
+   (`ABLATION_MALLOC=system`) divided by its cost with `ablation.memory.keep_freed_memory` (the default),
+   on the first network; the note gives each worker's peak resident memory. The bare path of ratio 2
+   applies the same settings, so ratio 2 still measures the project's own overhead.
 
-How training is timed (ratios 1-2): each path (source, project, bare; per network) is one worker
+How training is timed (ratios 1, 2, 7): each path (source, project, bare, project-glibc; per network) is one worker
 process with its own TensorFlow state, and the workers take turns: the parent lets one run its setup
 and first epoch (graph tracing, not counted), then each in turn one more epoch per round, while the
 others wait, blocked, at an epoch's end. So every path pays its tracing once, and a slow minute of
@@ -61,7 +65,7 @@ import keras
 import numpy as np
 import optuna
 
-from ablation import runner, searcher, tracking
+from ablation import memory, runner, searcher, tracking
 from ablation.config import Profile, get_profile, load_study, with_values
 from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
 from ablation.tracking import Kind, Tag
@@ -100,14 +104,14 @@ SIZES = {
     "quick": Size(train_images=320, rounds=2, search_trials=8, search_train_images=64, command_repeats=1),
 }
 
-# The networks of ratios 1-2: the ladder step the project trains, with these depths, and the source's twin.
+# The networks of ratios 1, 2 and 7: the ladder step the project trains, with these depths, and the source's twin.
 NETWORKS = {
     "template": {"step": "augmentation", "blocks": (5, 3, 1), "dropout_rate": 0.0, "schedule_callbacks": False},
     "final": {"step": "deeper_dropout", "blocks": (7, 5, 2), "dropout_rate": 0.5, "schedule_callbacks": True},
     # The machinery's test: the template without identity blocks, traced in seconds.
     "tiny": {"step": "augmentation", "blocks": (0, 0, 0), "dropout_rate": 0.0, "schedule_callbacks": False},
 }
-GOALS = {1: (">=", 1.0), 2: (">=", 0.95), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0)}
+GOALS = {1: (">=", 1.0), 2: (">=", 0.95), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0), 7: (">=", 1.0)}
 PRUNERS = ("none", "median", "hyperband")  # the reference first
 
 
@@ -179,6 +183,7 @@ def train_bare(network: str, splits, epochs: int, turns: Turns):
     """keras.Model.fit of the project's model (augmentation included) on arrays: no tracking, no hooks."""
     _, step = project_step(network, splits, epochs)
     config = step.config
+    memory.keep_freed_memory()  # as the project's training does: ratio 2 compares the rest
     keras.utils.set_random_seed(config.seed)
     _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -252,8 +257,9 @@ def training_worker(spec: dict) -> dict:
 
         train_source(tf_keras, network, splits, epochs, turns)
     else:
-        {"project": train_project, "bare": train_bare}[spec["path"]](network, splits, epochs, turns)
-    return {"images": len(splits.y_train)}
+        {"project": train_project, "project-glibc": train_project, "bare": train_bare}[spec["path"]](
+            network, splits, epochs, turns)
+    return {"images": len(splits.y_train), "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def epoch_costs(marks: list[dict], images: int) -> dict:
@@ -553,10 +559,13 @@ def training_plan(only, size: Size) -> list[tuple[str, str]]:
     for network in size.networks:
         if 1 in only:
             plan.append(("source", network))
-        if 1 in only or (2 in only and network == size.networks[0]):
+        first = network == size.networks[0]
+        if 1 in only or (first and {2, 7} & set(only)):
             plan.append(("project", network))
-        if 2 in only and network == size.networks[0]:
+        if 2 in only and first:
             plan.append(("bare", network))
+        if 7 in only and first:
+            plan.append(("project-glibc", network))  # the project with glibc's malloc defaults
     return plan
 
 
@@ -581,13 +590,16 @@ def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, sa
         for path, network in training_plan(only, size):
             spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + size.rounds,
                     "data_file": data_file}
-            workers[path, network] = Worker(spec, store_env(env, folder / f"mlruns-{path}-{network}"), folder)
+            malloc = {"ABLATION_MALLOC": "system"} if path == "project-glibc" else {}
+            workers[path, network] = Worker(spec, {**store_env(env, folder / f"mlruns-{path}-{network}"), **malloc},
+                                            folder)
         take_turns(list(workers.values()), size, images, say)
     finally:
         for worker in workers.values():
             if worker.process.poll() is None:
                 worker.process.kill()
-    costs = {key: epoch_costs(w.marks, w.result["images"]) for key, w in workers.items()}
+    costs = {key: {**epoch_costs(w.marks, w.result["images"]), "max_rss_mb": w.result["max_rss_mb"]}
+             for key, w in workers.items()}
     return training_rows(only, size, costs)
 
 
@@ -610,6 +622,14 @@ def training_rows(only, size: Size, costs: dict) -> list[dict]:
                 2, network, med[bare]["cpu_ms"] / med[project]["cpu_ms"], "bare keras.Model.fit", med[bare]["cpu_ms"],
                 "project ladder step", med[project]["cpu_ms"], "CPU-ms/image", 1000 / med[bare]["wall_ms"],
                 1000 / med[project]["wall_ms"], "images/s", samples, _spread(costs[bare], costs[project])))
+        glibc = ("project-glibc", network)
+        if 7 in only and glibc in med:
+            rows.append(_row(
+                7, network, med[glibc]["cpu_ms"] / med[project]["cpu_ms"], "project, glibc malloc defaults",
+                med[glibc]["cpu_ms"], "project ladder step", med[project]["cpu_ms"], "CPU-ms/image",
+                1000 / med[glibc]["wall_ms"], 1000 / med[project]["wall_ms"], "images/s", samples,
+                f"{_spread(costs[glibc], costs[project])}; peak resident memory: glibc defaults "
+                f"{costs[glibc]['max_rss_mb']:.0f} MB, project {costs[project]['max_rss_mb']:.0f} MB"))
     return rows
 
 
@@ -786,7 +806,7 @@ def child_env() -> dict:
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
-def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=None, out=DEFAULT_OUT,
+def run_bench(only=(1, 2, 3, 4, 5, 6, 7), size: Size = SIZES["default"], data_path=None, out=DEFAULT_OUT,
               say=print) -> list[dict]:
     """Measure the ratios in `only`; write the CSV; return its rows."""
     data_path = resolve_data_path(data_path)
@@ -794,8 +814,8 @@ def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ablation-bench-") as tmp:
         folder = Path(tmp)
-        if {1, 2} & set(only):
-            say(f"ratios 1-2: training, {size.rounds} rounds of one epoch of {size.train_images} images per path")
+        if {1, 2, 7} & set(only):
+            say(f"ratios 1, 2, 7: training, {size.rounds} rounds of one epoch of {size.train_images} images per path")
             data_file = prepare_data(data_path, size, folder)
             rows += bench_training(only, size, data_file, folder, env, say)
         if 3 in only:
@@ -812,24 +832,24 @@ def run_bench(only=(1, 2, 3, 4, 5, 6), size: Size = SIZES["default"], data_path=
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Measure the six performance ratios of issue 6; write a CSV.")
+                                     description="Measure the performance ratios; write a CSV.")
     parser.add_argument("--data", default=None,
                         help="CIFAR-10 (archive or folder; default: $ABLATION_DATA, else Keras' download)")
     parser.add_argument("--quick", action="store_true", help="fewer images, rounds and trials (~5 min)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="ratios to measure, e.g. 1,2 (default: all)")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="ratios to measure, e.g. 1,2 (default: all)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"CSV file (default: {DEFAULT_OUT})")
     parser.add_argument("--images", type=int, default=None,
-                        help=f"training images per epoch, ratios 1-2 (default {SIZES['default'].train_images})")
+                        help=f"training images per epoch, ratios 1, 2 and 7 (default {SIZES['default'].train_images})")
     parser.add_argument("--rounds", type=int, default=None,
-                        help=f"measured epochs per path, ratios 1-2 (default {SIZES['default'].rounds})")
+                        help=f"measured epochs per path, ratios 1, 2 and 7 (default {SIZES['default'].rounds})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args(argv)
     try:
         args.only = tuple(sorted({int(n) for n in args.only.split(",") if n.strip()}))
     except ValueError:
-        parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
+        parser.error(f"--only takes ratio numbers 1-7 separated by commas, got {args.only!r}")
     if not args.only or not set(args.only) <= set(GOALS):
-        parser.error(f"--only takes ratio numbers 1-6 separated by commas, got {args.only!r}")
+        parser.error(f"--only takes ratio numbers 1-7 separated by commas, got {args.only!r}")
     for name in ("images", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")

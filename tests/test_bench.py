@@ -42,7 +42,7 @@ def test_epochs_to_reach_counts_pruned_epochs_until_the_target_is_first_reached(
 def test_only_rejects_unknown_ratios():
     assert bench.parse_args(["--only", "2,1"]).only == (1, 2)
     with pytest.raises(SystemExit):
-        bench.parse_args(["--only", "7"])
+        bench.parse_args(["--only", "8"])
 
 
 def test_training_plan_gives_ratio_2_the_first_network_only():
@@ -50,6 +50,7 @@ def test_training_plan_gives_ratio_2_the_first_network_only():
     assert bench.training_plan((1, 2), size) == [("source", "template"), ("project", "template"),
                                                  ("bare", "template"), ("source", "final"), ("project", "final")]
     assert bench.training_plan((2,), size) == [("project", "template"), ("bare", "template")]
+    assert bench.training_plan((7,), size) == [("project", "template"), ("project-glibc", "template")]
 
 
 def test_project_step_puts_the_network_depths_and_sizes_into_the_ladder_step():
@@ -103,8 +104,8 @@ def test_fill_store_writes_ladders_and_a_search_with_its_journal(tmp_path, monke
 
 @pytest.mark.slow
 def test_tiny_benchmark_writes_its_csv(tmp_path, cifar_path):
-    # Ratio 1 needs the source's Keras 2 (the `bench` extra); ratio 2 and 5 only the project.
-    only = (1, 2, 5) if importlib.util.find_spec("tf_keras") else (2, 5)
+    # Ratio 1 needs the source's Keras 2 (the `bench` extra); ratios 2, 5 and 7 only the project.
+    only = (1, 2, 5, 7) if importlib.util.find_spec("tf_keras") else (2, 5, 7)
     out = tmp_path / "bench.csv"
     lines = []
     rows = bench.run_bench(only, TINY, cifar_path, out, say=lines.append)
@@ -115,9 +116,11 @@ def test_tiny_benchmark_writes_its_csv(tmp_path, cifar_path):
     assert list(read[0]) == [*bench.COLUMNS, "machine"]
     assert [int(row["ratio"]) for row in read] == sorted(only)
     assert [row["met"] in ("True", "False") and float(row["value"]) > 0 for row in read] == [True] * len(only)
-    training = [row for row in read if row["ratio"] in ("1", "2")]
+    training = [row for row in read if row["ratio"] in ("1", "2", "7")]
     assert [(row["unit"], float(row["a_median"]) > 0, float(row["b_median"]) > 0) for row in training] == \
         [("CPU-ms/image", True, True)] * (len(only) - 1)
+    allocator = next(row for row in read if row["ratio"] == "7")
+    assert allocator["a"] == "project, glibc malloc defaults" and "peak resident memory: glibc defaults" in allocator["note"]
     assert any("round 2/2" in line for line in lines)
     table = bench.markdown_table(rows)
     assert table.count("\n") == len(rows) + 1

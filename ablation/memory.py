@@ -1,0 +1,34 @@
+"""Keep freed memory in the process while training: far fewer page faults, less CPU per image.
+
+glibc's malloc serves a block above 128 KiB with its own mmap and gives it back at free (and trims a
+heap's free top above 128 KiB), so a training step, which frees and allocates the same activation
+and gradient tensors every batch, has every page of them faulted in again: measured on the template
+at batch 32, about 500 minor page faults per training image, 10-30% of its CPU time in the kernel.
+With blocks up to 32 MiB served from the heap and a trim threshold of 1 GiB the pages are reused:
+6 faults per image (see the README's benchmark, ratio 7, for the CPU it saves and what it costs in
+peak memory). Linux with glibc only; anywhere else, and with ABLATION_MALLOC=system, nothing changes.
+"""
+
+import ctypes
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's malloc.h)
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Apply the settings once per process; True when glibc took them."""
+    global _done
+    if _done or sys.platform != "linux" or os.environ.get("ABLATION_MALLOC", "").strip() == "system":
+        return _done
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                           TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        _done = False
+    return _done
