@@ -258,7 +258,7 @@ def _decoded_file(path: Path) -> Path:
 
 
 def _read_decoded(path: Path) -> Dataset | None:
-    """The archive's arrays as decoded last time (about 0.2 CPU-s instead of 4), or None: decode it."""
+    """The archive's arrays as decoded last time (well under a CPU-second instead of about 4), or None: decode it."""
     try:
         with np.load(_decoded_file(path)) as arrays:
             return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],

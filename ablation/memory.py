@@ -1,12 +1,13 @@
 """Keep freed memory in the process while training: far fewer page faults, less CPU per image.
 
-glibc's malloc serves a block above 128 KiB with its own mmap and gives it back at free (and trims a
-heap's free top above 128 KiB), so a training step, which frees and allocates the same activation
-and gradient tensors every batch, has every page of them faulted in again: measured on the template
-at batch 32, about 500 minor page faults per training image, 10-30% of its CPU time in the kernel.
-With blocks up to 32 MiB served from the heap and a trim threshold of 1 GiB the pages are reused:
-6 faults per image (see the README's benchmark, ratio 7, for the CPU it saves and what it costs in
-peak memory). Linux with glibc only; anywhere else, and with ABLATION_MALLOC=system, nothing changes.
+glibc's malloc serves a large block with its own mmap and gives the top of its heaps back to the OS
+once more than a threshold is free there (both thresholds adapt, but stay at a few MiB), so a training
+step, which frees and re-allocates the same activation and gradient tensors every batch, has their
+pages faulted in again and again: 144-509 minor page faults per training image of the template
+(batch 32), 9-13% of its CPU time in the kernel. With blocks up to 32 MiB served from the heaps and a
+trim threshold of 1 GiB the freed pages are reused: 6 faults per image. The benchmark's ratio 7
+measures what that saves in CPU per image and costs in peak memory (the README's performance section).
+Linux with glibc only; anywhere else, and with ABLATION_MALLOC=system, nothing changes.
 """
 
 import ctypes
