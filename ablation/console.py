@@ -7,6 +7,7 @@ log stays plain text, one line per epoch.
 """
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -27,6 +28,9 @@ def configure(verbose: bool):
         return
     # MLflow's table creation and system-metrics notes are INFO lines; a re-run's artifact copies draw bars.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # TensorFlow's Python warnings, e.g. "N out of the last M calls to ... triggered tf.function retracing"
+    # once a few steps have each built their model: every step traces its own functions, by design.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
