@@ -76,7 +76,7 @@ def _color(i: int) -> str:
 
 def ladder_chart(summary: pd.DataFrame, changes: pd.DataFrame, title: str) -> Chart:
     """Mean test accuracy per step over its seeds with the 95% interval, the change, the source's number beside."""
-    fig = _figure(max(8.0, 1.6 * len(summary) + 2), 5.8, top=0.65, bottom=1.25)
+    fig = _figure(max(8.0, 1.6 * len(summary) + 2), 6.0, top=0.85, bottom=1.25)
     ax = fig.subplots()
     x, width = np.arange(len(summary)), 0.38
     mean = 100 * summary["test_accuracy_mean"].to_numpy(float)
@@ -122,7 +122,8 @@ def _ladder_axes(ax, summary: pd.DataFrame, title: str):
     ax.grid(axis="y", alpha=0.3)
     ns = sorted(set(summary["n"]))
     seeds = f"n = {ns[0]} seed{'s' if ns[0] > 1 else ''}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
-    ax.set_title(f"{title}\ntest accuracy per step: mean over {seeds}, 95% interval, paired change from the step before")
+    ax.set_title(f"{title}\ntest accuracy per step, mean over {seeds} with its 95% interval;\n"
+                 "over each bar: the paired change from the step before", fontsize=10)
 
 
 def _ladder_legend(summary: pd.DataFrame, has_source: bool) -> list:
