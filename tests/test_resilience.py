@@ -79,7 +79,9 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_the_same_run(tmp_path, 
     assert [r.info.status for r in after] == ["FINISHED", "FINISHED"] and len(after) == len(reference)
     step, reference_step = after[1], reference[1]
     assert step.data.metrics["epochs_run"] == reference_step.data.metrics["epochs_run"] == 3
-    assert set(step.data.metrics) == set(reference_step.data.metrics)
+    # MLflow samples system/* metrics every 10 s of wall time: a resumed tail may be too short for a sample.
+    trained = lambda run: {name for name in run.data.metrics if not name.startswith("system/")}  # noqa: E731
+    assert trained(step) == trained(reference_step)
     assert [s for s, _ in history(client, step)] == [1, 2, 3]
     # Weights, optimizer and random states came back: the resumed epochs repeat the uninterrupted ones.
     resumed, uninterrupted = history(client, step), history(reference_client, reference_step)
