@@ -263,8 +263,8 @@ def _read_decoded(path: Path) -> Dataset | None:
         with np.load(_decoded_file(path)) as arrays:
             return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                            tuple(str(name) for name in arrays["class_names"]), path.name)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):  # none yet, or damaged: decode the archive again
-        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError):
+        return None  # none yet, or damaged: decode the archive again
 
 
 def _write_decoded(path: Path, dataset: Dataset) -> None:

@@ -134,7 +134,7 @@ def step_learning_rate(config: Config, epoch: int) -> float:
 class EarlyStopping(keras.callbacks.EarlyStopping):
     """Keras' early stopping, optionally restoring the best weights only when it fired (Keras 2's behaviour).
 
-    Keras 3 restores them at the end of training even when stopping never fired; tf.keras up to 2.15
+    Keras 3 restores them at the end of training even when stopping never fired; Keras 2 (up to 2.15)
     kept the last epoch's weights then. A replay of a Keras 2 recipe sets restore_best_weights = "on_stop".
     """
 

@@ -609,28 +609,30 @@ def training_rows(only, size: Size, costs: dict) -> list[dict]:
     samples = f"{size.rounds} epochs after 1 of tracing, {size.train_images} images each"
     rows = []
     for network in size.networks:
-        source, project, bare = ("source", network), ("project", network), ("bare", network)
+        source = ("source", network)
         if 1 in only:
-            rows.append(_row(
-                1, network, med[source]["cpu_ms"] / med[project]["cpu_ms"], "source (tf-keras + ImageDataGenerator)",
-                med[source]["cpu_ms"], "project ladder step", med[project]["cpu_ms"], "CPU-ms/image",
-                1000 / med[source]["wall_ms"], 1000 / med[project]["wall_ms"], "images/s", samples,
-                f"{_spread(costs[source], costs[project])}; setup + epoch 1 (tracing): source "
-                f"{costs[source]['setup_cpu_ms']:.1f}, project {costs[project]['setup_cpu_ms']:.1f} CPU-ms/image"))
-        if 2 in only and bare in med:
-            rows.append(_row(
-                2, network, med[bare]["cpu_ms"] / med[project]["cpu_ms"], "bare keras.Model.fit", med[bare]["cpu_ms"],
-                "project ladder step", med[project]["cpu_ms"], "CPU-ms/image", 1000 / med[bare]["wall_ms"],
-                1000 / med[project]["wall_ms"], "images/s", samples, _spread(costs[bare], costs[project])))
+            rows.append(_versus_project(
+                1, network, "source", "source (tf-keras + ImageDataGenerator)", med, costs, samples,
+                f"setup + epoch 1 (tracing): source {costs[source]['setup_cpu_ms']:.1f}, project "
+                f"{costs['project', network]['setup_cpu_ms']:.1f} CPU-ms/image"))
+        if 2 in only and ("bare", network) in med:
+            rows.append(_versus_project(2, network, "bare", "bare keras.Model.fit", med, costs, samples))
         glibc = ("project-glibc", network)
         if 7 in only and glibc in med:
-            rows.append(_row(
-                7, network, med[glibc]["cpu_ms"] / med[project]["cpu_ms"], "project, glibc malloc defaults",
-                med[glibc]["cpu_ms"], "project ladder step", med[project]["cpu_ms"], "CPU-ms/image",
-                1000 / med[glibc]["wall_ms"], 1000 / med[project]["wall_ms"], "images/s", samples,
-                f"{_spread(costs[glibc], costs[project])}; peak resident memory: glibc defaults "
-                f"{costs[glibc]['max_rss_mb']:.0f} MB, project {costs[project]['max_rss_mb']:.0f} MB"))
+            rows.append(_versus_project(
+                7, network, "project-glibc", "project, glibc malloc defaults", med, costs, samples,
+                f"peak resident memory: glibc defaults {costs[glibc]['max_rss_mb']:.0f} MB, project "
+                f"{costs['project', network]['max_rss_mb']:.0f} MB"))
     return rows
+
+
+def _versus_project(ratio, network, path, label, med, costs, samples, note="") -> dict:
+    """A ratio row: `path`'s CPU-ms per image over the project ladder step's, images/s beside, the spread noted."""
+    a, b = (path, network), ("project", network)
+    spread = _spread(costs[a], costs[b])
+    return _row(ratio, network, med[a]["cpu_ms"] / med[b]["cpu_ms"], label, med[a]["cpu_ms"], "project ladder step",
+                med[b]["cpu_ms"], "CPU-ms/image", 1000 / med[a]["wall_ms"], 1000 / med[b]["wall_ms"], "images/s",
+                samples, f"{spread}; {note}" if note else spread)
 
 
 def _spread(a: dict, b: dict) -> str:

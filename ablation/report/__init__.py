@@ -33,7 +33,7 @@ def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None,
     reports/<study>/); `data`: CIFAR-10 for re-deriving test labels (default $ABLATION_DATA);
     `log`: also log the folder under `report/` in the study's latest parent run (the report only
     reads the store unless asked to). Raises ReportError when there is nothing to report, StoreError when
-    the tracking store cannot be opened (MLflow opens a SQLite store for writing, so it must be writable).
+    the tracking store cannot be opened (the commands check it first with `tracking.check_store`).
     """
     import os
 
@@ -41,7 +41,6 @@ def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None,
     from ablation import tracking
     from ablation.report import gather, render, sections  # the heavy part: pandas, matplotlib, MLflow
 
-    tracking.check_store()  # a broken store is one StoreError line, before MLflow opens (and writes to) it
     found = gather.gather(study_name_or_path, experiment, data)
     report = sections.assemble(found, log=log)
     folder = Path(out) if out is not None else Path("reports") / found.study.name

@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        from ablation import tracking  # MLflow: after --help
+
+        tracking.check_store()  # a broken store is one error line, before MLflow opens (and writes to) it
         path = write_report(args.study, experiment=args.experiment, out=args.out, log=not args.no_log,
                             data=args.data)
     except (ReportError, StoreError, StudyError) as error:  # a broken store or study: one line, exit 2
