@@ -259,6 +259,8 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
         say(f"    finished before the interruption (run {earlier.info.run_id})")
         return unit_row(unit, key, earlier.data.metrics, predicted_correctly(earlier.info.run_id),
                         reused=Tag.REUSED_FROM in earlier.data.tags)
+    if not force:
+        wait_for_other_process(experiment, key, say)
     previous = None if force else tracking.find_finished(experiment, key)
     if previous is not None:
         metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
@@ -267,6 +269,22 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
             say("    no model to show: that run logged none (--force retrains and logs it)")
         return unit_row(unit, key, metrics, predicted_correctly(previous.info.run_id), reused=True)
     return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say)
+
+
+def wait_for_other_process(experiment: str, key: str, say, poll: float = 1.0):
+    """Wait while another process of this host trains the same work: then its run is reused, not trained twice.
+
+    Two commands on one store (a ladder and an attribution, or the same command twice) would
+    otherwise train the same unit side by side, sharing its checkpoint folder.
+    """
+    other = tracking.live_run_of(experiment, key)
+    if other is None:
+        return
+    say(f"    waiting: run {other.info.run_id} (process {other.data.tags.get(Tag.PID)}) is training the same "
+        "work; its result will be reused")
+    while tracking.live_run_of(experiment, key) is not None:
+        interrupt.check()
+        time.sleep(poll)
 
 
 def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoints, say) -> dict:

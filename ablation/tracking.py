@@ -371,6 +371,22 @@ def sweep_stale_runs(experiment: str) -> list[str]:
     return stale
 
 
+def live_run_of(experiment: str, work_key: str):
+    """A RUNNING run doing this work in another live process of this host, or None.
+
+    Runs of other hosts are not judged: a plain command cannot tell a live one from a dead one there
+    (the shared queue's heartbeats can, and hand each unit to one worker).
+    """
+    client = connect()
+    query = f"tags.`{Tag.WORK_KEY}` = '{work_key}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment], query, max_results=100):
+        tags, pid = run.data.tags, run.data.tags.get(Tag.PID, "")
+        if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() \
+                and process_alive(int(pid)):
+            return run
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this host with that pid exists (on every OS: no signal is sent)."""
     return psutil.pid_exists(pid)

@@ -101,6 +101,40 @@ def test_ctrl_c_mid_epoch_ends_killed_keeps_the_checkpoint_and_exits_130(tmp_pat
     assert any((tmp_path / "checkpoints").glob("*/latest"))
 
 
+def test_a_second_command_waits_for_the_live_run_of_the_same_work_and_reuses_it(tmp_path, cifar_tree):
+    first = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
+    second = None
+    try:
+        lines = []
+        for line in first.stdout:  # its step's run is open once an epoch is logged
+            lines.append(line)
+            if "epoch   1/3" in line:
+                first.send_signal(signal.SIGSTOP)  # paused mid-training: alive, its run RUNNING
+                break
+        second = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
+        waited = []
+        for line in second.stdout:
+            waited.append(line)
+            if "waiting: run" in line:
+                break
+        first.send_signal(signal.SIGCONT)
+        first_output = "".join(lines) + first.communicate(timeout=600)[0]
+        second_output = "".join(waited) + second.communicate(timeout=600)[0]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+    assert first.returncode == 0 and second.returncode == 0, first_output[-2000:] + second_output[-2000:]
+    _, runs = runs_of(tmp_path)
+    steps = [r for r in runs if r.data.tags.get("mlflow.runName") == "only"]
+    trained = [r for r in steps if Tag.REUSED_FROM not in r.data.tags]
+    assert [r.info.status for r in steps] == ["FINISHED", "FINISHED"] and len(trained) == 1
+    assert f"waiting: run {trained[0].info.run_id} (process {first.pid})" in second_output
+    assert f"reused finished run {trained[0].info.run_id}" in second_output
+    assert "epoch   1/3" not in second_output  # it trained nothing
+
+
 DIVERGING = ('[[steps]]\nname = "before"\n[[steps]]\nname = "diverging"\noptimizer = "sgd"\nlearning_rate = 1e12\n'
              '[[steps]]\nname = "after"\nlearning_rate = 0.002\n')
 
