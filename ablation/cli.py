@@ -10,7 +10,7 @@ import os
 import re
 import signal
 
-from ablation.config import MAX_SEEDS, SEED, STUDY_NAME
+from ablation.config import MAX_SEEDS, PROFILES, SEED, STUDY_NAME
 
 DEFAULT_STUDY = "studies/assignment.toml"
 EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)
@@ -95,9 +95,9 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--study", default=DEFAULT_STUDY,
                         help=f"study file, or a shipped study's name (assignment, architectures, keras_resnet; "
                              f"default: {DEFAULT_STUDY})")
-    parser.add_argument("--profile", default="quick", choices=("smoke", "quick", "full"),
+    parser.add_argument("--profile", default="quick", choices=tuple(PROFILES),
                         help="smoke: seconds (tests); quick: a reduced real run for a CPU (default); "
-                             "full: the recipe exactly (for a GPU)")
+                             "miniature: the recipe's epochs on 1,250 images; full: the recipe exactly (for a GPU)")
     parser.add_argument("--data", default=None,
                         help="CIFAR-10: the cifar-10-python.tar.gz archive, its extracted folder, or an image "
                              "folder tree (default: $ABLATION_DATA, else Keras' download)")

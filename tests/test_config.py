@@ -170,6 +170,10 @@ def test_profiles_shrink_epochs_patience_and_data_in_proportion():
     assert PROFILES["full"].apply(config) == config
     smoke = PROFILES["smoke"].apply(config)
     assert smoke.epochs >= 1 and smoke.train_subset < quick.train_subset
+    # The miniature keeps the recipe's epochs and patiences, on fewer images than quick.
+    mini = PROFILES["miniature"].apply(config)
+    assert (mini.epochs, mini.early_stopping_patience, mini.reduce_lr_patience) == (50, 10, 5)
+    assert (mini.train_subset, mini.test_subset) == (1250, 2000)
 
 
 SHIPPED = sorted(Path("studies").glob("*.toml"))

@@ -54,7 +54,7 @@ def test_tidy_names_columns_as_the_config():
 def _run(run_id, parent, step, seed, work_key, start, dropout=0.0, profile="smoke", kind=Kind.LADDER_STEP):
     return {"step_index": 2 if step == "t" else 1, "run_id": run_id, "parent_run_id": parent, "kind": kind, "status": "FINISHED", "step": step,
             "seed": seed, "dropout_rate": dropout, "work_key": work_key, "profile": profile, "start_time": start,
-            "test_accuracy": 0.1 * start, "best_val_accuracy": 0.1 * start}
+            "end_time": start + 0.5, "test_accuracy": 0.1 * start, "best_val_accuracy": 0.1 * start}
 
 
 def _ladder(run_id, start, profile="smoke"):

@@ -101,6 +101,22 @@ def test_ctrl_c_mid_epoch_ends_killed_keeps_the_checkpoint_and_exits_130(tmp_pat
     assert any((tmp_path / "checkpoints").glob("*/latest"))
 
 
+def test_the_report_shows_the_ladder_that_ended_last_a_resumed_one_included(tmp_path, cifar_tree):
+    stopped = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
+    output = stop_at(stopped, "epoch   1/3", signal.SIGINT, 0.3)
+    assert stopped.returncode == 130, output
+    newer = ladder(tmp_path, ONE_STEP, cifar_tree, "--seed", "1")  # starts after it, ends before it resumes
+    resumed = ladder(tmp_path, ONE_STEP, cifar_tree)
+    assert newer.returncode == 0 and resumed.returncode == 0, newer.stdout[-2000:] + resumed.stdout[-2000:]
+    _, runs = runs_of(tmp_path)
+    parents = {r.data.tags["ablation.seeds"]: r.info.run_id for r in runs if r.data.tags.get("ablation.kind") == "ladder"}
+    assert f"resumed parent run {parents['[0]']}" in resumed.stdout and len(parents) == 2
+    report = run_command("report", ["--study", str(tmp_path / "tiny.toml"), "--no-log", "--out", str(tmp_path / "r")],
+                         tmp_path)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert f"**ladder run**: tiny-full ({parents['[0]']}, finished" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_a_second_command_waits_for_the_live_run_of_the_same_work_and_reuses_it(tmp_path, cifar_tree):
     first = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
     second = None

@@ -120,9 +120,9 @@ def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gath
     if ladder is None and (search is None or search.trials.empty):
         raise ReportError(f"experiment {experiment!r} in {tracking.tracking_uri()} has no finished ladder steps "
                           f"or search trials; {how_to_make_runs(study)}")
-    parents = runs[runs[KIND].isin([Kind.LADDER, Kind.SEARCH])].sort_values("start_time")
+    parents = runs[runs[KIND].isin([Kind.LADDER, Kind.SEARCH])]
     found = Gathered(study, experiment, tracking.tracking_uri(), runs, config_columns, ladder, search,
-                     log_run_id=parents["run_id"].iloc[-1] if len(parents) else None)
+                     log_run_id=newest(parents)["run_id"] if len(parents) else None)
     predictions = Predictions()
     if ladder is not None:
         ladder.correct = read_correct(ladder, predictions)
@@ -290,13 +290,22 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def newest(parents: pd.DataFrame) -> pd.Series:
+    """The parent run that ended last, a running one (no end yet) counting as newest.
+
+    Not the one that started last: an interrupted ladder resumed by the same command keeps its
+    start time, and it is the ladder the user just finished.
+    """
+    return parents.sort_values(["end_time", "start_time"], na_position="last").iloc[-1]
+
+
 def latest_ladder(runs: pd.DataFrame):
-    """The newest ladder parent with finished steps, and those steps by step then seed; (None, None) if none."""
+    """The newest ladder parent with finished steps (`newest`), and those steps by step then seed; (None, None) if none."""
     steps = runs[runs[KIND].eq(Kind.LADDER_STEP) & runs["status"].eq("FINISHED")]
     parents = runs[runs[KIND].eq(Kind.LADDER) & runs["run_id"].isin(steps["parent_run_id"])]
     if parents.empty:
         return None, None
-    parent = parents.sort_values("start_time").iloc[-1]
+    parent = newest(parents)
     mine = steps[steps["parent_run_id"].eq(parent["run_id"])]
     if "seed" not in mine.columns:
         mine = mine.assign(seed=pd.NA)
@@ -360,7 +369,7 @@ def read_search(runs: pd.DataFrame, study: StudyInfo) -> Search | None:
     """The Optuna study of the latest search parent run, with every trial any invocation recorded for it."""
     if not runs[KIND].eq(Kind.SEARCH).any():
         return None
-    parent = runs[runs[KIND].eq(Kind.SEARCH)].sort_values("start_time").iloc[-1]
+    parent = newest(runs[runs[KIND].eq(Kind.SEARCH)])
     space = study.search
     monitor, direction = (space.monitor, space.direction) if space else ("val_accuracy", "maximize")
     name = parent[col(Tag.OPTUNA_STUDY)]
