@@ -18,18 +18,18 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc's mal
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-_done = False
-
-
 def keep_freed_memory() -> bool:
-    """Apply the settings once per process; True when glibc took them."""
-    global _done
-    if _done or sys.platform != "linux" or os.environ.get("ABLATION_MALLOC", "").strip() == "system":
-        return _done
+    """Apply the settings; True when glibc took them.
+
+    Cheap, and to be called again whenever something may have reset them: TensorFlow's generator
+    datasets (a Keras PyDataset, such as the augmented validation images) set glibc's mmap threshold
+    back to 128 KiB each time one is created, so training applies them again before every epoch.
+    """
+    if sys.platform != "linux" or os.environ.get("ABLATION_MALLOC", "").strip() == "system":
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                           TRIM_THRESHOLD))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                          TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        _done = False
-    return _done
+        return False

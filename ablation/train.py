@@ -156,6 +156,13 @@ class _RecordLearningRate(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+class _KeepFreedMemory(keras.callbacks.Callback):
+    """ablation.memory's settings again before every epoch: the last epoch's validation may have reset them."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        memory.keep_freed_memory()
+
+
 class EpochHooks(keras.callbacks.Callback):
     """Calls plain functions `hook(epoch, logs)` (epoch from 1) at each epoch's end and start.
 
@@ -353,7 +360,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         initial_epoch=saved.epoch if saved else 0,
         epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
         validation_data=validation,
-        callbacks=[StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
+        callbacks=[_KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
                    EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else [])],
         shuffle=True,
         verbose=verbose,
