@@ -278,13 +278,13 @@ def wait_for_other_process(experiment: str, key: str, say, poll: float = 1.0):
     otherwise train the same unit side by side, sharing its checkpoint folder.
     """
     other = tracking.live_run_of(experiment, key)
-    if other is None:
-        return
-    say(f"    waiting: run {other.info.run_id} (process {other.data.tags.get(Tag.PID)}) is training the same "
-        "work; its result will be reused")
-    while tracking.live_run_of(experiment, key) is not None:
+    if other is not None:
+        say(f"    waiting: run {other.info.run_id} (process {other.data.tags.get(Tag.PID)}) is training the same "
+            "work; its result will be reused")
+    while other is not None:
         interrupt.check()
         time.sleep(poll)
+        other = tracking.live_run_of(experiment, key)
 
 
 def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoints, say) -> dict:

@@ -361,10 +361,8 @@ def sweep_stale_runs(experiment: str) -> list[str]:
     client = connect()
     stale = []
     for run in client.search_runs([experiment], "attributes.status = 'RUNNING'", max_results=5000):
-        tags = run.data.tags
-        if tags.get(Tag.HOST) != socket.gethostname() or not tags.get(Tag.PID, "").isdigit():
-            continue
-        if not process_alive(int(tags[Tag.PID])):
+        pid = local_pid(run.data.tags)
+        if pid is not None and not process_alive(pid):
             client.set_tag(run.info.run_id, Tag.ERROR, "process died without closing the run")
             client.set_terminated(run.info.run_id, "KILLED")
             stale.append(run.info.run_id)
@@ -380,11 +378,16 @@ def live_run_of(experiment: str, work_key: str):
     client = connect()
     query = f"tags.`{Tag.WORK_KEY}` = '{work_key}' and attributes.status = 'RUNNING'"
     for run in client.search_runs([experiment], query, max_results=100):
-        tags, pid = run.data.tags, run.data.tags.get(Tag.PID, "")
-        if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() \
-                and process_alive(int(pid)):
+        pid = local_pid(run.data.tags)
+        if pid is not None and pid != os.getpid() and process_alive(pid):
             return run
     return None
+
+
+def local_pid(tags: dict) -> int | None:
+    """The pid of the process that ran a run, when it ran on this host (see `process_tags`); else None."""
+    pid = tags.get(Tag.PID, "")
+    return int(pid) if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit() else None
 
 
 def process_alive(pid: int) -> bool:
