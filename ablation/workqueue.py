@@ -20,6 +20,9 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
   before training the unit in a new run (a live worker whose trial was judged dead, starved of
   CPU past the grace period, finds its trial finished when it reports, and marks its own run KILLED). A journal file (one machine) has no heartbeat: there a
   trial whose worker on this host is dead is failed and queued the same way.
+- A unit saves a checkpoint after every epoch beside the worker's store (keyed by its work, as a
+  single process does): a retry taken on the same machine goes on from the dead attempt's last
+  epoch, its run given the epochs already trained; on another machine it trains again.
 - A command's queue is named from its work (its parent's name and a digest of the units' work keys), so
   a second planner of the same work finds the study and joins it instead of queueing the work
   again. Creating a study name is atomic, and only the planner that created it enqueues the units
@@ -43,7 +46,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from ablation import interrupt, runner, searcher, tracking
+from ablation import checkpoint, interrupt, runner, searcher, tracking
 from ablation.config import Config, StudyError, get_profile, load_study
 from ablation.console import Display
 from ablation.data import DataError, LazySplits, resolve_data_path
@@ -334,12 +337,20 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
         trial.set_user_attr(RUN_ATTR, copied.info.run_id)
         say(f"    reused finished run {previous.info.run_id} (same config and data)")
         return copied.data.metrics["test_accuracy"]
-    splits = data.splits(**config.split_args())
+    # The checkpoint lives beside this machine's store: a retry on this machine goes on from the dead
+    # attempt's last epoch; one on another machine trains the unit again.
+    splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(spec["work_key"])
     begin, end = runner.progress_printer(config.epochs, say)
-    with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
-        trial.set_user_attr(RUN_ATTR, run.info.run_id)
-        result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say,
-                                     data_file=resolve_data_path(data.path), log_model=unit.log_model)
+    try:
+        with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
+            trial.set_user_attr(RUN_ATTR, run.info.run_id)
+            result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say,
+                                         checkpoint_folder=folder, data_file=resolve_data_path(data.path),
+                                         log_model=unit.log_model)
+    except Exception:  # failed (diverged, out of memory...): not a state to go on from; a kill keeps it
+        checkpoint.remove(folder)
+        raise
+    checkpoint.remove(folder)
     say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs")
     return result.test_accuracy
 

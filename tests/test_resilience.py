@@ -231,3 +231,26 @@ def test_a_data_error_on_a_store_with_runs_adds_no_run(tmp_path, cifar_path, fin
                                   "--force", "--data", str(tmp_path / "cifar-10-python.tar.gz")], tmp_path / "store")
     assert done.returncode == 2 and done.stderr.startswith("error: cannot read"), done.stdout + done.stderr
     assert snapshot(tmp_path / "store") == before
+
+
+def test_a_killed_queue_workers_unit_goes_on_from_its_checkpoint_on_the_same_machine(tmp_path, cifar_tree, finished):
+    process = ladder(tmp_path, ONE_STEP, cifar_tree, "--workers", start_new_session=True)
+    killed = stop_at(process, "epoch   1/3", signal.SIGKILL, 0.3)  # in epoch 2: epoch 1 is saved
+    assert process.returncode == -signal.SIGKILL, killed
+    assert any((tmp_path / "checkpoints").glob("*/latest")), killed
+
+    again = ladder(tmp_path, ONE_STEP, cifar_tree, "--workers")  # joins the queue, retries the dead worker's unit
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "retries the unit its dead worker left" in again.stdout, again.stdout[-3000:]
+    assert "resuming from the checkpoint after epoch" in again.stdout, again.stdout[-3000:]
+    client, runs = runs_of(tmp_path)
+    steps = {r.info.status: r for r in runs if r.data.tags.get("mlflow.runName") == "only"}
+    assert sorted(steps) == ["FINISHED", "KILLED"]  # the dead attempt's run, and the retry's
+    retry = steps["FINISHED"]
+    assert retry.data.tags["ablation.resumed_at_epoch"] in ("1", "2")
+    # The retry's run holds every epoch, those of the dead attempt included, with the uninterrupted values.
+    reference_client, reference = runs_of(finished)
+    resumed, uninterrupted = history(client, retry), history(reference_client, reference[1])
+    assert [s for s, _ in resumed] == [1, 2, 3]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in uninterrupted])
+    assert not any((tmp_path / "checkpoints").iterdir())  # removed once the unit finished
