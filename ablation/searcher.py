@@ -8,8 +8,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import optuna
@@ -157,8 +155,7 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
     """
     swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or tracking.process_alive(int(pid)):
+        if not tracking.dead_here(trial.user_attrs.get("worker", "")):
             continue  # another machine's worker, or alive: not ours to judge
         try:
             study.tell(trial.number, state=TrialState.FAIL)
@@ -169,10 +166,6 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
         swept.append((trial.number, trial.user_attrs.get("mlflow_run_id", "")))
     return swept
 
-
-def worker_id() -> str:
-    """This process, as recorded on its trials: host:pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 # ---------------------------------------------------------------------------------------------
 # A trial: train the sampled config inside its own nested MLflow run.
@@ -188,7 +181,7 @@ class Objective:
 
     def __call__(self, trial) -> float:
         self.calls += 1
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("worker", tracking.worker_id())
         tags = {Tag.KIND: Kind.SEARCH_TRIAL, Tag.STUDY: self.study.name,
                 Tag.PROFILE: self.profile.name, Tag.OPTUNA_STUDY: self.optuna_name,
                 Tag.OPTUNA_TRIAL: trial.number, Tag.BASE_STEP: self.space.base_step}

@@ -390,6 +390,18 @@ def local_pid(tags: dict) -> int | None:
     return int(pid) if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit() else None
 
 
+def worker_id() -> str:
+    """This process, as recorded on the trials it runs and the queues it plans: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def dead_here(worker: str) -> bool:
+    """Whether `worker` (as `worker_id` writes it) was a process of this host that is gone; another
+    host's process, or an unreadable value, is not ours to judge (False)."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this host with that pid exists (on every OS: no signal is sent)."""
     return psutil.pid_exists(pid)

@@ -47,13 +47,13 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            from ablation import searcher, tracking, workqueue  # the engines: after --help
+            from ablation import tracking, workqueue  # the engines: after --help
             from ablation.data import LazySplits
 
             tracking.check_store()
             storage, kind, where = tracking.open_storage(args.storage)
             data = LazySplits(args.data)
-            print(f"worker {searcher.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}")
+            print(f"worker {tracking.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}")
             ran = workqueue.work(storage, data, print, names=args.queue, idle_seconds=args.idle)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)

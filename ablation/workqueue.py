@@ -34,7 +34,6 @@ Heartbeat interval and grace period: $ABLATION_HEARTBEAT and $ABLATION_GRACE (`t
 import dataclasses
 import hashlib
 import json
-import socket
 import tempfile
 import time
 import warnings
@@ -135,7 +134,7 @@ def plan_units(storage, name: str, specs: list[dict], fingerprints: list[dict], 
         say(f"queue {name!r} exists: joining the planner that made it")
         wait_until_planned(study, say)
         return study
-    study.set_user_attr(OWNER_ATTR, searcher.worker_id())
+    study.set_user_attr(OWNER_ATTR, tracking.worker_id())
     study.set_user_attr(DATA_ATTR, fingerprints)
     study.set_user_attr(QUEUE_ATTR, "units")
     unique = {spec["work_key"]: spec for spec in specs}  # two units of one work are trained once
@@ -149,13 +148,13 @@ def wait_until_planned(study: optuna.Study, say):
     """Wait for the planner that created the queue to finish enqueueing (it takes a moment)."""
     told = False
     while PLANNED_ATTR not in study.user_attrs:
-        host, _, pid = study.user_attrs.get(OWNER_ATTR, "").rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not tracking.process_alive(int(pid)):
-            raise WorkError(f"queue {study.study_name!r}: its planner (pid {pid}) died before it had queued every "
+        planner = study.user_attrs.get(OWNER_ATTR, "")
+        if tracking.dead_here(planner):
+            raise WorkError(f"queue {study.study_name!r}: its planner ({planner}) died before it had queued every "
                             f"unit; delete it (optuna delete-study --study-name {study.study_name} --storage URL) "
                             "and plan again")
         if not told:
-            say(f"waiting for planner {host}:{pid} to finish queueing the units")
+            say(f"waiting for planner {planner} to finish queueing the units")
             told = True
         time.sleep(POLL_SECONDS / 4)
 
@@ -261,8 +260,7 @@ def release_dead(study: optuna.Study):
     if is_heartbeat_enabled(study._storage):
         return
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or tracking.process_alive(int(pid)):
+        if not tracking.dead_here(trial.user_attrs.get("worker", "")):
             continue
         try:
             if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
@@ -282,7 +280,7 @@ def requeue(study: optuna.Study, trial_id: int):
 def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
     """Run a taken trial with Optuna's heartbeat and tell its outcome; None when another attempt replaced it."""
     study = queue.study
-    trial.set_user_attr("worker", searcher.worker_id())
+    trial.set_user_attr("worker", tracking.worker_id())
     earlier = trial.user_attrs.get(RUN_ATTR)  # a retried trial names the run of the attempt it replaces
     if earlier and tracking.supersede(earlier, f"its trial was judged dead and retried as trial {trial.number}"):
         say(f"marked run {earlier} KILLED: trial {trial.number} retries the unit its dead worker left")
