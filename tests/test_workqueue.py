@@ -88,3 +88,17 @@ def test_help_imports_no_framework(module):
     assert "ablation.cli" in done.stderr  # -X importtime lists every module imported: --help must stay light
     assert not {"tensorflow", "mlflow", "optuna", "keras"} & {line.rsplit("|", 1)[-1].strip().split(".")[0]
                                                              for line in done.stderr.splitlines()}
+
+
+def test_a_queue_whose_planner_died_before_it_had_queued_everything_is_an_error_naming_it(tmp_path):
+    storage = tracking.open_storage(str(tmp_path / "queue.journal"))[0]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    planner = f"{tracking.worker_id().rpartition(':')[0]}:{int(gone.stdout)}"  # a process of this host, exited
+    study = optuna.create_study(study_name="units-half-planned", storage=storage)
+    study.set_user_attr(workqueue.OWNER_ATTR, planner)  # and never `planned`
+    with pytest.raises(workqueue.WorkError, match=f"its planner \\({planner}\\) died before it had queued every unit"):
+        workqueue.wait_until_planned(study, print)
+    alive = optuna.create_study(study_name="units-planned", storage=storage)
+    alive.set_user_attr(workqueue.OWNER_ATTR, planner)
+    alive.set_user_attr(workqueue.PLANNED_ATTR, 1)
+    workqueue.wait_until_planned(alive, print)  # planned: returns at once, whoever planned it
