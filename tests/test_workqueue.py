@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -96,7 +97,8 @@ def test_a_queue_whose_planner_died_before_it_had_queued_everything_is_an_error_
     planner = f"{tracking.worker_id().rpartition(':')[0]}:{int(gone.stdout)}"  # a process of this host, exited
     study = optuna.create_study(study_name="units-half-planned", storage=storage)
     study.set_user_attr(workqueue.OWNER_ATTR, planner)  # and never `planned`
-    with pytest.raises(workqueue.WorkError, match=f"its planner \\({planner}\\) died before it had queued every unit"):
+    expected = re.escape(f"its planner ({planner}) died before it had queued every unit")
+    with pytest.raises(workqueue.WorkError, match=expected):
         workqueue.wait_until_planned(study, print)
     alive = optuna.create_study(study_name="units-planned", storage=storage)
     alive.set_user_attr(workqueue.OWNER_ATTR, planner)
