@@ -117,7 +117,8 @@ def test_the_report_shows_the_ladder_that_ended_last_a_resumed_one_included(tmp_
     assert f"**ladder run**: tiny-full ({parents['[0]']}, finished" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_a_second_command_waits_for_the_live_run_of_the_same_work_and_reuses_it(tmp_path, cifar_tree):
+@pytest.mark.parametrize("second_args", [(), ("--workers",)], ids=["alone", "through-the-queue"])
+def test_a_second_command_waits_for_the_live_run_of_the_same_work_and_reuses_it(tmp_path, cifar_tree, second_args):
     first = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
     second = None
     try:
@@ -127,7 +128,7 @@ def test_a_second_command_waits_for_the_live_run_of_the_same_work_and_reuses_it(
             if "epoch   1/3" in line:
                 first.send_signal(signal.SIGSTOP)  # paused mid-training: alive, its run RUNNING
                 break
-        second = ladder(tmp_path, ONE_STEP, cifar_tree, start_new_session=True)
+        second = ladder(tmp_path, ONE_STEP, cifar_tree, *second_args, start_new_session=True)
         waited = []
         for line in second.stdout:
             waited.append(line)
