@@ -259,9 +259,7 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
         say(f"    finished before the interruption (run {earlier.info.run_id})")
         return unit_row(unit, key, earlier.data.metrics, predicted_correctly(earlier.info.run_id),
                         reused=Tag.REUSED_FROM in earlier.data.tags)
-    if not force:
-        wait_for_other_process(experiment, key, say)
-    previous = None if force else tracking.find_finished(experiment, key)
+    previous = None if force else finished_work(experiment, key, say)
     if previous is not None:
         metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
         say(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
@@ -269,6 +267,12 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
             say("    no model to show: that run logged none (--force retrains and logs it)")
         return unit_row(unit, key, metrics, predicted_correctly(previous.info.run_id), reused=True)
     return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say)
+
+
+def finished_work(experiment: str, key: str, say):
+    """A FINISHED run of this work to reuse, or None; waits first while another process trains it."""
+    wait_for_other_process(experiment, key, say)
+    return tracking.find_finished(experiment, key)
 
 
 def wait_for_other_process(experiment: str, key: str, say, poll: float = 1.0):

@@ -386,8 +386,12 @@ def live_run_of(experiment: str, work_key: str):
 
 def local_pid(tags: dict) -> int | None:
     """The pid of the process that ran a run, when it ran on this host (see `process_tags`); else None."""
-    pid = tags.get(Tag.PID, "")
-    return int(pid) if tags.get(Tag.HOST) == socket.gethostname() and pid.isdigit() else None
+    return _pid_here(tags.get(Tag.HOST, ""), tags.get(Tag.PID, ""))
+
+
+def _pid_here(host: str, pid: str) -> int | None:
+    """`pid` as a number when `host` is this host and the pid is readable; else None."""
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
 
 
 def worker_id() -> str:
@@ -399,7 +403,8 @@ def dead_here(worker: str) -> bool:
     """Whether `worker` (as `worker_id` writes it) was a process of this host that is gone; another
     host's process, or an unreadable value, is not ours to judge (False)."""
     host, _, pid = worker.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+    pid = _pid_here(host, pid)
+    return pid is not None and not process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:

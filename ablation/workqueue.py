@@ -329,9 +329,7 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
     config, experiment = unit.config, tracking.experiment_id(spec["experiment"])
     say(f"\n{unit.label or unit.name}  (trial {trial.number} of queue {trial.study.study_name!r})")
     tags = runner.run_tags(unit, data.fingerprint(**config.split_args()))
-    if not spec["force"]:  # another command of this host training the same work: its run is reused
-        runner.wait_for_other_process(experiment, spec["work_key"], say)
-    previous = None if spec["force"] else tracking.find_finished(experiment, spec["work_key"])
+    previous = None if spec["force"] else runner.finished_work(experiment, spec["work_key"], say)
     if previous is not None:
         copied = tracking.copy_run(previous, experiment, unit.name, tags, parent_run_id=parent)
         trial.set_user_attr(RUN_ATTR, copied.info.run_id)
