@@ -67,6 +67,10 @@ class Config:
     train_subset: int | None = None  # a seeded, stratified subset of the training images (profiles)
     test_subset: int | None = None  # likewise for the test images
     run_eagerly: bool = False  # no graph tracing: slower per image, far faster to start (smoke runs)
+    # Which BatchNormalization statistics validation and test passes use (docs/recipe.md#batchnorm-statistics):
+    # "moving" (the recipe: Keras' moving averages), "recomputed" (exact statistics of a fixed set of
+    # training images at the current weights, before every validation and the test pass).
+    bn_statistics: str = "moving"
 
     def __post_init__(self):
         # Every knob, defaults included: the params show them all, and a default spelled out in a
@@ -94,8 +98,14 @@ class Config:
                 "train_subset": self.train_subset, "test_subset": self.test_subset}
 
     def hash(self) -> str:
-        """Stable short hash of everything that determines the run's work."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Stable short hash of everything that determines the run's work.
+
+        A field added after runs were recorded enters it only when set away from its default, so a
+        config that leaves it alone keeps the hash (and the finished work) it had before.
+        """
+        data = {name: value for name, value in self.to_dict().items()
+                if name not in LATER_FIELDS or value != CONFIG_FIELDS[name].default}
+        text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -104,7 +114,11 @@ def _plain(value):
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")  # what training logs per epoch
+LATER_FIELDS = frozenset({"bn_statistics", "jit_compile", "precision"})  # see Config.hash
+# What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.bn_statistics):
+# accuracy on a fixed set of validation images with the moving and with recomputed statistics.
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                 "val_accuracy_moving_bn", "val_accuracy_recomputed_bn")
 
 
 def check_knob_names(models: Mapping[str, Mapping[str, Any]]):
@@ -210,6 +224,7 @@ CHOICES = {
     "early_stopping_monitor": ("", "val_accuracy", "val_loss"),
     "reduce_lr_monitor": ("", "val_accuracy", "val_loss"),
     "restore_best_weights": ("always", "on_stop", "never"),
+    "bn_statistics": ("moving", "recomputed", "scaled_momentum"),
 }
 FIELD_RULES = {
     "model": Rule(f"a registered model: {sorted(MODELS)}", lambda v: isinstance(v, str) and v in MODELS, "choice"),
@@ -329,6 +344,9 @@ class Profile:
     description: str
     max_epochs: int | None = None  # a cap on every epoch budget after scaling
     run_eagerly: bool = False
+    # The BatchNormalization statistics a shrunk profile evaluates with, where the config keeps the
+    # recipe's moving ones: on a few thousand images they lag (docs/recipe.md#batchnorm-statistics).
+    bn_statistics: str | None = None
 
     def apply(self, config: Config) -> Config:
         """The config as this profile runs it."""
@@ -354,6 +372,8 @@ class Profile:
             lr_schedule=tuple((scale(epoch), mult) for epoch, mult in config.lr_schedule),
             train_subset=_smaller(config.train_subset, self.train_subset),
             test_subset=_smaller(config.test_subset, self.test_subset),
+            bn_statistics=self.bn_statistics if self.bn_statistics and config.bn_statistics == "moving"
+            else config.bn_statistics,
         )
 
 
@@ -369,18 +389,20 @@ PROFILES = {
     "quick": Profile(
         "quick", 0.2, 4000, 2000,
         "a faithful miniature: 1/5 of every epoch budget (patience too, but at least 5), 4,000 training and 2,000 test images",
+        bn_statistics="recomputed",
     ),
     # The recipe's own epochs and patiences, so early stopping and LR drops happen where the recipe
     # has them, on fewer images: the alternative to quick's shortened ramp-up, at about 1.5x its CPU.
     "miniature": Profile(
         "miniature", 1.0, 1250, 2000,
         "the recipe's epochs and patiences, 1,250 training (1,000 train / 250 validation) and 2,000 test images",
+        bn_statistics="recomputed",
     ),
     # Tracing a deep network's graph costs more CPU than a few eager batches: smoke runs eagerly.
     "smoke": Profile(
         "smoke", 0.04, 160, 100,
         "seconds: 1/25 of every epoch budget (1 or 2 epochs), 160 training and 100 test images, eager (tests)",
-        max_epochs=2, run_eagerly=True,
+        max_epochs=2, run_eagerly=True, bn_statistics="recomputed",
     ),
 }
 

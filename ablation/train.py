@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ablation import checkpoint, interrupt, memory
+from ablation import bn_statistics, checkpoint, interrupt, memory
 from ablation.augment import RandomAffine, has_augmentation
 from ablation.config import EPOCH_METRICS, Config
 from ablation.data import Splits
@@ -349,6 +349,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
     validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
                   and has_augmentation(config) else (x_val, splits.y_val))
+    bn_check, statistics_images = batch_norm_check(config, network, x_train, x_val, splits.y_val)
 
     # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
     saved, seeds, clock = resume(checkpoint_folder, model, validation)
@@ -360,7 +361,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         initial_epoch=saved.epoch if saved else 0,
         epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
         validation_data=validation,
-        callbacks=[_KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
+        # The BatchNormalization check first: the schedule, the checkpoint and the hooks see its numbers.
+        callbacks=[bn_check, _KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
                    EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else [])],
         shuffle=True,
         verbose=verbose,
@@ -370,6 +372,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
     history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
                for key in EPOCH_METRICS}
+    if config.bn_statistics == "recomputed":
+        bn_statistics.recompute(network, statistics_images)  # at the final weights (early stopping's best, say)
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
     epochs_run = len(history["loss"])
@@ -386,6 +390,26 @@ def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     predictions = np.argmax(probabilities, axis=1).astype("int64")
     return float(-np.log(picked).mean()), float((predictions == labels).mean()), predictions
+
+
+def batch_norm_check(config: Config, network, x_train, x_val, y_val):
+    """The per-epoch BatchNormalization check (and treatment), and the training images it recomputes from.
+
+    Both image sets are drawn once from the run's seed and are not augmented: the statistics the
+    network should test with are those of the images it is tested on. "scaled_momentum" sets every
+    layer's momentum so that its averaging window is the recipe's fraction of an epoch.
+    """
+    statistics_images = bn_statistics.fixed_images(x_train, bn_statistics.RECOMPUTE_IMAGES, config.seed)
+    check = bn_statistics.fixed_images(np.arange(len(x_val)), bn_statistics.CHECK_IMAGES, config.seed + 1)
+    if config.bn_statistics == "scaled_momentum":
+        for layer in bn_statistics.batch_norm_layers(network):
+            layer.momentum = bn_statistics.scaled_momentum(layer.momentum, RECIPE_TRAINING_IMAGES, len(x_train))
+    callback = bn_statistics.BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
+                                            use_recomputed=config.bn_statistics == "recomputed")
+    return callback, statistics_images
+
+
+RECIPE_TRAINING_IMAGES = 40_000  # the recipe's training images an epoch (CIFAR-10, 20% held out)
 
 
 def _cpu_seconds() -> float:

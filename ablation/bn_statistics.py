@@ -1,0 +1,126 @@
+"""BatchNormalization's statistics: recomputed at the current weights, and a check of the moving ones.
+
+BatchNormalization evaluates with moving averages of its batch statistics, an exponential average
+over about 1 / (1 - momentum) = 100 optimizer steps. In the recipe (1,250 steps an epoch) that is a
+small fraction of an epoch; on a few thousand images it is a whole epoch, taken while the weights move
+fastest, and the logged validation and test numbers measure that lag rather than what the network
+has learned. The fix ("precise BatchNorm", Wu & Johnson 2021) recomputes the statistics over a fixed
+set of training images at the current weights. See docs/recipe.md#batchnorm-statistics.
+
+`recompute` does it in one forward pass of the whole set with momentum 0 (each layer's moving mean
+and variance become that batch's exact mean and biased variance, every earlier layer already
+normalizing with the same set's statistics), dropout off: the statistics the network sees at test time.
+"""
+
+import keras
+import numpy as np
+
+RECOMPUTE_IMAGES = 500  # training images the statistics are recomputed from: fixed per run (its seed)
+CHECK_IMAGES = 500  # validation images the per-epoch check scores twice (moving, recomputed)
+
+
+def batch_norm_layers(model: keras.Model) -> list:
+    """Every BatchNormalization layer inside `model`, nested models included, in a fixed order."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
+    return found
+
+
+def dropout_layers(model: keras.Model) -> list:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(dropout_layers(layer))
+    return found
+
+
+def moving_statistics(model: keras.Model) -> list[np.ndarray]:
+    """The moving means and variances of every BatchNormalization layer, as arrays (a copy)."""
+    return [keras.ops.convert_to_numpy(v) for layer in batch_norm_layers(model)
+            for v in (layer.moving_mean, layer.moving_variance)]
+
+
+def set_moving_statistics(model: keras.Model, values: list[np.ndarray]):
+    variables = [v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+def recompute(network: keras.Model, images: np.ndarray):
+    """Set every BatchNormalization layer's moving statistics to the exact ones of `images` at the current weights."""
+    layers, dropouts = batch_norm_layers(network), dropout_layers(network)
+    momenta, rates = [layer.momentum for layer in layers], [layer.rate for layer in dropouts]
+    try:
+        for layer in layers:
+            layer.momentum = 0.0
+        for layer in dropouts:
+            layer.rate = 0.0  # test-time activations: dropout's noise would widen the variances after it
+        network(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+
+
+def fixed_images(x: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` images of `x` drawn once with `seed` (all of them if there are fewer)."""
+    if len(x) <= count:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), count, replace=False))]
+
+
+def accuracy(network: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
+    """Share of `x` the network classifies as `y` (inference mode; direct calls: no predict function to trace)."""
+    predicted = [np.argmax(keras.ops.convert_to_numpy(network(x[i:i + batch_size], training=False)), axis=1)
+                 for i in range(0, len(x), batch_size)]
+    return float((np.concatenate(predicted) == y).mean())
+
+
+def scaled_momentum(momentum: float, recipe_images: int, images: int) -> float:
+    """The momentum whose averaging window is the same fraction of an epoch on `images` as on `recipe_images`.
+
+    The window is 1 / (1 - momentum) steps and an epoch has images / batch steps, so the window in
+    epochs stays put when (1 - momentum) grows by recipe_images / images.
+    """
+    return max(0.0, 1.0 - (1.0 - momentum) * recipe_images / images)
+
+
+class BatchNormCheck(keras.callbacks.Callback):
+    """Per epoch: validation accuracy with the moving and with recomputed statistics, on the same images.
+
+    With `use_recomputed`, the statistics are recomputed before every validation pass too and kept,
+    so the logged validation numbers (and what early stopping and ReduceLROnPlateau watch) use them;
+    the moving averages go on from there. Without it the layers keep their moving averages throughout.
+    """
+
+    def __init__(self, network, recompute_images, check_x, check_y, use_recomputed: bool):
+        super().__init__()
+        self.network, self.recompute_images = network, recompute_images
+        self.check_x, self.check_y, self.use_recomputed = check_x, check_y, use_recomputed
+        self.moving = None  # the moving statistics as training left them, before a recompute
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.moving = None
+
+    def on_test_begin(self, logs=None):
+        if self.use_recomputed and self.moving is None:  # fit's validation: once an epoch
+            self.moving = moving_statistics(self.network)
+            recompute(self.network, self.recompute_images)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        current = moving_statistics(self.network)
+        moving = self.moving if self.moving is not None else current
+        set_moving_statistics(self.network, moving)
+        logs["val_accuracy_moving_bn"] = accuracy(self.network, self.check_x, self.check_y)
+        recompute(self.network, self.recompute_images)
+        logs["val_accuracy_recomputed_bn"] = accuracy(self.network, self.check_x, self.check_y)
+        set_moving_statistics(self.network, current)
