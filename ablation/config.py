@@ -71,6 +71,12 @@ class Config:
     # "moving" (the recipe: Keras' moving averages), "recomputed" (exact statistics of a fixed set of
     # training images at the current weights, before every validation and the test pass).
     bn_statistics: str = "moving"
+    # XLA for the compiled steps, Keras' `compile(jit_compile=...)`: "auto" (Keras: on when a GPU is
+    # visible), true or false. Every layer of the project compiles (docs/stack.md#xla-and-the-augmentation).
+    jit_compile: bool | str = "auto"
+    # Keras' dtype policy for the network: "float32" (the recipe), "mixed_float16" (loss scaled) or
+    # "mixed_bfloat16"; variables, BatchNormalization statistics and the classifier stay float32.
+    precision: str = "float32"
 
     def __post_init__(self):
         # Every knob, defaults included: the params show them all, and a default spelled out in a
@@ -225,6 +231,7 @@ CHOICES = {
     "reduce_lr_monitor": ("", "val_accuracy", "val_loss"),
     "restore_best_weights": ("always", "on_stop", "never"),
     "bn_statistics": ("moving", "recomputed", "scaled_momentum"),
+    "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
 }
 FIELD_RULES = {
     "model": Rule(f"a registered model: {sorted(MODELS)}", lambda v: isinstance(v, str) and v in MODELS, "choice"),
@@ -252,6 +259,7 @@ FIELD_RULES = {
     "train_subset": _optional(whole(1)),
     "test_subset": _optional(whole(1)),
     "run_eagerly": FLAG,
+    "jit_compile": Rule('"auto", true or false', lambda v: isinstance(v, bool) or v == "auto", "choice"),
     **{name: one_of(*choices) for name, choices in CHOICES.items()},
 }
 # Model knobs by name, or by "model.knob" where one model reads a name differently.
