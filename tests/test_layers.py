@@ -163,6 +163,51 @@ def test_dense_features_trace_no_fused_kernel():
     assert not any(op.startswith("FusedBatchNorm") for op in _traced_op_types(layer, (16, 7), True))
 
 
+# Mixed precision: the inputs are rounded to the compute type, the statistics stay float32. The
+# outputs may differ from Keras' in the last bit of the compute type (both round a float32 result).
+MIXED_TOLERANCE = {"mixed_bfloat16": 2**-6, "mixed_float16": 2**-9}
+
+
+@needs_tf
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("policy", MIXED_TOLERANCE)
+def test_mixed_precision_runs_the_fused_kernel_on_half_inputs_with_float32_statistics(policy, training):
+    import tensorflow as tf
+
+    fused, plain = _pair(SHAPE_4D, dtype=policy)
+    x = _inputs(SHAPE_4D)
+    assert fused.uses_fused_kernel(keras.ops.cast(x, fused.compute_dtype))
+    kernels = [op for op in tf.function(lambda x: fused(x, training=training)).get_concrete_function(
+        tf.TensorSpec(SHAPE_4D, "float32")).graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert [(op.get_attr("T"), op.get_attr("U")) for op in kernels] == [(tf.as_dtype(fused.compute_dtype), tf.float32)]
+    for step in range(3):
+        outputs, expected = fused(_inputs(SHAPE_4D, seed=step), training=training), plain(_inputs(SHAPE_4D, seed=step), training=training)
+        assert keras.backend.standardize_dtype(outputs.dtype) == fused.compute_dtype
+        np.testing.assert_allclose(_numpy(keras.ops.cast(outputs, "float32")), _numpy(keras.ops.cast(expected, "float32")),
+                                   atol=MIXED_TOLERANCE[policy] * 4, rtol=MIXED_TOLERANCE[policy])
+    assert {keras.backend.standardize_dtype(w.dtype) for w in fused.weights} == {"float32"}
+    _assert_weights_close(fused, plain)
+
+
+@needs_tf
+@pytest.mark.parametrize("policy", MIXED_TOLERANCE)
+def test_mixed_precision_gradients_match_keras(policy):
+    import tensorflow as tf
+
+    fused, plain = _pair(SHAPE_4D, dtype=policy)
+    x, weights = tf.constant(_inputs(SHAPE_4D)), tf.constant(_inputs(SHAPE_4D, seed=7))
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(layer(x, training=True), "float32") * weights)
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    for a, b in zip(gradients(fused), gradients(plain), strict=True):
+        assert a.dtype == b.dtype == tf.float32
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=MIXED_TOLERANCE[policy] * 16, rtol=MIXED_TOLERANCE[policy] * 4)
+
+
 def _small_convnet(batch_norm):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)

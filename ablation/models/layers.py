@@ -10,6 +10,8 @@ if keras.backend.backend() == "tensorflow":
 
 # cuDNN's floor on epsilon (CUDNN_BN_MIN_EPSILON); Keras 2 also left the fused kernel below it.
 _MIN_FUSED_EPSILON = 1.001e-5
+# The input types FusedBatchNormV3 has kernels for (CPU, GPU and XLA), each with float32 statistics.
+_FUSED_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="ablation")
@@ -22,7 +24,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Same weights, config and numbers as the Keras layer (moving statistics included); any
     input or setting the fused kernel does not cover (another backend, not a 4D channels-last
-    float32 input, a mask, renorm, synchronized, a tiny epsilon) runs the Keras layer's own code.
+    input, a mask, renorm, synchronized, a tiny epsilon) runs the Keras layer's own code.
+
+    Mixed precision: the kernel takes float16 and bfloat16 inputs itself and keeps its statistics,
+    scale and offset in float32, which is what Keras' layer does by casting the inputs to float32
+    and the outputs back (docs/stack.md#mixed-precision).
     """
 
     def uses_fused_kernel(self, inputs, mask=None) -> bool:
@@ -35,8 +41,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and not self.renorm
             and not self.synchronized
             and self.epsilon >= _MIN_FUSED_EPSILON
-            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
-            and self.compute_dtype == "float32"
+            and keras.backend.standardize_dtype(inputs.dtype) == self.compute_dtype
+            and self.compute_dtype in _FUSED_DTYPES
         )
 
     def call(self, inputs, training=None, mask=None):
@@ -46,7 +52,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return self._fused_call(inputs, training=bool(training and self.trainable))
 
     def _fused_call(self, inputs, training):
-        """Normalize with `FusedBatchNormV3`, updating the moving statistics as Keras does."""
+        """Normalize with `FusedBatchNormV3`, updating the moving statistics as Keras does.
+
+        The outputs have the inputs' type; the statistics (and so the moving ones) are float32.
+        """
         channels = inputs.shape[-1]
         # Reading the variables through `ops.cast`, as Keras does, honours a StatelessScope.
         gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
