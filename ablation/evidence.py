@@ -1,16 +1,21 @@
 """Evidence for a ladder: each step's replicates summarized, each change tested, paired by training seed.
 
 Input is plain records, one per finished run: `{"step", "seed", "test_accuracy", "best_val_accuracy"}`
-and, for the one-seed McNemar test, `"correct"` (a boolean per test image, the same images in the same
-order for every run of a ladder: the split seed is fixed). The ladder prints this and the report draws
+and `"correct"` (a boolean per test image, the same images in the same order for every run of a ladder,
+which holds when the split seed is fixed: the ladder's default) for the one-seed McNemar diagnostic and the
+variance split. The ladder prints this and the report draws
 it; neither computes statistics of its own.
 """
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ablation import stats
+
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class ChangeEvidence:
     against: str
     seeds: tuple[int, ...]  # the seeds both have
     change: stats.Change  # p_adjusted and verdict filled over the family of the ladder's changes
-    mcnemar: stats.McNemar | None = None  # one common seed: test-set sampling noise only
+    mcnemar: stats.McNemar | None = None  # one common seed: test-set sampling noise only, Holm over such pairs
     verdict: str = ""
 
 
@@ -49,8 +54,12 @@ def summarize_steps(records: list[dict], steps: list[tuple[str, bool]]) -> list[
     return out
 
 
-def compare_steps(records: list[dict], pairs: list[tuple[str, str]]) -> list[ChangeEvidence]:
-    """Each (step, against) pair tested on the seeds both have; Holm over all pairs with two or more seeds."""
+def compare_steps(records: list[dict], pairs: list[tuple[str, str]], rope: float = stats.ROPE) -> list[ChangeEvidence]:
+    """Each (step, against) pair tested on the seeds both have, as one family (stats.with_verdicts).
+
+    A pair with one common seed gets no verdict (one seed says nothing of training noise); McNemar's test on its
+    test images is kept beside it as a diagnostic of test-set sampling, Holm-adjusted over those pairs.
+    """
     by_step = {}
     for record in records:
         by_step.setdefault(record["step"], {})[record["seed"]] = record
@@ -61,18 +70,49 @@ def compare_steps(records: list[dict], pairs: list[tuple[str, str]]) -> list[Cha
         if not seeds:
             continue
         change = stats.paired_change([a[s]["test_accuracy"] for s in seeds], [b[s]["test_accuracy"] for s in seeds])
-        tested.append((step, against, seeds, change))
-    adjusted = stats.with_verdicts([change for *_, change in tested])
+        mcnemar = None
+        if len(seeds) == 1 and a[seeds[0]].get("correct") is not None and b[seeds[0]].get("correct") is not None:
+            mcnemar = stats.mcnemar_exact(np.asarray(a[seeds[0]]["correct"]), np.asarray(b[seeds[0]]["correct"]))
+        tested.append((step, against, seeds, change, mcnemar))
+    judged = stats.with_verdicts([change for *_, change, _ in tested], rope=rope)
+    mcnemar_adjusted = iter(stats.holm([m.p for *_, m in tested if m is not None]))
     out = []
-    for (step, against, seeds, _), change in zip(tested, adjusted, strict=True):
-        mcnemar, verdict = None, change.verdict
-        if len(seeds) == 1 and by_step[step][seeds[0]].get("correct") is not None \
-                and by_step[against][seeds[0]].get("correct") is not None:
-            mcnemar = stats.mcnemar_exact(np.asarray(by_step[against][seeds[0]]["correct"]),
-                                          np.asarray(by_step[step][seeds[0]]["correct"]))
-            verdict = stats.sampling_verdict(mcnemar, change.mean)
-        out.append(ChangeEvidence(step, against, seeds, change, mcnemar, verdict))
+    for (step, against, seeds, _, mcnemar), change in zip(tested, judged, strict=True):
+        if mcnemar is not None:
+            mcnemar = dataclasses.replace(mcnemar, p_adjusted=next(mcnemar_adjusted))
+        out.append(ChangeEvidence(step, against, seeds, change, mcnemar, change.verdict))
     return out
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """Where a ladder's noise comes from, as SDs in accuracy (NaN where the runs do not show it)."""
+
+    seed: float  # of a paired difference between seeds: training noise, pooled over the changes (what is tested)
+    churn: float  # of a paired difference from which test images are drawn: images that flip between the two
+    image: float  # of one accuracy from which test images are drawn: sqrt(p (1 - p) / images)
+    images: int  # test images per run (0: no per-image predictions)
+
+
+def variance_split(records: list[dict], changes: list[ChangeEvidence]) -> VarianceSplit:
+    """The noise of a ladder split into training seed, per-image churn and test image (see docs/statistics.md)."""
+    tested = [item.change for item in changes if item.change.n >= 2]
+    df = sum(c.n - 1 for c in tested)
+    seed = math.sqrt(sum(c.std**2 * (c.n - 1) for c in tested) / df) if df else NAN
+    by_key = {(r["step"], r["seed"]): r.get("correct") for r in records}
+    churn = []
+    for item in changes:
+        for s in item.seeds:
+            a, b = by_key.get((item.against, s)), by_key.get((item.step, s))
+            if a is not None and b is not None and len(a) == len(b):
+                m = stats.mcnemar_exact(np.asarray(a), np.asarray(b))
+                images = len(a)
+                # The variance of a difference of paired proportions (the McNemar setting).
+                churn.append((m.only_a + m.only_b) / images**2 - (m.only_b - m.only_a) ** 2 / images**3)
+    correct = [np.asarray(c, dtype=float) for c in by_key.values() if c is not None]
+    images = len(correct[0]) if correct else 0
+    image = math.sqrt(np.mean([c.mean() * (1 - c.mean()) / len(c) for c in correct])) if correct else NAN
+    return VarianceSplit(seed=seed, churn=math.sqrt(np.mean(churn)) if churn else NAN, image=image, images=images)
 
 
 def ladder_pairs(steps) -> list[tuple[str, str]]:

@@ -17,6 +17,9 @@ from ablation.config import StoreError, StudyError, apply_overrides, get_profile
 from ablation.data import DataError, check_data_path
 
 
+ROPE_POINTS = 1.0  # stats.ROPE in points; stats (scipy) is imported only once a ladder has run: --help stays light
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python -m ablation.ladder",
@@ -35,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "on the same train/validation/test images)")
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
+    parser.add_argument("--rope", type=float, default=ROPE_POINTS,
+                        help="equivalence margin in points of test accuracy: a change whose interval lies within "
+                             "±ROPE is 'equivalent' (default: 1.0, about the SE of one accuracy on 2,000 test images)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
                         help="log trained networks as MLflow models (Keras format): final: the study's last step "
@@ -52,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop the ladder at a step whose training fails, e.g. diverges (default: record it "
                              "FAILED and go on with the next step)")
     args = parser.parse_args(argv)
+    if not 0 < args.rope < 100:
+        parser.error(f"--rope is a margin in points of accuracy, above 0 and below 100; got {args.rope}")
     if args.storage is not None and not args.workers:
         parser.error("--storage is the work queue's: give it with --workers")
     if args.seeds is not None and args.seed is not None:
@@ -92,34 +100,61 @@ def format_steps(rows: list[dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _verdict_words(change: dict) -> str:
+    """The verdict, with the margin of an equivalence and the seeds that would likely decide an undecided one."""
+    from ablation import stats
+
+    if change["verdict"] == stats.EQUIVALENT:
+        return f"equivalent (within ±{100 * change['rope']:.1f})"
+    if change["verdict"] == stats.UNDECIDED:
+        more = change["more_seeds"]
+        return "undecided" + (f": ~{more} more seeds" if more is not None else f": over {stats.MAX_SEEDS} seeds")
+    return change["verdict"]
+
+
 def format_changes(summary: dict) -> str:
     """Per change: the paired difference over seeds, its interval, the tests and the verdict in words."""
+    with_mcnemar = any(item["mcnemar"] is not None for item in summary["changes"])
     header = (f"{'change':<36}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
-              f"{'detectable':>11}  verdict")
+              f"{'detectable':>11}" + (f"{'McNemar (Holm)':>15}" if with_mcnemar else "") + "  verdict")
     lines = [header, "-" * len(header)]
+    number = lambda v, w: f"{'':>{w}}" if v != v else f"{v:>{w}.3f}"  # noqa: E731  (NaN: not defined here)
+    points = lambda v: "" if v != v else f"{100 * v:+.1f}"  # noqa: E731
     for item in summary["changes"]:
         change, n = item["change"], item["change"]["n"]
-        name = f"{item['step']} vs {item['against']}"
-        points = lambda v: "" if v != v else f"{100 * v:+.1f}"  # noqa: E731  (NaN: not defined at this n)
         interval = "" if n < 2 else f"[{points(change['low'])}, {points(change['high'])}]"
-        if n < 2 and item["mcnemar"] is not None:
-            tests = f"{'':>8}{'':>9}{item['mcnemar']['p']:>9.3f}"
-        else:
-            tests = "".join(f"{change[k]:>{w}.3f}" if change[k] == change[k] else f"{'':>{w}}"
-                            for k, w in (("p_t", 8), ("p_perm", 9), ("p_adjusted", 9)))
-        detectable = "" if n < 2 else f"{100 * change['mde']:.1f}"
-        lines.append(f"{name:<36}{n:>3}{points(change['mean']):>7}{interval:>16}{tests}{detectable:>11}  {item['verdict']}")
-    ns = sorted({item["change"]["n"] for item in summary["changes"]})
-    if ns and ns[0] >= 2:
-        floor = 2 / 2 ** ns[0]
-        lines.append(f"diff, interval, detectable: points of test accuracy, paired by training seed; p (t): paired "
-                     f"t-test; p (flip): exact sign-flip test (cannot go below {floor:.3g} with {ns[0]} seeds); "
-                     f"p (Holm): the t-test's p corrected over these {len(summary['changes'])} changes; detectable: "
-                     f"the smallest true difference this design finds with 80% power")
-    elif ns:
-        lines.append("one seed: there is no test over seeds; p (Holm) here is McNemar's exact test on the test "
-                     "images, which measures test-set sampling noise only (not training noise): run --seeds 3 or more")
-    return "\n".join(lines)
+        detectable = "" if change["mde"] != change["mde"] else f"{100 * change['mde']:.1f}"
+        mcnemar = "" if item["mcnemar"] is None else f"{item['mcnemar']['p_adjusted']:.3f}"
+        lines.append(f"{item['step'] + ' vs ' + item['against']:<36}{n:>3}{points(change['mean']):>7}{interval:>16}"
+                     f"{number(change['p_test'], 8)}{number(change['p_perm'], 9)}{number(change['p_adjusted'], 9)}"
+                     f"{detectable:>11}" + (f"{mcnemar:>15}" if with_mcnemar else "") + f"  {_verdict_words(change)}")
+    return "\n".join(lines + _change_notes(summary, with_mcnemar))
+
+
+def _change_notes(summary: dict, with_mcnemar: bool) -> list[str]:
+    """What the columns of format_changes mean, and the ladder's variance split."""
+    tested = [item["change"] for item in summary["changes"] if item["change"]["n"] >= 2]
+    notes = []
+    if tested:
+        rope = 100 * tested[0]["rope"]
+        notes.append(f"diff, interval, detectable: points of test accuracy, paired by training seed. p (t): t-test with "
+                     f"the seed-to-seed SD pooled over these changes where that is larger than a change's own "
+                     f"({int(max(c['df'] for c in tested))} df); p (flip): sign-flip test, no pooling (its floor is "
+                     f"2/2^n); p (Holm): adjusted over the changes and their equivalence tests. helped/hurt: p (Holm) "
+                     f"< 0.05; equivalent: within ±{rope:.1f} points by two one-sided tests (--rope); detectable: "
+                     f"found with 80% power at the level this change is tested at. These test images only.")
+    if with_mcnemar or len(tested) < len(summary["changes"]):
+        notes.append("one seed: no verdict, since the noise between training seeds is unmeasured. "
+                     + ("McNemar (Holm): exact test on the test images, Holm over the one-seed changes; it measures "
+                        "test-set sampling only, not training noise. " if with_mcnemar else "")
+                     + "Run --seeds 3 or more for verdicts.")
+    split = summary.get("variance")
+    if split and split["seed"] == split["seed"]:
+        churn = "" if split["churn"] != split["churn"] else f", image churn {100 * split['churn']:.2f}"
+        image = "" if split["image"] != split["image"] else (f"; one accuracy's SD from its {split['images']:,} test "
+                                                             f"images {100 * split['image']:.2f}")
+        notes.append(f"noise, SD in points: of a difference, seed-to-seed {100 * split['seed']:.2f}{churn}{image}")
+    return notes
 
 
 def main(argv=None) -> int:
@@ -184,7 +219,7 @@ def run(args) -> int:
     except workqueue.WorkError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    summary = runner.ladder_evidence(rows, steps)
+    summary = runner.ladder_evidence(rows, steps, rope=args.rope / 100)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
     print(format_steps(rows, summary))
     if summary["changes"]:

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -70,20 +71,48 @@ def test_differences_1_2_3_4_reach_the_permutation_floor():
     assert change.p_perm == pytest.approx(change.min_p_perm)
 
 
-def test_mde_uses_both_t_quantiles():
-    change = stats.paired_change(A, B)
-    # t(0.975, 4) = 2.7764451, t(0.8, 4) = 0.9409646 from a t table.
-    assert change.mde == pytest.approx((2.7764451 + 0.9409646) * change.std / math.sqrt(5), rel=1e-6)
+def _simulated_power(effect_in_sd: float, n: int, level: float, draws: int = 40_000) -> float:
+    """How often the paired t-test at `level` rejects n normal differences of mean effect_in_sd (SD 1)."""
+    differences = np.random.default_rng(7).normal(effect_in_sd, 1.0, size=(draws, n))
+    return float(np.mean(scipy_stats.ttest_1samp(differences, 0.0, axis=1).pvalue < level))
 
 
-def test_identical_differences_are_not_noise():
-    change = stats.paired_change([1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
-    assert change.p_t == 0.0
-    assert (change.mean, change.std, change.low, change.high, change.mde) == (0.5, 0.0, 0.5, 0.5, 0.0)
-    assert change.p_perm == pytest.approx(2 / 8)  # the all-positive flip and its mirror
+def test_the_detectable_difference_has_its_power_in_simulation():
+    # The issue's case: at n = 3 the former formula's difference had power 0.77, not 0.80.
+    change = stats.paired_change([0.0, 0.0, 0.0], [1.0, 2.0, 4.0])
+    power = _simulated_power(change.mde / change.std, 3, stats.ALPHA)
+    assert abs(power - stats.POWER) < 4 * math.sqrt(0.16 / 40_000)  # 4 Monte Carlo SEs of a proportion near 0.8
+
+
+def test_the_detectable_difference_is_at_the_holm_level_of_each_change():
+    # Six changes, 3 seeds, no pooling: the first Holm step tests at 0.05/12 (changes and their equivalence
+    # tests), and needs about 8 SD, where the former 0.05-level formula printed 3.1.
+    base = [0.0, 0.0, 0.0]
+    changes = [stats.paired_change(base, [1.0 + i, 2.0 + i, 4.0 + i]) for i in range(6)]
+    judged = stats.with_verdicts(changes, pooled=False)
+    first = min(judged, key=lambda change: change.level)
+    assert first.level == pytest.approx(stats.ALPHA / 12) and first.mde / first.std > 8.0
+    power = _simulated_power(first.mde / first.std, 3, first.level)
+    assert abs(power - stats.POWER) < 4 * math.sqrt(0.16 / 40_000)
+
+
+def test_equal_differences_on_the_test_image_grid_are_not_proof():
+    # The issue's inputs: every seed gains one image of 2,000. p was 0 and all six such changes "helped".
+    change = stats.paired_change(np.divide([800, 820, 799], 2000), np.divide([801, 821, 800], 2000))
+    assert change.p_t == pytest.approx(2 / 8) and change.p_perm == pytest.approx(2 / 8)  # the exact sign-flip floor
+    judged = stats.with_verdicts([change] * 6)
+    assert [c.verdict for c in judged] == [stats.UNDECIDED] * 6 and min(c.p_test for c in judged) > 0
+    two = stats.with_verdicts([stats.paired_change([0.5, 0.5], [0.5005, 0.5005])])[0]
+    assert two.verdict == stats.UNDECIDED and two.p_test == pytest.approx(0.5)
     unchanged = stats.paired_change([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
-    assert unchanged.p_t == 1.0 and unchanged.mean == 0.0
-    assert unchanged.p_perm == pytest.approx(1.0)
+    assert unchanged.p_t == 1.0 and unchanged.mean == 0.0 and unchanged.p_perm == pytest.approx(1.0)
+    assert math.isnan(change.mde)  # an SD of zero from three seeds is not a measured spread
+
+
+def test_equal_differences_say_how_many_seeds_the_sign_flip_floor_needs():
+    change = stats.with_verdicts([stats.paired_change([0.5] * 3, [0.52] * 3)])[0]
+    # Alone, tested at 0.05/2: the floor 2/2**n is below it from n = 7 on, 4 more than these 3.
+    assert change.level == pytest.approx(0.025) and change.more_seeds == 4
 
 
 def test_one_seed_has_no_test_over_seeds():
@@ -137,24 +166,63 @@ def test_with_verdicts():
     hurt = stats.paired_change(base, np.subtract(base, [1.0, 1.4, 1.2, 1.1]))
     noise = stats.paired_change(base, np.add(base, [1.0, -1.0, 2.0, -2.0]))
     one_seed = stats.paired_change([70.0], [75.0])
-    judged = stats.with_verdicts([helped, hurt, noise, one_seed])
-    assert [change.verdict for change in judged] == [
-        "helped", "hurt", "not distinguishable from noise", "one seed: no test over seeds"]
-    expected = stats.holm([helped.p_t, hurt.p_t, noise.p_t])  # the one-seed change is not in the family
-    assert [change.p_adjusted for change in judged[:3]] == pytest.approx(expected)
-    assert judged[0].p_adjusted > helped.p_t  # adjusted for a family of three
-    assert math.isnan(judged[3].p_adjusted)
+    judged = stats.with_verdicts([helped, hurt, noise, one_seed], rope=0.5, pooled=False)
+    assert [change.verdict for change in judged] == [stats.HELPED, stats.HURT, stats.UNDECIDED, stats.ONE_SEED]
+    # Unpooled, each change's own t; Holm over the three t-tests and the three equivalence tests together.
+    equivalence = [max(scipy_stats.ttest_1samp(np.subtract(b, base), -0.5, alternative="greater").pvalue,
+                       scipy_stats.ttest_1samp(np.subtract(b, base), 0.5, alternative="less").pvalue)
+                   for b in (np.add(base, [2.0, 2.5, 3.0, 2.2]), np.subtract(base, [1.0, 1.4, 1.2, 1.1]),
+                             np.add(base, [1.0, -1.0, 2.0, -2.0]))]
+    expected = stats.holm([helped.p_t, hurt.p_t, noise.p_t, *equivalence])
+    assert [change.p_adjusted for change in judged[:3]] == pytest.approx(expected[:3])
+    assert [change.p_equivalent for change in judged[:3]] == pytest.approx(expected[3:])
+    assert judged[0].p_adjusted > helped.p_t and judged[0].p_test == pytest.approx(helped.p_t)
+    assert math.isnan(judged[3].p_adjusted)  # the one-seed change is not in the family
     assert judged[0].mean == helped.mean  # the rest of the change is kept
+    assert judged[2].more_seeds is None or judged[2].more_seeds >= 1
 
 
-def test_holm_can_turn_a_raw_win_into_noise():
-    # Raw p just under ALPHA alone, but not once a family of four is accounted for.
-    marginal = stats.paired_change([0.0, 0.0, 0.0], [1.0, 1.3, 1.9])
-    assert marginal.p_t < stats.ALPHA
-    unchanged = stats.paired_change([0.0, 0.0, 0.0], [1.0, -1.0, 0.5])
-    judged = stats.with_verdicts([marginal, unchanged, unchanged, unchanged])
-    assert judged[0].verdict == "not distinguishable from noise"
-    assert stats.with_verdicts([marginal])[0].verdict == "helped"
+def test_pooling_gives_a_quiet_change_the_familys_degrees_of_freedom():
+    base = [0.0, 0.0, 0.0]
+    quiet = stats.paired_change(base, [1.0, 1.3, 1.9])
+    others = [stats.paired_change(base, d) for d in ([0.5, -0.5, 0.2], [0.6, -0.4, -0.1], [-0.5, 0.4, 0.0])]
+    alone = stats.with_verdicts([quiet, *others], pooled=False)[0]
+    pooled = stats.with_verdicts([quiet, *others])[0]
+    sums = [c.std**2 * 2 for c in (quiet, *others)]
+    assert pooled.df == 8 and pooled.sd == pytest.approx(math.sqrt(sum(sums) / 8))
+    assert pooled.p_test == pytest.approx(2 * scipy_stats.t.sf(quiet.mean / (pooled.sd / math.sqrt(3)), 8))
+    assert alone.verdict == stats.UNDECIDED and pooled.verdict == stats.HELPED
+    noisy = stats.with_verdicts([stats.paired_change(base, [5.0, -4.0, 2.0]), quiet])[0]
+    assert noisy.df == 2 and noisy.sd == pytest.approx(np.std([5.0, -4.0, 2.0], ddof=1))  # its own SD: larger
+
+
+def test_an_interval_inside_the_margin_is_equivalent():
+    base = [0.70, 0.71, 0.72, 0.70, 0.69]
+    small = stats.paired_change(base, np.add(base, [0.001, -0.002, 0.0015, 0.0, -0.001]))
+    judged = stats.with_verdicts([small], rope=0.01)[0]
+    assert -0.01 < judged.low < judged.high < 0.01 and judged.verdict == stats.EQUIVALENT
+    assert stats.with_verdicts([small], rope=0.001)[0].verdict == stats.UNDECIDED  # a margin it does not fit in
+
+
+def test_sign_flip_samples_beyond_sixteen_seeds_in_well_under_a_second_each():
+    # 30 integer differences: the exact p by counting the sums of all 2**30 flips (a convolution), against
+    # the sampled one; enumerating them took about two hours.
+    differences = np.random.default_rng(3).integers(-4, 6, size=30)
+    counts = {0: 1}
+    for d in np.abs(differences):
+        new = {}
+        for total, ways in counts.items():
+            for step in (d, -d):
+                new[total + step] = new.get(total + step, 0) + ways
+        counts = new
+    exact = sum(w for total, w in counts.items() if abs(total) >= abs(differences.sum())) / 2**30
+    started = time.perf_counter()
+    sampled = stats.sign_flip_p(differences)
+    assert time.perf_counter() - started < 5
+    assert 0 < sampled and abs(sampled - exact) < 4 * math.sqrt(exact * (1 - exact) / stats.SIGN_FLIP_RESAMPLES)
+    assert sampled == stats.sign_flip_p(differences)  # a fixed seed: the same data give the same p
+    sixteen = np.arange(1, 17) * np.where(np.arange(16) % 3, 1, -1)
+    assert stats.sign_flip_p(sixteen) * 2**16 == pytest.approx(round(stats.sign_flip_p(sixteen) * 2**16))  # exact
 
 
 # --- McNemar --------------------------------------------------------------------------------------
