@@ -244,7 +244,8 @@ def run_tags(unit: Unit, fingerprint: dict) -> dict:
     """A unit's tags with the identity of its work: config hash, work key, seeds and the data fingerprint."""
     config = unit.config
     return {**unit.tags, Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: work_key(config, fingerprint),
-            Tag.SEED: config.seed, Tag.SPLIT_SEED: config.split_seed, **tracking.data_tags(fingerprint)}
+            Tag.SEED: config.seed, Tag.SPLIT_SEED: config.split_seed, Tag.BN_STATISTICS: config.bn_statistics,
+            **tracking.data_tags(fingerprint)}
 
 
 def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, earlier=None,

@@ -79,6 +79,7 @@ class Tag:
     PLAN_KEY = PREFIX + "plan_key"  # on a parent: its units' work, so that the same command resumes it
     RESUMED_AT_EPOCH = PREFIX + "resumed_at_epoch"  # the epoch a killed run's checkpoint took it on from
     STOPPED_EARLY = PREFIX + "stopped_early"
+    BN_STATISTICS = PREFIX + "bn_statistics"  # which BatchNormalization statistics evaluation used (moving | recomputed)
     ERROR = PREFIX + "error"
     # The process that ran it (the stale-run sweep reads these).
     HOST = PREFIX + "host"

@@ -29,7 +29,7 @@ from ablation.tracking import Kind, Tag
 
 STEPS = ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FIGURES = ["ladder.png", "curves.png", "overfitting.png", "baselines.png", "confusion.png", "search_history.png",
+FIGURES = ["ladder.png", "curves.png", "overfitting.png", "batchnorm.png", "baselines.png", "confusion.png", "search_history.png",
            "search_params.png"]
 
 

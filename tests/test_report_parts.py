@@ -223,3 +223,19 @@ def test_a_one_step_ladder_has_no_change_to_test():
     assert len(steps) == 1 and changes == []
     section = sections.changes_section(tables.change_table(changes))
     assert section.table.empty and section.notes == ["nothing to compare: the ladder has a single step"]
+
+
+def test_the_batchnorm_chart_names_the_steps_whose_moving_statistics_lag():
+    from ablation.report.bn_chart import bn_chart, last_gap
+
+    lagging = pd.DataFrame({"val_accuracy_moving_bn": [0.10, 0.21], "val_accuracy_recomputed_bn": [0.29, 0.41]},
+                           index=[1, 2])
+    tracking = pd.DataFrame({"val_accuracy_moving_bn": [0.30, 0.40], "val_accuracy_recomputed_bn": [0.35, 0.405]},
+                            index=[1, 2])
+    runs = pd.DataFrame([{"run_id": "a", "step": "template"}, {"run_id": "b", "step": "augmentation"},
+                         {"run_id": "c", "step": "no_check"}])
+    chart = bn_chart(runs, {"a": lagging, "b": tracking, "c": pd.DataFrame({"val_accuracy": [0.5]})}, seed=0)
+    assert math.isclose(last_gap(lagging), 0.20) and math.isclose(last_gap(tracking), 0.005)
+    assert "lag by more than 2 points in: template:" in chart.caption and "augmentation" not in chart.caption
+    assert chart.png.startswith(b"\x89PNG")
+    assert bn_chart(runs.iloc[2:], {"c": pd.DataFrame({"val_accuracy": [0.5]})}, seed=0) is None

@@ -30,7 +30,7 @@ from ablation.report.tables import eng
 
 DPI = 110
 # The PNGs this module writes (a report folder's old ones are replaced).
-NAMES = ("ladder.png", "curves.png", "overfitting.png", "baselines.png", "search_history.png",
+NAMES = ("ladder.png", "curves.png", "overfitting.png", "batchnorm.png", "baselines.png", "search_history.png",
          "search_importances.png", "search_params.png", "confusion.png")
 # One look per step, so that curves with the same early epochs stay apart: line style, marker, a shift.
 LINES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)))

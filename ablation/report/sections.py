@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ablation.report import figures, tables
+from ablation.report.bn_chart import bn_chart
 from ablation.report.figures import Chart
 from ablation.report.gather import PROFILE, Gathered, Ladder, Search, col, how_to_make_runs, isna
 from ablation.tracking import Tag
@@ -132,7 +133,9 @@ def curve_sections(ladder: Ladder) -> list[Section]:
     return [Section("Training curves", text=text,
                     figures=[figures.curves_chart(ladder.steps, ladder.histories, seed)]),
             Section("Overfitting: training vs validation accuracy",
-                    figures=[figures.overfitting_chart(ladder.steps, ladder.histories, seed)])]
+                    figures=[figures.overfitting_chart(ladder.steps, ladder.histories, seed)]),
+            *([Section("BatchNormalization's statistics: moving vs recomputed", figures=[chart])]
+              if (chart := bn_chart(ladder.steps, ladder.histories, seed)) else [])]
 
 
 def architecture_section(ladder: Ladder, summary: pd.DataFrame) -> Section:
