@@ -15,6 +15,7 @@ the search's best trial against its base step the same way, one component per kn
 import csv
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import warnings
@@ -428,7 +429,9 @@ def summarize_measures(study: str, profile: str, game: Game, plan: Plan, seeds, 
         "conflicts": conflicts(game),
         "plan": {"subsets": len(plan.subsets), "budget": plan.budget, "orders": len(plan.orders)},
         "full_gain": None if full_gain is None else {"seeds": full_gain[0], **_summary(full_gain[1][0])},
-        "measures": {name: _column(measured[name], full_gain, _later_of_step(game) if name == "ladder_gain" else set())
+        "measures": {name: _column(measured[name], full_gain, _later_of_step(game) if name == "ladder_gain" else set(),
+                                   measured["sampling_se"] if name == "shapley" else None,
+                                   stats.sampling_df(plan.orders) if plan.orders else math.inf)
                      for name in MEASURES},
         "shapley_exact": measured["shapley_exact"],
         "sampling_se": None if measured["sampling_se"] is None else measured["sampling_se"].tolist(),
@@ -438,16 +441,21 @@ def summarize_measures(study: str, profile: str, game: Game, plan: Plan, seeds, 
     }
 
 
-def _summary(values) -> dict:
-    return dataclasses.asdict(stats.summarize(values))
+def _summary(values, extra_se: float = 0.0, extra_df: float = math.inf) -> dict:
+    return dataclasses.asdict(stats.summarize(values, extra_se, extra_df))
 
 
-def _column(measured, full_gain, blank=frozenset()) -> dict | None:
-    """One measure over seeds: per component (None for those in `blank`), their sum, the full gain minus the sum."""
+def _column(measured, full_gain, blank=frozenset(), sampling_se=None, sampling_df=math.inf) -> dict | None:
+    """One measure over seeds: per component (None for those in `blank`), their sum, the full gain minus the sum.
+
+    `sampling_se`: per component, the sampled Shapley orders' own standard error; every seed uses the same orders,
+    so the spread over seeds does not show it, and each interval adds it in (with its `sampling_df`).
+    """
     if measured is None:
         return None
     seeds, per = measured
-    column = {"seeds": seeds, "components": [None if i in blank else _summary(row) for i, row in enumerate(per)],
+    extra = [0.0] * len(per) if sampling_se is None else [float(se) for se in sampling_se]
+    column = {"seeds": seeds, "components": [None if i in blank else _summary(row, extra[i], sampling_df) for i, row in enumerate(per)],
               "sum": _summary(per.sum(axis=0)),
               "left_over": None}
     common = [] if full_gain is None else [seed for seed in seeds if seed in full_gain[0]]
@@ -533,7 +541,7 @@ def notes(result: dict) -> list[str]:
     if result["measures"]["shapley"] is not None:
         out.append("Shapley values: exact, over every subset." if result["shapley_exact"] else
                    f"Shapley values: sampled from {result['plan']['orders']} antithetic orders ({result['plan']['subsets']}"
-                   f" subsets); their sampling standard errors (points): "
+                   f" subsets); their sampling standard errors (points, added into the intervals): "
                    + ", ".join(f"{100 * se:.1f}" for se in result["sampling_se"]) + ".")
     out += [f"FAILED, so missing above: {result['base']} + {', '.join(f['components']) or 'nothing'}, seed {f['seed']}: "
             f"{f['error']}" for f in result.get("failed", [])]

@@ -73,8 +73,13 @@ class Summary:
     high: float
 
 
-def summarize(values, extra_se: float = 0.0) -> Summary:
-    """Mean, std (ddof=1) and 95% t-interval of the mean of replicates; `extra_se`: an independent error added in."""
+def summarize(values, extra_se: float = 0.0, extra_df: float = math.inf) -> Summary:
+    """Mean, std (ddof=1) and 95% t-interval of the mean of replicates; `extra_se`: an independent error added in.
+
+    An error the replicates do not see (the sampled Shapley orders, shared by every seed) adds its variance to
+    that of the mean over seeds; `extra_df` is its degrees of freedom, combined with the seeds' by
+    Welch-Satterthwaite for the t quantile.
+    """
     array = _as_finite_vector(values, "values")
     n = len(array)
     if n == 0:
@@ -84,10 +89,10 @@ def summarize(values, extra_se: float = 0.0) -> Summary:
         # One replicate says nothing about spread; nan rather than a misleading 0.
         return Summary(n=1, mean=mean, std=NAN, low=NAN, high=NAN)
     std = float(array.std(ddof=1))
-    # An error the replicates do not see (e.g. the sampled Shapley orders, shared by every seed) adds its
-    # variance to that of the mean over seeds; the t quantile of the seeds is kept (conservative).
-    standard_error = math.sqrt(std**2 / n + float(extra_se) ** 2)
-    half_width = float(scipy_stats.t.ppf(1 - ALPHA / 2, n - 1)) * standard_error
+    seeds, extra = std**2 / n, float(extra_se) ** 2
+    denominator = seeds**2 / (n - 1) + (extra**2 / extra_df if extra else 0.0)
+    df = (seeds + extra) ** 2 / denominator if denominator > 0 else n - 1
+    half_width = float(scipy_stats.t.ppf(1 - ALPHA / 2, df)) * math.sqrt(seeds + extra)
     return Summary(n=n, mean=mean, std=std, low=mean - half_width, high=mean + half_width)
 
 
@@ -422,6 +427,12 @@ def subsets_of_orders(orders: Iterable[Sequence[int]]) -> set[frozenset[int]]:
 def _is_antithetic(orders: list[tuple[int, ...]]) -> bool:
     """Whether the orders come as pairs, each order followed by its reverse."""
     return len(orders) % 2 == 0 and all(orders[i + 1] == orders[i][::-1] for i in range(0, len(orders), 2))
+
+
+def sampling_df(orders: Sequence[Sequence[int]]) -> int:
+    """Degrees of freedom of shapley_sampled's standard error: independent pairs (or orders) minus one."""
+    orders = [tuple(order) for order in orders]
+    return (len(orders) // 2 if _is_antithetic(orders) else len(orders)) - 1
 
 
 def shapley_sampled(k: int, value: Value, orders: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from ablation import stats
+from ablation import evidence, stats
 
 
 # --- Summaries and paired changes -------------------------------------------------------------------
@@ -389,3 +389,38 @@ def test_shapley_sampled_rejects_bad_orders():
         stats.shapley_sampled(3, with_interaction, [(0, 1)])
     with pytest.raises(ValueError):
         stats.shapley_sampled(3, with_interaction, [])
+
+
+# --- One seed and the ladder's evidence -------------------------------------------------------------------
+
+
+def _one_seed_records(accuracies: dict, images: int = 2000, seed: int = 0) -> list[dict]:
+    """One run per step, each image right with its step's probability; the same images for every step."""
+    generator = np.random.default_rng(seed)
+    draws = generator.random(images)
+    return [{"step": step, "seed": 0, "test_accuracy": float(np.mean(draws < p)), "best_val_accuracy": p,
+             "correct": (draws < p).tolist()} for step, p in accuracies.items()]
+
+
+def test_one_seed_gives_no_verdict_and_mcnemar_is_holm_adjusted():
+    # The README's first screen: one seed, differences of several points, McNemar p 0.000, printed "helped".
+    records = _one_seed_records({"a": 0.50, "b": 0.586, "c": 0.632, "d": 0.607})
+    changes = evidence.compare_steps(records, [("b", "a"), ("c", "b"), ("d", "c")])
+    assert [item.verdict for item in changes] == [stats.ONE_SEED] * 3
+    assert all("helped" not in item.verdict and "hurt" not in item.verdict for item in changes)
+    raw = [item.mcnemar.p for item in changes]
+    assert [item.mcnemar.p_adjusted for item in changes] == pytest.approx(stats.holm(raw))
+    assert raw[0] < 0.001  # the test images alone do tell a and b apart: a diagnostic, not a verdict
+
+
+def test_the_variance_split_separates_seed_churn_and_image():
+    records = []
+    for seed, shift in enumerate((0.0, 0.02, -0.01)):
+        for item in _one_seed_records({"a": 0.6 + shift, "b": 0.62 + shift}, seed=seed):
+            records.append({**item, "seed": seed})
+    changes = evidence.compare_steps(records, [("b", "a")])
+    split = evidence.variance_split(records, changes)
+    assert split.images == 2000 and split.seed == pytest.approx(changes[0].change.std)
+    # Nested draws: b is right on every image a is, so the churn is the binomial SD of the ~2% extra images.
+    assert split.churn == pytest.approx(math.sqrt(0.02 * 0.98 / 2000), rel=0.2)
+    assert split.image == pytest.approx(math.sqrt(0.6 * 0.4 / 2000), rel=0.05)
