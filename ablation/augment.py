@@ -6,6 +6,10 @@ draws, per image, an angle, two shifts, an x zoom and a y zoom drawn independent
 centre and resamples once (bilinear, edges filled with the nearest pixel). Keras 3's RandomZoom keeps
 the aspect ratio, and chaining RandomRotation, RandomTranslation and RandomZoom resamples a 32x32 image
 three times, which blurs it more: this layer does what the generator did. See docs/recipe.md.
+
+The resampling is written with gathers, not `keras.ops.image.affine_transform`: on TensorFlow that
+op is ImageProjectiveTransformV3, which XLA cannot compile, and Keras turns XLA on by itself when a
+GPU is visible (docs/stack.md#xla-and-the-augmentation).
 """
 
 import math
@@ -40,7 +44,7 @@ def draw(batch: int, config, seed) -> dict:
 
 
 def transform_vectors(params: dict, height: int, width: int):
-    """The 8-number transforms of keras.ops.image.affine_transform (output pixel -> input pixel).
+    """The 8-number transforms of `resample` and keras.ops.image.affine_transform (output pixel -> input pixel).
 
     input = R(angle) @ (diag(flip * zoom_x, zoom_y) @ (output - centre) + shift) + centre: zoom and
     flip first, then the shift, then the rotation, all about the centre, as the generator composed them.
@@ -54,6 +58,36 @@ def transform_vectors(params: dict, height: int, width: int):
     b2 = cy - b0 * cx - b1 * cy + sin * tx + cos * ty
     zeros = ops.zeros_like(a0)
     return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def resample(images, transforms):
+    """Bilinear resampling, edges filled with the nearest pixel: `affine_transform(images, transforms,
+    "bilinear", fill_mode="nearest")` (channels last, affine transforms only) with ops XLA compiles.
+
+    As TensorFlow's kernel does it, operation for operation: the input point is clamped into the
+    image, then weighted between its floor and the next pixel (a neighbour past the edge has weight 0).
+    """
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    batch = ops.shape(images)[0]
+    out_y, out_x = ops.meshgrid(ops.arange(height, dtype="float32"), ops.arange(width, dtype="float32"),
+                                indexing="ij")
+    t = [ops.reshape(transforms[:, i], (-1, 1, 1)) for i in range(6)]
+    x = ops.clip(t[0] * out_x + t[1] * out_y + t[2], 0.0, width - 1.0)
+    y = ops.clip(t[3] * out_x + t[4] * out_y + t[5], 0.0, height - 1.0)
+    x_floor, y_floor = ops.floor(x), ops.floor(y)
+    x_low, y_low = ops.cast(x_floor, "int32"), ops.cast(y_floor, "int32")
+    x_high, y_high = ops.minimum(x_low + 1, width - 1), ops.minimum(y_low + 1, height - 1)
+    pixels = ops.reshape(images, (-1, channels))
+    first = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+
+    def at(rows, columns):
+        return ops.take(pixels, first + rows * width + columns, axis=0)
+
+    weight = lambda w: ops.expand_dims(w, -1)  # noqa: E731  (one weight for every channel)
+    x_right, x_left = weight(x - x_floor), weight(x_floor + 1.0 - x)
+    top = x_left * at(y_low, x_low) + x_right * at(y_low, x_high)
+    bottom = x_left * at(y_high, x_low) + x_right * at(y_high, x_high)
+    return weight(y_floor + 1.0 - y) * top + weight(y - y_floor) * bottom
 
 
 class RandomAffine(keras.layers.Layer):
@@ -70,7 +104,7 @@ class RandomAffine(keras.layers.Layer):
         shape = ops.shape(images)
         params = draw(shape[0], self.config, self.seed_generator)
         transforms = transform_vectors(params, images.shape[1], images.shape[2])
-        return ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="nearest")
+        return resample(images, transforms)
 
     def compute_output_shape(self, input_shape):
         return input_shape

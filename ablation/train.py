@@ -62,8 +62,19 @@ class Result:
 
 
 def build(config: Config, input_shape=(32, 32, 3), num_classes=10) -> tuple[keras.Model, keras.Model]:
-    """The network, and the model that is trained: the augmentation layer in front of the network."""
-    network = build_model(config.model, input_shape, num_classes, **config.model_args)
+    """The network, and the model that is trained: the augmentation layer in front of the network.
+
+    The network's layers take Keras' dtype policy `config.precision`, except its output layer (the
+    classifier's softmax), which computes in float32 as mixed precision needs; the augmentation layer
+    is built outside the policy and resamples in float32 (docs/stack.md#mixed-precision).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)  # read by every layer as it is created
+    try:
+        network = build_model(config.model, input_shape, num_classes, **config.model_args)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    network.layers[-1].dtype_policy = "float32"  # a no-op under "float32"
     if not has_augmentation(config):
         return network, network
     inputs = keras.Input(input_shape)
@@ -318,9 +329,16 @@ def seed_variables(*layers) -> list:
 
 
 def make_optimizer(config: Config):
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=0.9)
-    return keras.optimizers.Adam(config.learning_rate)
+    """The config's optimizer; under float16 inside Keras' dynamic loss scaling.
+
+    float16 flushes gradients below about 6e-8 to zero, so the loss is scaled up before the gradients
+    and they are scaled back before the update; bfloat16 has float32's range and needs no scaling.
+    """
+    optimizer = (keras.optimizers.SGD(config.learning_rate, momentum=0.9) if config.optimizer == "sgd"
+                 else keras.optimizers.Adam(config.learning_rate))
+    if config.precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbose=0,
@@ -343,8 +361,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         optimizer=make_optimizer(config),
         # Integer labels: the same loss as the source's one-hot categorical cross-entropy, 10x less memory.
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        run_eagerly=config.run_eagerly,
+        metrics=["accuracy"], run_eagerly=config.run_eagerly,
+        jit_compile=config.jit_compile,  # "auto": XLA when a GPU is visible (every layer here compiles)
     )
     x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
     validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation

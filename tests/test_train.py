@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ablation.augment import RandomAffine, draw, transform_vectors
+from ablation.augment import RandomAffine, draw, resample, transform_vectors
 from ablation.config import Config
 from ablation.data import load_cifar10, make_splits
-from ablation.train import AugmentedImages, EarlyStopping, train
+from ablation.models.layers import BatchNormalization
+from ablation.train import AugmentedImages, EarlyStopping, make_optimizer, train
 
 AUGMENTED = Config(rotation_range=15.0, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1,
                    horizontal_flip=True)
@@ -51,11 +52,22 @@ def test_one_resampling_reproduces_shift_and_flip_exactly():
     image = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
     identity = {"angle": [0.0], "shift_x": [0.0], "shift_y": [0.0], "zoom_x": [1.0], "zoom_y": [1.0], "flip": [1.0]}
     as_arrays = lambda p: {k: np.asarray(v, "float32") for k, v in p.items()}  # noqa: E731
-    apply = lambda p: keras.ops.convert_to_numpy(keras.ops.image.affine_transform(  # noqa: E731
-        image, transform_vectors(as_arrays(p), 32, 32), fill_mode="nearest"))
+    apply = lambda p: keras.ops.convert_to_numpy(resample(image, transform_vectors(as_arrays(p), 32, 32)))  # noqa: E731
     assert np.array_equal(apply(identity), image)
     assert np.array_equal(apply({**identity, "flip": [-1.0]}), image[:, :, ::-1])
     assert np.array_equal(apply({**identity, "shift_x": [3.0]})[:, :, :29], image[:, :, 3:])
+
+
+@pytest.mark.parametrize("ranges", [AUGMENTED, Config(rotation_range=90.0, width_shift_range=0.9, height_shift_range=0.5,
+                                                     zoom_range=0.9, horizontal_flip=True)], ids=["recipe", "far_outside"])
+def test_resampling_by_gathers_gives_affine_transforms_numbers(ranges):
+    """Bilinear, edges filled with the nearest pixel: what keras.ops.image.affine_transform gave (on TF, bit for bit)."""
+    images = np.random.default_rng(3).random((64, 24, 40, 3)).astype("float32") * 255.0
+    transforms = transform_vectors(draw(64, ranges, keras.random.SeedGenerator(5)), 24, 40)
+    expected = keras.ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="nearest")
+    tolerance = 0.0 if keras.backend.backend() == "tensorflow" else 1e-3
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(resample(images, transforms)),
+                               keras.ops.convert_to_numpy(expected), atol=tolerance, rtol=0)
 
 
 def test_augmentation_only_in_training():
@@ -109,3 +121,33 @@ def test_best_weights_restored_only_on_a_real_stop_when_asked(on_stop_only, rest
     expected = weights[0] if restored else weights[-1]
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), expected, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(weights[0], weights[-1], strict=True))
+
+
+AUGMENTATION = {k: getattr(AUGMENTED, k) for k in ("rotation_range", "width_shift_range", "height_shift_range",
+                                                   "zoom_range", "horizontal_flip")}
+
+
+def test_an_augmented_step_trains_under_xla(tiny_splits):
+    """jit_compile = true compiles the training step, augmentation included (Keras' "auto" does on a GPU)."""
+    config = dataclasses.replace(TINY, **AUGMENTATION, epochs=1, run_eagerly=False, jit_compile=True)
+    assert config.params()["jit_compile"] is True
+    result = train(config, tiny_splits)
+    assert result.epochs_run == 1 and np.isfinite(result.history["loss"]).all()
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_statistics_and_classifier(tiny_splits, precision):
+    config = dataclasses.replace(TINY, **AUGMENTATION, epochs=1, precision=precision)
+    result = train(config, tiny_splits)
+    assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.test_loss)
+    half = precision.removeprefix("mixed_")
+    layers = result.network.layers
+    assert {layer.compute_dtype for layer in layers[1:-1]} == {half} and layers[-1].compute_dtype == "float32"
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in result.network.weights)
+    outputs = result.network(tiny_splits.x_test[:4].astype("float32") / 255.0)
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+    normalizations = [layer for layer in layers if isinstance(layer, BatchNormalization)]
+    assert normalizations and all(layer.uses_fused_kernel(keras.ops.zeros((1, 2, 2, 1), half)) for layer in normalizations)
+    # float16 needs the loss scaled (its smallest numbers are far above small gradients); bfloat16 does not.
+    scaled = isinstance(make_optimizer(config), keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "mixed_float16")
