@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ablation import attribution, stats
+from ablation import attribution, calibration, stats
 
 # --- Sampled Shapley intervals --------------------------------------------------------------------------------
 
@@ -47,3 +47,35 @@ def test_sampled_shapley_intervals_cover_the_true_value():
     # error, shared by every seed, was left out. 1,800 intervals give a Monte Carlo SE of 0.005 around 0.95;
     # the bound also leaves 0.03 for the Welch-Satterthwaite approximation of a 3-df standard error.
     assert _coverage_of_sampled_shapley(300) >= 0.90
+
+
+# --- The verdicts' error rates ---------------------------------------------------------------------------------
+
+LADDERS = 1000  # per cell here; the tables of docs/statistics.md use 2,000 (python -m ablation.calibration)
+# A rate estimated from 1,000 ladders exceeds its true value by more than 3 binomial SEs (0.021 at 0.05) with
+# probability about 0.001, so a failure here is a real excess, not bad luck; the draws are fixed by their seed.
+BOUND = calibration.monte_carlo_bound(stats.ALPHA, LADDERS)
+
+
+@pytest.mark.parametrize("scenario", calibration.SCENARIOS, ids=lambda s: s.name.split(":")[0])
+@pytest.mark.parametrize("seeds", calibration.SEEDS)
+def test_the_family_wise_error_of_null_ladders_is_within_alpha(scenario, seeds):
+    generator = np.random.default_rng(calibration.SEED + seeds)
+    assert calibration.family_wise_error(scenario, seeds, LADDERS, generator) <= BOUND
+    assert calibration.false_equivalence(scenario, seeds, LADDERS, generator) <= BOUND
+
+
+def test_simulated_differences_have_the_scenarios_mean_and_spread():
+    scenario = calibration.SCENARIOS[0]
+    draws = calibration.differences(scenario, np.full(calibration.CHANGES, 0.02), 5, 4000, np.random.default_rng(1))
+    assert draws.shape == (4000, calibration.CHANGES, 5)
+    assert np.allclose(draws * calibration.TEST_IMAGES, np.round(draws * calibration.TEST_IMAGES))  # the image grid
+    assert draws.mean() == pytest.approx(0.02, abs=3 * scenario.sd()[0] / math.sqrt(draws.size))
+    assert draws.std() == pytest.approx(scenario.sd()[0], rel=0.03)
+
+
+def test_pooling_gains_power_over_each_changes_own_t():
+    scenario, generator = calibration.SCENARIOS[0], np.random.default_rng(5)
+    pooled = calibration.power(scenario, 3, LADDERS, 3.0, generator)
+    alone = calibration.power(scenario, 3, LADDERS, 3.0, generator, pooled=False)
+    assert pooled > alone + 4 * math.sqrt(0.25 / LADDERS)
