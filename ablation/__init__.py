@@ -5,5 +5,9 @@ import os
 # TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) hides the progress a user wants; its
 # ERROR level too: a machine without a GPU logs "failed call to cuInit" as one. `--verbose` shows all.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow takes all the memory of every visible GPU when it starts using one, so a second process
+# (another queue worker, a search worker) could not train beside it; with growth on it takes what it
+# uses. Read when TensorFlow sets up a GPU, so it must be set before that; a user's own value stays.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 __version__ = "0.1.0"

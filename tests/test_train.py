@@ -1,6 +1,9 @@
 """Training: the source's augmentation as one affine draw, seeds and determinism, early stopping's restore rule."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -151,3 +154,13 @@ def test_mixed_precision_trains_with_float32_statistics_and_classifier(tiny_spli
     # float16 needs the loss scaled (its smallest numbers are far above small gradients); bfloat16 does not.
     scaled = isinstance(make_optimizer(config), keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "mixed_float16")
+
+
+@pytest.mark.parametrize("user_value, seen", [(None, "true"), ("false", "false")])
+def test_gpu_memory_grows_unless_the_user_says_otherwise(user_value, seen):
+    """Every command imports the package first: there TensorFlow is told to take GPU memory as it needs it."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_FORCE_GPU_ALLOW_GROWTH"}
+    env.update({"TF_FORCE_GPU_ALLOW_GROWTH": user_value} if user_value else {})
+    shown = subprocess.run([sys.executable, "-c", "import os, ablation; print(os.environ['TF_FORCE_GPU_ALLOW_GROWTH'])"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == seen
