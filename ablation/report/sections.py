@@ -111,16 +111,20 @@ def changes_section(changes: pd.DataFrame) -> Section:
     ns = sorted(set(changes["n"]))
     section.text = (f"Each step against the step before it (a baseline against the step it is compared with), "
                     f"paired by training seed over the n seeds both ran (n = {', '.join(map(str, ns))}). Mean "
-                    "difference and its 95% interval in percentage points of test accuracy; p (paired t): the "
-                    "paired t-test; p (sign-flip, exact): every sign flip of the per-seed differences enumerated, "
-                    "which cannot go below its floor 2/2^n; p (Holm): the t-test's p corrected over this table's "
-                    "changes, which the verdict uses (helped or hurt below 0.05); smallest detectable: the true "
-                    "difference this many seeds would detect with 80% power.")
+                    "difference and its 95% interval in percentage points of test accuracy; p (t, pooled SD): the "
+                    "t-test of the mean difference, its seed-to-seed SD pooled over this table's changes where that "
+                    "is larger than the change's own (with the degrees of freedom of all of them); p (sign-flip): "
+                    "the per-seed differences' sign flips, no pooling, which cannot go below 2/2^n; p (Holm): "
+                    "adjusted over the changes and their equivalence tests, which the verdict uses. helped or hurt: "
+                    "p (Holm) below 0.05; equivalent: within the margin (±1 pp unless the ladder ran with --rope) by "
+                    "two one-sided tests; undecided: neither, with the seeds per step that would likely decide it; "
+                    "smallest detectable: the true difference found with 80% power at the level the change is "
+                    "tested at. The test images are the same for every run: the verdicts speak of these images.")
     if ns[0] < 2:
-        section.notes.append("with one seed there is no test over seeds: training noise (another seed's result) is "
-                             "unmeasured. The verdict then comes from McNemar's exact test on the test images both "
-                             "runs scored, which measures test-set sampling only; run the ladder with --seeds 3 or "
-                             "more to test the changes over seeds.")
+        section.notes.append("with one seed there is no test over seeds and no verdict: training noise (another "
+                             "seed's result) is unmeasured. McNemar's exact test on the test images both runs "
+                             "scored, Holm-adjusted over those changes, is shown beside it; it measures test-set "
+                             "sampling only. Run the ladder with --seeds 3 or more to test the changes over seeds.")
     return section
 
 

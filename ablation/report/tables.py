@@ -15,8 +15,9 @@ from ablation.report.gather import PROFILE, Ladder, Search, col, isna
 from ablation.tracking import Tag
 
 REUSED_FROM = col(Tag.REUSED_FROM)
-CHANGE_COLUMNS = ["step", "against", "n", "seeds", "mean", "low", "high", "p_t", "p_perm", "min_p_perm", "p_adjusted",
-                  "mde", "verdict", "mcnemar_p", "only_against", "only_step"]
+CHANGE_COLUMNS = ["step", "against", "n", "seeds", "mean", "low", "high", "p_t", "p_test", "df", "sd", "level", "p_perm",
+                  "min_p_perm", "p_adjusted", "p_equivalent", "rope", "mde", "verdict", "more_seeds", "mcnemar_p",
+                  "mcnemar_p_adjusted", "only_against", "only_step"]
 
 # ---------------------------------------------------------------------------------------------
 # The ladder: evidence over seeds.
@@ -85,9 +86,12 @@ def change_table(changes: list[evidence.ChangeEvidence]) -> pd.DataFrame:
         rows.append({
             "step": item.step, "against": item.against, "n": change.n, "seeds": " ".join(map(str, item.seeds)),
             "mean": change.mean, "low": change.low, "high": change.high, "p_t": change.p_t,
+            "p_test": change.p_test, "df": change.df, "sd": change.sd, "level": change.level,
             "p_perm": change.p_perm, "min_p_perm": change.min_p_perm, "p_adjusted": change.p_adjusted,
-            "mde": change.mde, "verdict": item.verdict,
+            "p_equivalent": change.p_equivalent, "rope": change.rope, "mde": change.mde, "verdict": item.verdict,
+            "more_seeds": change.more_seeds,
             "mcnemar_p": mcnemar.p if mcnemar else float("nan"),
+            "mcnemar_p_adjusted": mcnemar.p_adjusted if mcnemar else float("nan"),
             "only_against": mcnemar.only_a if mcnemar else None, "only_step": mcnemar.only_b if mcnemar else None,
         })
     return pd.DataFrame(rows, columns=CHANGE_COLUMNS)
@@ -121,25 +125,33 @@ def show_steps(summary: pd.DataFrame) -> pd.DataFrame:
 def show_changes(table: pd.DataFrame) -> pd.DataFrame:
     """Which steps helped: per change, n seeds, the mean paired difference and its interval, the tests, the verdict."""
     with_mcnemar = table["mcnemar_p"].notna().any()
+    sign_flip = "p (sign-flip, exact)" if table["n"].max() <= stats.EXACT_SIGN_FLIP_SEEDS else "p (sign-flip)"
     rows = []
     for _, row in table.iterrows():
         shown = {
             "change": f"{row['step']} vs {row['against']}", "n seeds": str(row["n"]),
             "mean difference": signed_points(row["mean"]),
             "95% interval": interval(row["low"], row["high"], signed=True),
-            "p (paired t)": p_value(row["p_t"]),
-            "p (sign-flip, exact)": "" if math.isnan(row["p_perm"])
-            else f"{p_value(row['p_perm'])} (floor {p_value(row['min_p_perm'])})",
+            "p (t, pooled SD)": p_value(row["p_test"]),
+            sign_flip: "" if math.isnan(row["p_perm"]) else f"{p_value(row['p_perm'])} (floor {p_value(row['min_p_perm'])})",
             "p (Holm)": p_value(row["p_adjusted"]),
             "smallest detectable": "" if math.isnan(row["mde"]) else f"{100 * row['mde']:.1f} pp",
             "verdict": row["verdict"],
+            "more seeds to decide": _more_seeds(row),
         }
         if with_mcnemar:
-            shown["McNemar p (test images)"] = "" if math.isnan(row["mcnemar_p"]) else (
-                f"{p_value(row['mcnemar_p'])} ({row['only_step']} vs {row['only_against']} images right "
+            shown["McNemar p, Holm (test images)"] = "" if math.isnan(row["mcnemar_p"]) else (
+                f"{p_value(row['mcnemar_p_adjusted'])} ({row['only_step']} vs {row['only_against']} images right "
                 f"by one only)")
         rows.append(shown)
     return pd.DataFrame(rows)
+
+
+def _more_seeds(row) -> str:
+    """Seeds per step that would likely decide an undecided change ("" for the others)."""
+    if row["verdict"] != stats.UNDECIDED:
+        return ""
+    return f"over {stats.MAX_SEEDS}" if isna(row["more_seeds"]) else f"~{int(row['more_seeds'])}"
 
 
 def architecture_table(summary: pd.DataFrame) -> pd.DataFrame:
