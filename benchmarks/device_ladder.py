@@ -1,0 +1,157 @@
+"""A study's ladder over seeds on one machine, K training processes at a time, within a time budget.
+
+    python -m benchmarks.device_ladder prepare --data ARCHIVE --profile quick --out SPLITS.npz
+    python -m benchmarks.device_ladder run --splits SPLITS.npz --profile quick --seeds 5 --processes 8 \
+        --minutes 8 --out RESULTS.jsonl
+
+`prepare` cuts the profile's split once (its arrays are small enough to carry to a machine that has
+no copy of the archive); `run` trains every step of the study for seeds 0..N-1, seed 0 of every
+step first, through `ablation.train.train` (no MLflow: for a machine without the tracking stack),
+and appends one JSON line per finished unit to RESULTS. After --minutes no new unit starts; the
+units already running finish. Run it again to go on: finished units (same step, seed and config hash)
+are skipped. Per unit it prints the wall time, training images per second, the test accuracy and,
+where `nvidia-smi` answers, the GPU's mean utilisation while the unit ran.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ablation.config import get_profile, load_study
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_ladder", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare")
+    prepare.add_argument("--data", required=True)
+    run = commands.add_parser("run")
+    run.add_argument("--splits", required=True)
+    run.add_argument("--seeds", type=int, default=3)
+    run.add_argument("--processes", type=int, default=4)
+    run.add_argument("--minutes", type=float, default=8.0)
+    for sub in (prepare, run):
+        sub.add_argument("--study", default="assignment")
+        sub.add_argument("--profile", default="quick")
+        sub.add_argument("--out", required=True)
+    return parser.parse_args(argv)
+
+
+def units(study, profile, seeds: int) -> list:
+    """(step name, config) per seed and step, seed-major: every step's seed 0 first."""
+    return [(step.name, profile.apply(dataclasses.replace(step.config, seed=seed)))
+            for seed in range(seeds) for step in study.steps]
+
+
+def prepare(args) -> int:
+    from ablation.data import LazySplits
+
+    study, profile = load_study(args.study), get_profile(args.profile)
+    split_args = {json.dumps(config.split_args(), sort_keys=True) for _, config in units(study, profile, 1)}
+    if len(split_args) != 1:
+        sys.exit(f"{args.study} at {args.profile}: its steps use {len(split_args)} different splits; one is supported")
+    splits = LazySplits(args.data).splits(**json.loads(split_args.pop()))
+    np.savez(args.out, x_train=splits.x_train, y_train=splits.y_train, x_val=splits.x_val, y_val=splits.y_val,
+             x_test=splits.x_test, y_test=splits.y_test, class_names=np.array(splits.class_names),
+             fingerprint=json.dumps(splits.fingerprint))
+    print(f"{args.out}: {len(splits.x_train)} train / {len(splits.x_val)} validation / {len(splits.x_test)} test images")
+    return 0
+
+
+_SPLITS = None
+
+
+def train_unit(splits_path: str, name: str, config, deadline: float) -> dict | None:
+    """One unit in a worker process (None when the budget ran out before it started)."""
+    global _SPLITS
+    if time.time() > deadline:
+        return None
+    from ablation.data import Splits
+    from ablation.train import train
+
+    if _SPLITS is None:
+        with np.load(splits_path) as saved:
+            _SPLITS = Splits(*(saved[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")),
+                             class_names=tuple(saved["class_names"].tolist()),
+                             fingerprint=json.loads(str(saved["fingerprint"])))
+    started = time.time()
+    result = train(config, _SPLITS)
+    return {"step": name, "seed": config.seed, "config_hash": config.hash(), "bn_statistics": config.bn_statistics,
+            "test_accuracy": result.test_accuracy, "epochs_run": result.epochs_run, "epochs": config.epochs,
+            "stopped_early": result.stopped_early, "train_seconds": result.train_seconds,
+            "train_cpu_seconds": result.train_cpu_seconds, "started": started, "ended": time.time(),
+            "images_per_second": len(_SPLITS.x_train) * result.epochs_run / max(result.train_seconds, 1e-9),
+            "history": result.history}
+
+
+class GpuMonitor:
+    """Samples nvidia-smi's utilisation every two seconds, if it answers; mean over a time interval."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while not self.stopped.wait(2.0):
+            try:
+                text = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                      capture_output=True, text=True, timeout=5).stdout
+                self.samples.append((time.time(), float(text.split()[0])))
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return
+
+    def mean(self, start: float, end: float) -> float:
+        values = [u for t, u in self.samples if start <= t <= end]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def done_units(path: Path) -> set:
+    if not path.exists():
+        return set()
+    return {(r["step"], r["seed"], r["config_hash"]) for r in map(json.loads, path.read_text().splitlines())}
+
+
+def run(args) -> int:
+    study, profile, out = load_study(args.study), get_profile(args.profile), Path(args.out)
+    finished = done_units(out)
+    todo = [(n, c) for n, c in units(study, profile, args.seeds) if (n, c.seed, c.hash()) not in finished]
+    print(f"{len(todo)} units to train ({len(finished)} finished before), {args.processes} processes, "
+          f"budget {args.minutes} min", flush=True)
+    deadline, gpu, began = time.time() + 60 * args.minutes, GpuMonitor(), time.time()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # many processes share one GPU
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+        futures = [pool.submit(train_unit, args.splits, n, c, deadline) for n, c in todo]
+        for future in concurrent.futures.as_completed(futures):
+            row = future.result()
+            if row is None:
+                continue
+            row["gpu_utilisation"] = gpu.mean(row["started"], row["ended"])
+            with out.open("a") as file:
+                file.write(json.dumps(row) + "\n")
+            print(f"{row['step']:>22} seed {row['seed']}: test {row['test_accuracy']:.4f}  "
+                  f"epochs {row['epochs_run']}/{row['epochs']}  wall {row['ended'] - row['started']:.0f} s  "
+                  f"{row['images_per_second']:.0f} img/s  GPU {row['gpu_utilisation']:.0f}%", flush=True)
+    left = len(todo) - len(done_units(out) - finished)
+    print(f"done in {time.time() - began:.0f} s; {left} units left (run again to go on)", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return prepare(args) if args.command == "prepare" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
