@@ -71,14 +71,16 @@ def prepare(args) -> int:
 _SPLITS = None
 
 
-def train_unit(splits_path: str, name: str, config, deadline: float) -> dict | None:
-    """One unit in a worker process (None when the budget ran out before it started)."""
+def train_unit(splits_path: str, name: str, fields: dict, deadline: float) -> dict | None:
+    """One unit in a worker process (None when the budget ran out before it started); `fields`: Config.to_dict()."""
     global _SPLITS
     if time.time() > deadline:
         return None
+    from ablation.config import Config
     from ablation.data import Splits
     from ablation.train import train
 
+    config = Config(**fields)
     if _SPLITS is None:
         with np.load(splits_path) as saved:
             _SPLITS = Splits(*(saved[k] for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")),
@@ -132,7 +134,7 @@ def run(args) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # many processes share one GPU
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.processes, mp_context=context) as pool:
-        futures = [pool.submit(train_unit, args.splits, n, c, deadline) for n, c in todo]
+        futures = [pool.submit(train_unit, args.splits, n, c.to_dict(), deadline) for n, c in todo]
         for future in concurrent.futures.as_completed(futures):
             row = future.result()
             if row is None:
