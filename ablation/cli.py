@@ -107,6 +107,11 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                         help="change a config field or model knob in every step, checked as in a study file "
                              "(repeatable; VALUE as in TOML: --set epochs=3 --set learning_rate=5e-4 "
                              "--set horizontal_flip=false); recorded in the runs")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser):
+    """--verbose, --no-system-metrics: every command that trains (the worker too)."""
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's and MLflow's start-up messages (hidden by default)")
     parser.add_argument("--no-system-metrics", action="store_true",
@@ -119,3 +124,15 @@ def configure(args: argparse.Namespace):
 
     console.configure(args.verbose)
     os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false" if args.no_system_metrics else "true"
+
+
+def add_plan_only_argument(parser: argparse.ArgumentParser):
+    """--plan-only: a planner that queues its work for the workers and trains none of it itself."""
+    parser.add_argument("--plan-only", action="store_true",
+                        help="with --workers: queue the work and wait for `python -m ablation.worker` processes to do "
+                             "it, training none here (a login node); the summary comes when it is done")
+
+
+def check_plan_only(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    if args.plan_only and not args.workers:
+        parser.error("--plan-only plans for the shared queue: give it with --workers")

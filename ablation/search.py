@@ -42,14 +42,17 @@ median at epoch e"). `--pruner hyperband` (min 1 epoch, eta 3) is there for larg
 turns pruning off.
 
 Stale trials. Each trial records its worker (`host:pid`, trial user attr `worker`). At start, RUNNING
-trials whose worker on this host is dead are marked FAIL and queued once more with the same params
-(user attr `retry_of`). Journal storage has no heartbeat, so this sweep is its only guard; RDB
+trials whose worker on this host is dead are marked FAIL and a copy queued with the same params and
+user attrs (at most twice), as the queue's workers do. Journal storage has no heartbeat, so this sweep is its only guard; RDB
 storages also get Optuna's heartbeat (60 s, stale after 180 s; $ABLATION_HEARTBEAT, $ABLATION_GRACE) with
 RetryHeartbeatStaleTrialCallback (two retries), which also covers workers on other machines.
 
 Shared queue. With --workers the invocation queues its --trials trials in the study (WAITING trials
 whose params TPE samples when a worker runs them) and works on them beside every `python -m
-ablation.worker` on the same stores, then records the outcome as above (ablation/workqueue.py).
+ablation.worker` on the same stores (with --plan-only it only waits for them), then records the
+outcome as above (ablation/workqueue.py). It is the same search: the queue carries it resolved (the
+base config with --set and --seed in, the space, the profile, the pruner), so a worker trains what a
+local search would; --timeout stops trials from starting after that many seconds wherever they run.
 
 MLflow: one parent run per invocation (`ablation.kind` = search, with the Optuna study and storage),
 one nested run per trial named `trial-0007`: the whole resolved config as params, per-epoch metrics,
@@ -68,12 +71,14 @@ step), printed, logged as the parent run's `best_step.toml` and written to
 
 
 import argparse
+import functools
 import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
-                          exit_code_of, one_line, plain_name, positive_count, positive_seconds)
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
+                          check_plan_only, configure, describe_stop, exit_code_of, one_line, plain_name,
+                          positive_count, positive_seconds)
 from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError
 
@@ -108,7 +113,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", action="store_true",
                         help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
                              "same stores and work on them too; ends when they are done")
-    return parser.parse_args(argv)
+    add_plan_only_argument(parser)
+    args = parser.parse_args(argv)
+    check_plan_only(parser, args)
+    return args
+
+
+def format_table(summary: dict, monitor: str, top: int = 10) -> str:
+    """The top trials as a text table, and a line on pruning."""
+    from ablation.searcher import format_params  # the engine: loaded by then
+    header = f"{'trial':>6}  {'state':<9}{monitor:>13}{'test acc':>10}{'epochs':>8}  params"
+    lines = [header, "-" * len(header)]
+    for row in summary["rows"][:top]:
+        value = "" if row["value"] is None else f"{row['value']:.4f}"
+        test = "" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        epochs = f"{row['epochs_run'] if row['epochs_run'] is not None else '-'}/{row['epochs'] or '-'}"
+        detail = format_params(row["params"]) + (f"  [{row['error']}]" if row["error"] else "")
+        lines.append(f"{row['number']:>6}  {row['state']:<9}{value:>13}{test:>10}{epochs:>8}  {detail}")
+    lines.append(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed; "
+                 f"pruning saved {summary['epochs_saved']} of {summary['epochs_planned']} planned epochs")
+    return "\n".join(lines)
+
 
 
 def main(argv=None) -> int:
@@ -121,20 +146,17 @@ def main(argv=None) -> int:
             profile = get_profile(args.profile)
             from ablation import tracking
             from ablation.console import Display
-            from ablation.searcher import format_table, run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
-            from ablation.workqueue import run_search_shared
+            from ablation.searcher import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
+            from ablation.workqueue import queue_trials
 
             tracking.check_store()
-            if args.workers:
-                summary = run_search_shared(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                            storage=args.storage, study_name=args.study_name, pruner=args.pruner,
-                                            reports=args.reports)
-            else:
-                with Display() as display:
-                    summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                         storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                                         pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
-                                         display=display)
+            # One search either way: its trials run here, or go through the shared queue to every worker.
+            run_trials = functools.partial(queue_trials, plan_only=args.plan_only) if args.workers else None
+            with Display(live=False if args.workers else None) as display:
+                summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                                     storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                                     pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
+                                     display=display, run_trials=run_trials)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

@@ -8,13 +8,15 @@ import dataclasses
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from ablation import interrupt, tracking
-from ablation.config import CONFIG_FIELDS, EPOCH_METRICS, StudyError, split_values, with_values
+from ablation import interrupt, optuna_adapter, tracking
+from ablation.config import (CONFIG_FIELDS, EPOCH_METRICS, Config, SearchParam, SearchSpace, StudyError, get_profile,
+                             split_values, with_values)
 from ablation.console import Display
 from ablation.data import LazySplits, resolve_data_path
 from ablation.runner import progress_printer, say_ui, train_in_run, work_key
@@ -22,6 +24,8 @@ from ablation.tracking import Kind, Tag
 
 MEDIAN_STARTUP_TRIALS = 3  # complete trials before the median pruner prunes
 TPE_STARTUP_TRIALS = 5  # random trials before TPE models the space (Optuna's default 10 is most of a CPU budget)
+PARENT_ATTR = "parent_run_id"  # a queued trial's user attr: the MLflow parent run of the search that queued it
+NOT_STARTED_ATTR = "not_started"  # a queued trial's user attr: failed untrained, its search's --timeout had passed
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
@@ -59,6 +63,9 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
         self._tpe.reseed_rng()
 
 
+PRUNERS = ("median", "hyperband", "none")  # --pruner's choices
+
+
 def make_pruner(name: str, epochs: int):
     """The pruner for --pruner, sized by the trials' epoch budget."""
     if name == "median":
@@ -68,6 +75,46 @@ def make_pruner(name: str, epochs: int):
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search resolved for its trials: what every process that runs one needs, as the queue carries it.
+
+    `base` is the base step's config with the --set values and --seed in, the profile not yet applied:
+    a trial puts its sampled values in, then the profile, as the ladder does with a step.
+    """
+
+    study: str  # the study's name: its MLflow experiment
+    optuna_study: str
+    space: SearchSpace
+    base: Config
+    profile: str
+    pruner: str  # a --pruner name, or the class name of a pruner object (then it cannot be rebuilt elsewhere)
+
+    def to_dict(self) -> dict:
+        space = {**dataclasses.asdict(self.space), "params": [dataclasses.asdict(p) for p in self.space.params]}
+        return json.loads(json.dumps({"study": self.study, "optuna_study": self.optuna_study, "space": space,
+                                      "base": self.base.to_dict(), "base_hash": self.base.hash(),
+                                      "profile": self.profile, "pruner": self.pruner}))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Search":
+        """The search `to_dict` wrote; its base config must hash as planned (else this code's Config differs)."""
+        base = Config(**data["base"])
+        if base.hash() != data["base_hash"]:
+            raise StudyError(f"search {data['optuna_study']!r}: its base config hashes to {base.hash()} here, "
+                             f"{data['base_hash']} where it was planned: run the same version of ablation everywhere")
+        params = tuple(SearchParam(**{**p, "choices": tuple(p["choices"])}) for p in data["space"]["params"])
+        space = SearchSpace(**{**data["space"], "params": params})
+        return cls(data["study"], data["optuna_study"], space, base, data["profile"], data["pruner"])
+
+    def trial_config(self, params: dict) -> Config:
+        """A trial's config: its sampled values in the base, then the profile."""
+        return get_profile(self.profile).apply(with_values(self.base, params))
+
+    def make_pruner(self):
+        return make_pruner(self.pruner, get_profile(self.profile).apply(self.base).epochs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,21 +196,18 @@ def open_study(storage, where: str, name: str, direction: str, identity: dict, s
 
 
 def sweep_stale_trials(study) -> list[tuple[int, str]]:
-    """Fail RUNNING trials whose worker process on this host is dead, and queue each once more.
+    """Fail RUNNING trials whose worker process on this host is dead, and queue a copy of each (params and
+    user attrs; at most `tracking.MAX_RETRIES` times), as Optuna's heartbeat retry does on an RDB storage.
 
-    Returns (trial number, its MLflow run id or "") of each trial swept.
+    Returns (trial number, its MLflow run id or "") of each trial this process swept.
     """
     swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not tracking.dead_here(trial.user_attrs.get("worker", "")):
             continue  # another machine's worker, or alive: not ours to judge
-        try:
-            study.tell(trial.number, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker swept it first
-        if "retry_of" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        swept.append((trial.number, trial.user_attrs.get("mlflow_run_id", "")))
+        if optuna_adapter.fail_running(study, trial):  # else another process swept it first
+            optuna_adapter.requeue(study, trial, tracking.MAX_RETRIES)
+            swept.append((trial.number, trial.user_attrs.get("mlflow_run_id", "")))
     return swept
 
 
@@ -172,23 +216,27 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
 
 
 class Objective:
-    """Optuna objective: one nested MLflow run per trial; returns the best epoch's monitored metric."""
-    def __init__(self, *, study, space, base, profile, data, experiment, optuna_name, verbose, display):
-        self.study, self.space, self.base, self.profile = study, space, base, profile
-        self.data, self.experiment, self.optuna_name = data, experiment, optuna_name  # data: a LazySplits
+    """Optuna objective: one nested MLflow run per trial; returns the best epoch's monitored metric.
+
+    The same in every process that runs a search's trials: the search's own, or a queue worker's.
+    """
+    def __init__(self, search: Search, data, verbose, display, parent_run_id=None):
+        self.search, self.space, self.data = search, search.space, data  # data: a LazySplits
+        self.experiment = tracking.experiment_id(search.study)
+        self.parent_run_id = parent_run_id  # of the process's own search; a queued trial names its planner's
         self.verbose, self.display, self.out = verbose, display, display.say
         self.calls = 0  # trials this invocation ran
 
     def __call__(self, trial) -> float:
         self.calls += 1
         trial.set_user_attr("worker", tracking.worker_id())
-        tags = {Tag.KIND: Kind.SEARCH_TRIAL, Tag.STUDY: self.study.name,
-                Tag.PROFILE: self.profile.name, Tag.OPTUNA_STUDY: self.optuna_name,
+        tags = {Tag.KIND: Kind.SEARCH_TRIAL, Tag.STUDY: self.search.study,
+                Tag.PROFILE: self.search.profile, Tag.OPTUNA_STUDY: self.search.optuna_study,
                 Tag.OPTUNA_TRIAL: trial.number, Tag.BASE_STEP: self.space.base_step}
         pruned_at = None
-        # A trial a planner queued for workers names the planner's parent run; else this process's is active.
+        parent = trial.user_attrs.get(PARENT_ATTR, self.parent_run_id)
         with tracking.run(self.experiment, f"trial-{trial.number:04d}", tags, nested=True, system_metrics=True,
-                          parent_run_id=trial.user_attrs.get("parent_run_id")):
+                          parent_run_id=parent):
             trial.set_user_attr("mlflow_run_id", tracking.active_run_id())
             try:
                 value, pruned_at = self.run_trial(trial)
@@ -204,7 +252,7 @@ class Objective:
     def run_trial(self, trial) -> tuple[float | None, int | None]:
         """(objective value, None), or (None, epoch) when the pruner stopped the trial."""
         params = suggest(trial, self.space)
-        config = self.profile.apply(with_values(self.base, params))
+        config = self.search.trial_config(params)
         splits = self.data.splits(**config.split_args())
         trial.set_user_attr("epochs", config.epochs)
         tracking.set_tags({Tag.SEARCH_PARAMS: json.dumps(params, sort_keys=True),
@@ -291,21 +339,25 @@ def format_params(params: dict) -> str:
 
 def run_search(study, profile, *, trials: int, data_path=None, seed=None, storage=None,
                study_name=None, timeout=None, pruner="median", reports="reports", verbose=False,
-               out=None, display=None) -> dict:
+               out=None, display=None, run_trials=None) -> dict:
     """Add `trials` trials to the study's Optuna search, each a nested MLflow run under one parent run.
 
     `pruner` is a --pruner name or an Optuna pruner; `out` prints a line, or `display` (bars on a
-    terminal) shows the progress. Returns a summary: the Optuna study name, storage, the top trials' rows, counts by state, epochs pruned,
-    and the best step's TOML (or None).
+    terminal) shows the progress. `run_trials`: how the trials run, `run_trials_here` (default: in this
+    process) or the shared queue's (`workqueue.queue_trials`, same arguments). Returns a summary: the Optuna study name,
+    storage, the top trials' rows, counts by state, epochs pruned, and the best step's TOML (or None).
     """
     display = display or Display(live=False, out=out)
-    out = display.say
+    out, run_trials = display.say, run_trials or run_trials_here
 
     # Phase 1: everything that can be wrong is checked before any data is read or any trial trains.
     space, base = checked_search(study)
     base = base if seed is None else dataclasses.replace(base, seed=seed)
     optuna_name = study_name or default_study_name(study, profile, seed)
     tracking.check_storage(storage)
+    pruner_obj = make_pruner(pruner, profile.apply(base).epochs) if isinstance(pruner, str) else pruner
+    search = Search(study.name, optuna_name, space, base, profile.name, pruner if isinstance(pruner, str)
+                    else type(pruner).__name__)
 
     # Phase 2: the data, read once: a data problem fails before any storage is written.
     data = LazySplits(data_path, out)
@@ -314,38 +366,50 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
     # Phase 3: the Optuna study (created, resumed or joined) and stale work from dead workers.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_obj, storage_kind, where = tracking.open_storage(storage)
-    epochs = profile.apply(base).epochs
-    pruner_obj = make_pruner(pruner, epochs) if isinstance(pruner, str) else pruner
     optuna_study = open_study(storage_obj, where, optuna_name, space.direction,
                               study_identity(study, space, base, profile), TrialSeededTPE(base.seed), pruner_obj)
     tracking.connect()  # parallel workers may open a fresh SQLite store at the same moment
     experiment = tracking.experiment_id(study.name)
     sweep_stale_work(optuna_study, experiment, out)
 
-    # Phase 4: the trials under one parent run.
+    # Phase 4: the trials under one parent run, which other processes' trial runs may name as theirs.
     parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: storage_kind,
                    Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
                    Tag.PRUNER: type(pruner_obj).__name__, Tag.SEED: base.seed, Tag.OVERRIDES: study.overrides_json(),
                    Tag.NOTE: f"{study.title}: Optuna study {optuna_name}, {profile.name} profile"}
-    objective = Objective(study=study, space=space, base=base, profile=profile, data=data,
-                          experiment=experiment, optuna_name=optuna_name, verbose=verbose, display=display)
-    with tracking.run(experiment, f"search-{optuna_name}", parent_tags) as parent:
-        tracking.log_study_file(study.path)
-        out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-        if study.overrides:
-            out(f"overrides (the base step): {study.overrides_json()}")
-        out(f"Optuna study {optuna_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so far; "
-            f"adding {trials}, {space.direction} {space.monitor}, pruner {type(pruner_obj).__name__}")
-        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent.info.run_id}")
-        say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
-        display.start_overall("trials", trials, "trials")
-        optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
-                              callbacks=[trial_printer(space.monitor, display), lambda *_: interrupt.check()])
-        summary = record_outcome(study, space, profile, optuna_study, where, reports)
-    say_ui(out, experiment, parent.info.run_id, tracking.BY_NAME)
-    summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=objective.calls)
+    with tracking.held_run(experiment, f"search-{optuna_name}", parent_tags) as parent_id:
+        say_search(study, profile, optuna_study, trials, where, storage_kind, out)
+        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
+        say_ui(out, experiment, parent_id, tracking.BY_NAME)
+        added = run_trials(optuna_study, storage_obj, search, parent_run_id=parent_id, trials=trials, timeout=timeout,
+                           data=data, display=display, verbose=verbose)
+        with tracking.resumed(parent_id):
+            tracking.log_study_file(study.path)
+            summary = record_outcome(study, space, profile, optuna_study, where, reports)
+    say_ui(out, experiment, parent_id, tracking.BY_NAME)
+    summary.update(optuna_study=optuna_name, storage=where, storage_kind=storage_kind, added=added)
     return summary
+
+
+def say_search(study, profile, optuna_study, trials: int, where: str, storage_kind: str, out):
+    """What the search is about to do, in three lines."""
+    space, pruner = study.search, type(optuna_study.pruner).__name__
+    out(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
+    if study.overrides:
+        out(f"overrides (the base step): {study.overrides_json()}")
+    out(f"Optuna study {optuna_study.study_name!r} in {where} ({storage_kind}): {len(optuna_study.trials)} trials so "
+        f"far; adding {trials}, {space.direction} {space.monitor}, pruner {pruner}")
+
+
+def run_trials_here(optuna_study, storage, search: Search, *, parent_run_id: str, trials: int, timeout, data, display,
+                    verbose: bool) -> int:
+    """The trials in this process, one after another (`optuna.Study.optimize`); how many it ran."""
+    objective = Objective(search, data, verbose, display, parent_run_id)
+    display.start_overall("trials", trials, "trials")
+    optuna_study.optimize(objective, n_trials=trials, timeout=timeout, catch=(Exception,),
+                          callbacks=[trial_printer(search.space.monitor, display), lambda *_: interrupt.check()])
+    return objective.calls
 
 
 def default_study_name(study, profile, seed) -> str:
@@ -385,7 +449,8 @@ def summarize(optuna_study, space) -> dict:
     """Rows for every finished trial, best first (complete ones, then pruned, then failed); counts."""
     order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2}
     sign = -1 if space.direction == "maximize" else 1
-    finished = [t for t in optuna_study.get_trials(deepcopy=False) if t.state in order]
+    finished = [t for t in optuna_study.get_trials(deepcopy=False)
+                if t.state in order and not t.user_attrs.get(NOT_STARTED_ATTR)]
     finished.sort(key=lambda t: (order[t.state], sign * t.value if t.value is not None else 0.0, t.number))
     rows = [{"number": t.number, "value": t.value, "state": t.state.name.lower(), "params": t.params,
              "epochs_run": t.user_attrs.get("epochs_run"), "epochs": t.user_attrs.get("epochs"),
@@ -398,21 +463,6 @@ def summarize(optuna_study, space) -> dict:
     saved = sum(t.user_attrs.get("epochs", 0) - t.user_attrs.get("epochs_run", 0) for t in pruned)
     return {"rows": rows, "complete": count(TrialState.COMPLETE), "pruned": len(pruned),
             "failed": count(TrialState.FAIL), "epochs_saved": saved, "epochs_planned": planned}
-
-
-def format_table(summary: dict, monitor: str, top: int = 10) -> str:
-    """The top trials as a text table, and a line on pruning."""
-    header = f"{'trial':>6}  {'state':<9}{monitor:>13}{'test acc':>10}{'epochs':>8}  params"
-    lines = [header, "-" * len(header)]
-    for row in summary["rows"][:top]:
-        value = "" if row["value"] is None else f"{row['value']:.4f}"
-        test = "" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
-        epochs = f"{row['epochs_run'] if row['epochs_run'] is not None else '-'}/{row['epochs'] or '-'}"
-        detail = format_params(row["params"]) + (f"  [{row['error']}]" if row["error"] else "")
-        lines.append(f"{row['number']:>6}  {row['state']:<9}{value:>13}{test:>10}{epochs:>8}  {detail}")
-    lines.append(f"{summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed; "
-                 f"pruning saved {summary['epochs_saved']} of {summary['epochs_planned']} planned epochs")
-    return "\n".join(lines)
 
 
 def best_step_toml(study, space, optuna_study, where: str, profile) -> str | None:

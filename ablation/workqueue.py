@@ -7,12 +7,16 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
 
 - A unit is a WAITING trial (`Study.enqueue_trial`). A unit of the runner (a ladder step and seed,
   a design's subset) carries its spec in its user attrs (config, run name, tags, data digest,
-  experiment, parent run): a worker needs no study file. A planned search trial carries its parent run only: TPE samples its params when a worker
-  runs it (with the constant liar, so concurrent trials spread out).
+  experiment, parent run): a worker needs no study file. A search's queue carries the search resolved
+  (`searcher.Search`: the base config with the planner's --set and --seed in, the space, profile and
+  pruner), and each planned trial its parent run and --timeout deadline: TPE samples its params when
+  a worker runs it (with the constant liar, so concurrent trials spread out), through the same
+  objective as a search in one process.
 - A worker takes one with the storage's conditional update WAITING -> RUNNING, the step with which
   `Study.ask` pops Optuna's queue (a row lock in an RDB storage, the journal's file lock): two
   workers never get the same trial. It does not call `ask`, which makes a fresh trial when the
-  queue is empty: taking nothing leaves nothing behind.
+  queue is empty: taking nothing leaves nothing behind. (Optuna's private names for this, and for
+  heartbeats and retries, are in `optuna_adapter`.)
 - While a unit trains, Optuna's heartbeat thread keeps its trial alive (RDB storages). Every idle
   process of the queue runs `fail_stale_trials`: a trial whose heartbeat stopped for the grace
   period is failed and a copy queued by RetryHeartbeatStaleTrialCallback (same params and user
@@ -31,22 +35,17 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
 Heartbeat interval and grace period: $ABLATION_HEARTBEAT and $ABLATION_GRACE (`tracking.heartbeat_settings`).
 """
 
-import dataclasses
 import hashlib
 import json
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from ablation import checkpoint, interrupt, runner, searcher, tracking
-from ablation.config import Config, StudyError, get_profile, load_study
+from ablation import checkpoint, interrupt, optuna_adapter, runner, searcher, tracking
+from ablation.config import Config, StudyError
 from ablation.console import Display
 from ablation.data import DataError, LazySplits, resolve_data_path
 from ablation.runner import Unit
@@ -57,16 +56,21 @@ QUEUE_ATTR = "queue"  # "units" | "search": set last, once a worker has what it 
 OWNER_ATTR = "planner"  # host:pid of the planner that enqueues (only it does)
 PLANNED_ATTR = "planned"  # set once every unit is enqueued
 DATA_ATTR = "data"  # the fingerprints of the planner's data splits: a worker's data must match them
-SEARCH_ATTR = "search"  # a search's study file (name and text), profile, seed and pruner
+SEARCH_ATTR = "search"  # a search resolved for its trials (`searcher.Search.to_dict`): no file to read again
 # Trial: the unit and its current attempt.
 UNIT_ATTR = "unit"  # a unit's spec (`unit_spec`)
-PARENT_ATTR = "parent_run_id"  # a planned search trial's parent run (a unit's is in its spec)
+PARENT_ATTR = searcher.PARENT_ATTR  # a planned search trial's parent run (a unit's is in its spec)
+DEADLINE_ATTR = "deadline"  # a planned search trial's: no process starts it after this time (--timeout)
 RUN_ATTR = "mlflow_run_id"  # the MLflow run of the trial's latest attempt
 POLL_SECONDS = 2.0  # how often an idle worker looks for work again
 
 
 class WorkError(RuntimeError):
     """Planned work that cannot be done: the planner that created its queue died while queueing it."""
+
+
+class NotStarted(RuntimeError):
+    """A queued search trial taken after its search's --timeout: failed untrained, left out of the outcome."""
 
 
 @dataclass
@@ -163,37 +167,36 @@ def wait_until_planned(study: optuna.Study, say):
 # Working: take a unit, run it with a heartbeat, tell the outcome; until no work is left.
 
 
-def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0) -> int:
+def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0, train: bool = True) -> int:
     """Run units of the queues in `storage` (those in `names`, else all) until none is waiting or running
-    and `idle_seconds` have passed so; returns how many this process ran."""
+    and `idle_seconds` have passed so; returns how many this process ran. `train=False` (a planner with
+    --plan-only) takes none: it waits for the workers to do them, releasing dead workers' units meanwhile."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     opened: dict[str, Queue] = {}
     ran, idle_since = 0, time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ablation-worker-") as scratch:
-        while True:
-            interrupt.check()  # a stop asked for by a signal, between units
-            took, others_running = False, False
-            for queue in open_queues(storage, names, opened, data, say, Path(scratch)):
-                release_dead(queue.study)
-                trial = take(queue.study)
-                if trial is not None:
-                    run_taken(queue, trial, say)
-                    ran, took = ran + 1, True
-                    break
-                # A unit running elsewhere may still lose its worker: wait, to take its retry.
-                others_running = others_running or bool(queue.study.get_trials(deepcopy=False,
-                                                                               states=(TrialState.RUNNING,)))
+    pending_states = (TrialState.RUNNING,) if train else (TrialState.RUNNING, TrialState.WAITING)
+    while True:
+        interrupt.check()  # a stop asked for by a signal, between units
+        took, pending = False, False
+        for queue in open_queues(storage, names, opened, data, say):
+            release_dead(queue.study)
+            trial = optuna_adapter.take_waiting(queue.study) if train else None
+            if trial is not None:
+                run_taken(queue, trial, say)
+                ran, took = ran + 1, True
+                break
+            # A unit running elsewhere may still lose its worker: wait, to take its retry.
+            pending = pending or bool(queue.study.get_trials(deepcopy=False, states=pending_states))
+        if took or pending:
+            idle_since = time.monotonic()
             if took:
-                idle_since = time.monotonic()
                 continue
-            if others_running:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= idle_seconds:
-                return ran
-            time.sleep(POLL_SECONDS)
+        elif time.monotonic() - idle_since >= idle_seconds:
+            return ran
+        time.sleep(POLL_SECONDS)
 
 
-def open_queues(storage, names, opened: dict, data: LazySplits, say, scratch: Path) -> list[Queue]:
+def open_queues(storage, names, opened: dict, data: LazySplits, say) -> list[Queue]:
     """The queue studies of the storage (those in `names`, else all), each opened once."""
     queues = []
     for summary in storage.get_all_studies():
@@ -203,78 +206,47 @@ def open_queues(storage, names, opened: dict, data: LazySplits, say, scratch: Pa
         if summary.study_name not in opened:
             check_data(summary.user_attrs.get(DATA_ATTR, []), data, f"queue {summary.study_name!r}")
             opener = open_units_queue if kind == "units" else open_search_queue
-            opened[summary.study_name] = opener(storage, summary, data, say, scratch)
+            opened[summary.study_name] = opener(storage, summary, data, say)
         queues.append(opened[summary.study_name])
     return queues
 
 
-def open_units_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
+def open_units_queue(storage, summary, data: LazySplits, say) -> Queue:
     study = optuna.load_study(study_name=summary.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
     return Queue(study, lambda trial: train_unit(trial, data, say))
 
 
-def open_search_queue(storage, summary, data: LazySplits, say, scratch: Path) -> Queue:
-    """A search's study with its sampler and pruner, and its objective rebuilt from the study file it carries."""
-    search = summary.user_attrs[SEARCH_ATTR]
-    path = scratch / summary.study_name / search["file"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(search["text"])
-    study = load_study(path)
-    profile = get_profile(search["profile"])
-    space, base = study.search, study.step(study.search.base_step).config
-    base = base if search["seed"] is None else dataclasses.replace(base, seed=search["seed"])
-    pruner = searcher.make_pruner(search["pruner"], profile.apply(base).epochs)
-    optuna_study = optuna.load_study(study_name=summary.study_name, storage=storage,
-                                     sampler=searcher.TrialSeededTPE(base.seed), pruner=pruner)
-    objective = searcher.Objective(study=study, space=space, base=base, profile=profile, data=data,
-                                   experiment=tracking.experiment_id(study.name), optuna_name=summary.study_name,
-                                   verbose=False, display=Display(live=False, out=say))
-    return Queue(optuna_study, objective)
+def open_search_queue(storage, summary, data: LazySplits, say) -> Queue:
+    """A search's study with its sampler and pruner, and the search's own objective over the resolved search
+    the queue carries (the base config with the planner's --set and --seed in)."""
+    spec = summary.user_attrs[SEARCH_ATTR]
+    if "base" not in spec:
+        raise StudyError(f"queue {summary.study_name!r} was planned by another version of ablation: run the same "
+                         "version on every machine")
+    search = searcher.Search.from_dict(spec)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage,
+                              sampler=searcher.TrialSeededTPE(search.base.seed), pruner=search.make_pruner())
+    objective = searcher.Objective(search, data, verbose=False, display=Display(live=False, out=say))
 
+    def execute(trial: optuna.Trial) -> float:
+        deadline = trial.user_attrs.get(DEADLINE_ATTR)
+        if deadline is not None and time.time() > deadline:
+            trial.set_user_attr(searcher.NOT_STARTED_ATTR, True)
+            raise NotStarted("not started: its search's --timeout had passed")
+        return objective(trial)
 
-def take(study: optuna.Study) -> optuna.Trial | None:
-    """A waiting trial, now RUNNING for this process; None when none is waiting.
-
-    Optuna 5's `Study._pop_waiting_trial_id` without its fallback of creating a fresh trial: the
-    storage moves a trial from WAITING to RUNNING for one caller only.
-    """
-    storage = study._storage
-    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, waiting._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker took and finished it meanwhile
-    return None
+    return Queue(study, execute)
 
 
 def release_dead(study: optuna.Study):
     """Fail the trials of dead workers and queue each again (up to `tracking.MAX_RETRIES` times).
 
     RDB storages: Optuna's heartbeat judges, on every machine. A journal file has none: a trial
-    whose worker was on this host and is gone is released the same way.
+    whose worker was on this host and is gone is released the same way (the search's own sweep).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    if is_heartbeat_enabled(study._storage):
-        return
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not tracking.dead_here(trial.user_attrs.get("worker", "")):
-            continue
-        try:
-            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                requeue(study, trial._trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker released it first
-
-
-def requeue(study: optuna.Study, trial_id: int):
-    """Queue a copy of a failed trial (params, user attrs, retry history), as the heartbeat's retry does."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tracking.MAX_RETRIES)
-        retry(study, study._storage.get_trial(trial_id))
+    optuna_adapter.fail_stale(study)
+    if not optuna_adapter.has_heartbeat(study):
+        searcher.sweep_stale_trials(study)
 
 
 def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
@@ -307,7 +279,7 @@ def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
 def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float | None, str]:
     """(state, value, error) of running the trial under Optuna's heartbeat; state None when its trial was
     finished by another process meanwhile. Interrupted, the trial fails and goes back to the queue."""
-    with get_heartbeat_thread(trial._trial_id, queue.study._storage):
+    with optuna_adapter.heartbeat(queue.study, trial):
         try:
             return TrialState.COMPLETE, queue.execute(trial), ""
         except optuna.TrialPruned:
@@ -316,7 +288,7 @@ def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float
             return None, None, ""
         except KeyboardInterrupt:
             queue.study.tell(trial, state=TrialState.FAIL)
-            requeue(queue.study, trial._trial_id)
+            optuna_adapter.requeue(queue.study, trial, tracking.MAX_RETRIES)
             raise
         except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
             return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:1000]
@@ -340,7 +312,7 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
     splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(spec["work_key"])
     begin, end = runner.progress_printer(config.epochs, say)
     try:
-        with tracking.run(experiment, unit.name, tags, parent_run_id=parent) as run:
+        with tracking.run(experiment, unit.name, tags, parent_run_id=parent, system_metrics=True) as run:
             trial.set_user_attr(RUN_ATTR, run.info.run_id)
             result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say,
                                          checkpoint_folder=folder, data_file=resolve_data_path(data.path),
@@ -358,10 +330,11 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print,
-                      log_models="final") -> list[dict]:
+                      log_models="final", plan_only=False) -> list[dict]:
     """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows.
 
-    As `runner.run_ladder` (the same parent, units and summary), with the queue's `storage`.
+    As `runner.run_ladder` (the same parent, units and summary), with the queue's `storage`; `plan_only`:
+    this process trains none of the units, it waits for the workers.
     """
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                    Tag.SEEDS: sorted({step.config.seed for step in steps}), Tag.OVERRIDES: study.overrides_json(),
@@ -369,14 +342,15 @@ def run_ladder_shared(study, profile, steps, data_path=None, force=False, storag
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
     units = runner.ladder_units(study, profile, steps, log_models)
     return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                            summarize=lambda rows: runner.ladder_evidence(rows, steps), storage=storage)
+                            summarize=lambda rows: runner.ladder_evidence(rows, steps), storage=storage,
+                            plan_only=plan_only)
 
 
 def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
-                     storage=None) -> list[dict]:
+                     storage=None, plan_only=False) -> list[dict]:
     """`runner.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
-    queued (or the same plan joined), this process works on them beside the workers, and returns their rows
-    once every one is done."""
+    queued (or the same plan joined), this process works on them beside the workers (with `plan_only` it
+    only waits for them), and returns their rows once every one is done."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = LazySplits(data_path, say)
     fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]
@@ -391,7 +365,7 @@ def run_units_shared(study, parent_name, parent_tags, units, data_path=None, for
         queue = plan_units(storage_obj, name, specs, list({f["digest"]: f for f in fingerprints}.values()), say)
         say(f"queue {name!r} in {where} ({kind}): {len(specs)} units; workers join with "
             f"python -m ablation.worker --storage URL")
-        ran = work(storage_obj, data, say, names=[name])
+        ran = work(storage_obj, data, say, names=[name], train=not plan_only)
         rows = queue_rows(queue, units, fingerprints)
         say(f"\nall {len(rows)} units of queue {name!r} are done ({ran} run by this process)")
         with tracking.resumed(parent_id):
@@ -420,41 +394,25 @@ def queue_rows(queue: optuna.Study, units: list[Unit], fingerprints: list[dict])
     return rows
 
 
-def run_search_shared(study, profile, *, trials: int, data_path=None, seed=None, storage=None, study_name=None,
-                      pruner="median", reports="reports", out=print) -> dict:
-    """The search through the shared queue: add `trials` planned trials to its Optuna study, work, wait for them."""
-    if study.search is None:
-        raise StudyError(f"{study.path.name}: no [search] table; add one (see studies/assignment.toml)")
-    space = study.search
-    searcher.check_monitor(space, study.path.name)
-    base = study.step(space.base_step).config
-    base = base if seed is None else dataclasses.replace(base, seed=seed)
-    optuna_name = study_name or f"{study.name}-{profile.name}" + ("" if seed is None else f"-seed{seed}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_obj, kind, where = tracking.open_storage(storage)
-    optuna_study = searcher.open_study(storage_obj, where, optuna_name, space.direction,
-                                       searcher.study_identity(study, space, base, profile),
-                                       searcher.TrialSeededTPE(base.seed),
-                                       searcher.make_pruner(pruner, profile.apply(base).epochs))
-    data = LazySplits(data_path, out)
-    fingerprint = data.fingerprint(**profile.apply(base).split_args())
-    experiment = tracking.experiment_id(study.name)
-    parent_tags = {Tag.KIND: Kind.SEARCH, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
-                   Tag.OPTUNA_STUDY: optuna_name, Tag.OPTUNA_STORAGE_KIND: kind, Tag.OPTUNA_STORAGE: where,
-                   Tag.BASE_STEP: space.base_step, Tag.PRUNER: pruner, Tag.SEED: base.seed}
-    with tracking.held_run(experiment, f"search-{optuna_name}", parent_tags) as parent_id:
-        out(f"tracking: {tracking.tracking_uri()}  experiment {study.name!r}, parent run {parent_id}")
-        optuna_study.set_user_attr(SEARCH_ATTR, {"file": study.path.name, "text": study.path.read_text(),
-                                                 "profile": profile.name, "seed": seed, "pruner": pruner})
-        optuna_study.set_user_attr(DATA_ATTR, [fingerprint])
-        optuna_study.set_user_attr(QUEUE_ATTR, "search")
-        for _ in range(trials):
-            optuna_study.enqueue_trial({}, user_attrs={PARENT_ATTR: parent_id})
-        optuna_study.set_user_attr(PLANNED_ATTR, trials)  # by the latest planner of the study
-        out(f"Optuna study {optuna_name!r} in {where} ({kind}): {trials} trial(s) queued for workers")
-        work(storage_obj, data, out, names=[optuna_name])
-        with tracking.resumed(parent_id):
-            tracking.log_study_file(study.path)
-            summary = searcher.record_outcome(study, space, profile, optuna_study, where, reports)
-    summary.update(optuna_study=optuna_name, storage=where, storage_kind=kind, added=trials)
-    return summary
+def queue_trials(optuna_study: optuna.Study, storage, search: searcher.Search, *, parent_run_id: str, trials: int,
+                 timeout, data: LazySplits, display, verbose: bool, plan_only: bool = False) -> int:
+    """`searcher.run_trials_here` through the shared queue (same arguments): the search, resolved, goes into its
+    Optuna study with `trials` planned trials; this process works on them beside the workers (with `plan_only`
+    it waits for them) until all are done. Returns how many of them started before `timeout` seconds."""
+    if search.pruner not in searcher.PRUNERS:
+        raise StudyError(f"a queued search takes its pruner by name ({', '.join(searcher.PRUNERS)}), not "
+                         f"{search.pruner}: its workers build it again")
+    say, deadline = display.say, None if timeout is None else time.time() + timeout
+    fingerprint = data.fingerprint(**search.trial_config({}).split_args())
+    optuna_study.set_user_attr(SEARCH_ATTR, search.to_dict())
+    optuna_study.set_user_attr(DATA_ATTR, [fingerprint])
+    optuna_study.set_user_attr(QUEUE_ATTR, "search")
+    for _ in range(trials):
+        optuna_study.enqueue_trial({}, user_attrs={PARENT_ATTR: parent_run_id, DEADLINE_ATTR: deadline})
+    optuna_study.set_user_attr(PLANNED_ATTR, trials)  # by the latest planner of the study
+    say(f"{trials} trial(s) queued; workers join with python -m ablation.worker --storage URL"
+        + (" (--plan-only: this process trains none)" if plan_only else ""))
+    work(storage, data, say, names=[search.optuna_study], train=not plan_only)
+    mine = optuna_study.get_trials(deepcopy=False)
+    return trials - sum(t.user_attrs.get(PARENT_ATTR) == parent_run_id and bool(t.user_attrs.get(searcher.NOT_STARTED_ATTR))
+                        for t in mine)

@@ -14,7 +14,7 @@ from ablation.tracking import Tag
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import ablation modules of lower layers only, and of its own package.
 LAYERS = [
-    {"ablation", "ablation.models", "ablation.interrupt", "ablation.memory"},
+    {"ablation", "ablation.models", "ablation.interrupt", "ablation.memory", "ablation.optuna_adapter"},
     {"ablation.config", "ablation.console"},
     {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure",
      "ablation.checkpoint"},

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ablation import search, searcher, tracking
-from ablation.config import StudyError, get_profile, load_study, with_values
+from ablation.config import StudyError, apply_overrides, get_profile, load_study, with_values
 from ablation.tracking import Kind, Tag
 
 TINY = """
@@ -171,8 +171,9 @@ def test_stale_trial_of_a_dead_worker_is_failed_and_queued_again(tmp_path):
     assert searcher.sweep_stale_trials(again) == [(0, "abc")]
     states = [t.state for t in again.get_trials()]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
-    retry = again.trials[3]
-    assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["fixed_params"] == {"x": stale.params["x"]}
+    retry = again.trials[3]  # a copy, as the queue's workers and Optuna's heartbeat retry make it
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == {"x": stale.params["x"]}
+    assert retry.user_attrs == {"worker": f"{host}:{dead.pid}", "mlflow_run_id": "abc"}
     assert searcher.sweep_stale_trials(again) == []  # swept once only
 
 
@@ -225,7 +226,7 @@ def test_pruned_and_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, 
     history = client.get_metric_history(runs[2].info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]  # the epochs it ran are logged before it was pruned
     assert "test_accuracy" not in runs[2].data.metrics
-    assert "complete, 1 pruned, 1 failed; pruning saved 1 of" in searcher.format_table(summary, "val_accuracy")
+    assert "complete, 1 pruned, 1 failed; pruning saved 1 of" in search.format_table(summary, "val_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +297,45 @@ def test_a_second_invocation_adds_trials_to_the_same_study(workers_then_resume):
     latest = max(parents, key=lambda p: p.info.start_time)
     assert "best_step.toml" in {a.path for a in client.list_artifacts(latest.info.run_id)}
 
+
+
+@pytest.mark.slow
+def test_a_queued_search_trains_every_trial_with_the_set_values(tmp_path, store, cifar_path):
+    """`search --workers --plan-only --set batch_size=16` with `worker --processes 2`: the workers train every
+    trial at 16 (the queue carries the resolved search, not a file to read again), as a local search names
+    and records it; the planner trains none."""
+    path = write_study(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    planner = subprocess.Popen([sys.executable, "-m", "ablation.search", "--study", str(path), "--profile", "smoke",
+                                "--data", str(cifar_path), "--trials", "2", "--workers", "--plan-only",
+                                "--set", "batch_size=16"], env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "ablation.worker", "--data", str(cifar_path), "--idle", "30",
+                               "--processes", "2"], env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    outputs = [process.communicate(timeout=900)[0] for process in (planner, worker)]
+    assert planner.returncode == 0 and worker.returncode == 0, "\n\n".join(outputs)
+    client, (parent,), runs = trial_runs(store)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), "\n\n".join(outputs)
+    assert [r.data.params["batch_size"] for r in runs] == ["16", "16"], "\n\n".join(outputs)
+    assert {r.data.tags[Tag.PID] for r in runs}.isdisjoint({str(planner.pid), str(worker.pid)})  # the children's
+    assert all("system/cpu_utilization_percentage" in r.data.metrics for r in runs)
+    name = searcher.default_study_name(apply_overrides(load_study(path), {"batch_size": 16}), get_profile("smoke"), None)
+    assert name != "tiny-smoke" and name.startswith("tiny-smoke-set")  # as a local search with --set names it
+    assert {r.data.tags[Tag.OPTUNA_STUDY] for r in runs} == {parent.data.tags[Tag.OPTUNA_STUDY]} == {name}
+    assert parent.data.tags[Tag.PRUNER] == "MedianPruner" and parent.data.tags[Tag.OVERRIDES] == '{"batch_size": 16}'
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+
+
+def test_a_queued_search_starts_no_trial_after_its_timeout(tmp_path, store, cifar_path):
+    """--timeout reaches the queue: a trial taken after it fails untrained and is left out of the outcome."""
+    path = write_study(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "ablation.search", "--study", str(path), "--profile", "smoke",
+                           "--data", str(cifar_path), "--trials", "2", "--workers", "--timeout", "0.001"],
+                          text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 trial(s) added" in done.stdout and "0 complete, 0 pruned, 0 failed" in done.stdout, done.stdout
+    trials = optuna_study(store / "optuna.journal", "tiny-smoke").trials
+    assert [t.user_attrs.get("not_started") for t in trials] == [True, True]
+    client, (parent,), runs = trial_runs(store)
+    assert runs == [] and parent.info.status == "FINISHED"
