@@ -40,6 +40,7 @@ def parse_args(argv=None):
     run.add_argument("--seeds", type=int, default=3)
     run.add_argument("--processes", type=int, default=4)
     run.add_argument("--minutes", type=float, default=8.0)
+    run.add_argument("--treatments", nargs="+", default=[None], help="bn_statistics values to compare (default: the profile's)")
     for sub in (prepare, run):
         sub.add_argument("--study", default="assignment")
         sub.add_argument("--profile", default="quick")
@@ -47,10 +48,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def units(study, profile, seeds: int) -> list:
-    """(step name, config) per seed and step, seed-major: every step's seed 0 first."""
-    return [(step.name, profile.apply(dataclasses.replace(step.config, seed=seed)))
-            for seed in range(seeds) for step in study.steps]
+def units(study, profile, seeds: int, treatments=(None,)) -> list:
+    """(step name, config) per seed, treatment and step, seed-major: every step's seed 0 first.
+
+    A treatment (a `bn_statistics` value) replaces the profile's; None keeps it.
+    """
+    return [(step.name, _treated(profile.apply(dataclasses.replace(step.config, seed=seed)), treatment))
+            for seed in range(seeds) for treatment in treatments for step in study.steps]
+
+
+def _treated(config, treatment):
+    return config if treatment is None else dataclasses.replace(config, bn_statistics=treatment)
 
 
 def prepare(args) -> int:
@@ -127,7 +135,7 @@ def done_units(path: Path) -> set:
 def run(args) -> int:
     study, profile, out = load_study(args.study), get_profile(args.profile), Path(args.out)
     finished = done_units(out)
-    todo = [(n, c) for n, c in units(study, profile, args.seeds) if (n, c.seed, c.hash()) not in finished]
+    todo = [(n, c) for n, c in units(study, profile, args.seeds, args.treatments) if (n, c.seed, c.hash()) not in finished]
     print(f"{len(todo)} units to train ({len(finished)} finished before), {args.processes} processes, "
           f"budget {args.minutes} min", flush=True)
     deadline, gpu, began = time.time() + 60 * args.minutes, GpuMonitor(), time.time()
