@@ -11,8 +11,8 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure,
-                          describe_stop, exit_code_of, one_line, seed_count)
+from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
+                          check_plan_only, configure, describe_stop, exit_code_of, one_line, seed_count)
 from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
 from ablation.data import DataError, check_data_path
 
@@ -57,7 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop-on-failure", action="store_true",
                         help="stop the ladder at a step whose training fails, e.g. diverges (default: record it "
                              "FAILED and go on with the next step)")
+    add_plan_only_argument(parser)
     args = parser.parse_args(argv)
+    check_plan_only(parser, args)
     if not 0 < args.rope < 100:
         parser.error(f"--rope is a margin in points of accuracy, above 0 and below 100; got {args.rope}")
     if args.storage is not None and not args.workers:
@@ -207,7 +209,7 @@ def run(args) -> int:
     try:
         if args.workers:
             rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
-                                               log_models=args.log_models)
+                                               log_models=args.log_models, plan_only=args.plan_only)
         else:
             with Display() as display:
                 rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,

@@ -221,3 +221,123 @@ def summary_of(client, run_id: str, folder: Path) -> dict:
     """A ladder parent's summary.json: per-step intervals and the paired tests."""
     folder.mkdir()
     return json.loads(Path(client.download_artifacts(run_id, "summary.json", str(folder))).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Many workers per machine (`--processes K`, `--gpus IDS --per-gpu K`) and a planner that trains nothing.
+
+
+def local_env(tmp_path: Path, cifar_slice: Path, gpus: str = "") -> dict:
+    """A store and a journal queue in tmp_path; `gpus`: what a stand-in `nvidia-smi -L` lists (no GPU here)."""
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "nvidia-smi").write_text("#!/bin/sh\n" + "".join(f'echo "GPU {g}: stand-in (UUID: GPU-{g})"\n'
+                                                                  for g in gpus.split(",") if g))
+    (bin_folder / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/store/mlflow.db", "PYTHONUNBUFFERED": "1",
+           "ABLATION_DATA": str(cifar_slice), "PATH": f"{bin_folder}:{os.environ['PATH']}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def ladder_runs(tmp_path: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+    experiment = client.get_experiment_by_name("queue_e2e").experiment_id
+    return client.search_runs([experiment], "tags.`ablation.kind` = 'ladder_step'", max_results=1000)
+
+
+def test_options_that_cannot_apply_are_one_line_errors(tmp_path, cifar_slice):
+    env = local_env(tmp_path, cifar_slice)  # its nvidia-smi lists no GPU
+    cases = [("worker", ["--per-gpu", "2"], "--per-gpu goes with --gpus"),
+             ("worker", ["--processes", "2", "--gpus", "0"], "not both"),
+             ("worker", ["--gpus", "0,0"], "each once"),
+             ("worker", ["--gpus", "0", "--per-gpu", "2"], "--gpus 0: no such GPU here (nvidia-smi -L lists none)"),
+             ("ladder", ["--plan-only"], "--plan-only plans for the shared queue: give it with --workers"),
+             ("search", ["--plan-only"], "--plan-only plans for the shared queue: give it with --workers")]
+    for module, args, needle in cases:
+        done = subprocess.run([sys.executable, "-m", f"ablation.{module}", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and needle in done.stderr, (module, args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.slow
+def test_two_pinned_workers_share_one_gpu_slot_and_a_plan_only_planner_trains_nothing(tmp_path, cifar_slice):
+    """`ladder --workers --plan-only` queues 4 units; `worker --gpus 0 --per-gpu 2` starts two workers pinned
+    to GPU 0 (a stand-in nvidia-smi lists it; TensorFlow finds no GPU and trains on the CPU). Each unit is
+    trained once, by the children, none by the planner."""
+    study_file = tmp_path / "queue_e2e.toml"
+    study_file.write_text(STUDY)
+    env = local_env(tmp_path, cifar_slice, gpus="0")
+    planner = start("ladder", ["--study", str(study_file), "--profile", "smoke", "--seeds", "2", "--no-report",
+                               "--workers", "--plan-only"], env, tmp_path / "ladder.log")
+    workers = start("worker", ["--gpus", "0", "--per-gpu", "2", "--idle", "20"], env, tmp_path / "workers.log")
+    outputs = finish([planner, workers], [tmp_path / "ladder.log", tmp_path / "workers.log"])
+    assert planner.returncode == 0 and workers.returncode == 0, "\n\n".join(outputs)
+    assert "all 4 units of queue" in outputs[0] and "(0 run by this process)" in outputs[0], outputs[0]
+    assert outputs[1].count(", GPU 0") == 2, outputs[1]  # each child pinned: CUDA_VISIBLE_DEVICES=0
+    runs = ladder_runs(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["ablation.work_key"] for r in runs}) == 4  # each unit trained exactly once
+    trainers = collections.Counter(r.data.tags["ablation.pid"] for r in runs)
+    assert str(planner.pid) not in trainers and str(workers.pid) not in trainers  # the children trained them
+    assert len(trainers) == 2, trainers  # both workers of the slot took units
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_worker_with_children_stops_every_child_and_requeues_their_units(tmp_path, cifar_slice):
+    """`worker --processes 2` told SIGTERM while both children train: each puts its unit back (run KILLED,
+    trial queued again) and exits; then the parent exits 143."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study_file = tmp_path / "queue_e2e.toml"
+    study_file.write_text(STUDY.replace("epochs = 25", "epochs = 100"))  # 100 epochs at miniature: still training
+    env = local_env(tmp_path, cifar_slice)
+    planner = start("ladder", ["--study", str(study_file), "--profile", "miniature", "--seeds", "2", "--no-report",
+                               "--workers", "--plan-only"], env, tmp_path / "ladder.log")
+    workers = start("worker", ["--processes", "2", "--idle", "120"], env, tmp_path / "workers.log")
+    try:
+        journal = str(tmp_path / "store" / "optuna.journal")
+        (study,) = queue_studies(journal, count=1).values()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            running = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs.get("mlflow_run_id")]
+            if len(running) == 2 and all(epochs_logged(tmp_path, t.user_attrs["mlflow_run_id"]) for t in running):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the two children did not both train within 600 s")
+        workers.send_signal(signal.SIGTERM)
+        workers.wait(120)
+    finally:
+        planner.send_signal(signal.SIGTERM)
+        outputs = finish([planner, workers], [tmp_path / "ladder.log", tmp_path / "workers.log"])
+    assert workers.returncode == 143, outputs[1]
+    children = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
+    assert not any(psutil_alive(pid) for pid in children), outputs[1]
+    study = optuna.load_study(study_name=study.study_name, storage=tracking_storage(journal))
+    states = collections.Counter(t.state for t in study.get_trials())
+    assert states[TrialState.FAIL] == 2 and states[TrialState.RUNNING] == 0, states  # their copies wait again
+    killed = {r.info.run_id: r.info.status for r in ladder_runs(tmp_path)}
+    assert [killed[t.user_attrs["mlflow_run_id"]] for t in running] == ["KILLED", "KILLED"], outputs[1]
+
+
+def epochs_logged(tmp_path: Path, run_id: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    return bool(MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db").get_metric_history(run_id, "loss"))
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def tracking_storage(spec: str):
+    from ablation import tracking
+
+    return tracking.open_storage(spec)[0]
