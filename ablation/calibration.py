@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ablation import stats
+from ablation import evidence, stats
 
 TEST_IMAGES = 2000
 CHANGES = 6  # the README ladder's changes
@@ -108,6 +108,49 @@ def calibration_table(ladders: int, seed: int = SEED) -> list[dict]:
     return rows
 
 
+def sequential(scenario: Scenario, effects, ladders: int, generator, first: int = 3, max_seeds: int = 8,
+               rope: float = stats.ROPE) -> tuple[np.ndarray, np.ndarray]:
+    """The --until-decided design on simulated ladders: each change's verdict code and the seeds it used.
+
+    Looks at evidence.looks(first, max_seeds); a change still open gets the next seeds, a decided one keeps its
+    first verdict and its seeds; every look judges the whole family at alpha / looks, as the ladder does.
+    """
+    schedule = evidence.looks(first, max_seeds)
+    draws = differences(scenario, effects, max_seeds, ladders, generator)
+    seeds = np.full(draws.shape[:2], first)
+    verdict = np.full(draws.shape[:2], stats.VERDICTS.index(stats.UNDECIDED))
+    still = np.ones(draws.shape[:2], dtype=bool)
+    for count in schedule:
+        seeds = np.where(still, count, seeds)
+        used = np.where(np.arange(max_seeds) < seeds[..., None], draws, np.nan)
+        codes = stats.family_tests(np.nanmean(used, axis=2), np.nanstd(used, axis=2, ddof=1), seeds, rope,
+                                   alpha=stats.ALPHA / len(schedule))["verdict"]
+        decided = still & (codes <= stats.VERDICTS.index(stats.EQUIVALENT))
+        verdict, still = np.where(decided, codes, verdict), still & ~decided
+    return verdict, seeds
+
+
+def sequential_table(ladders: int, seed: int = SEED, first: int = 3, max_seeds: int = 8) -> list[dict]:
+    """Per scenario, the sequential design's error rates, power and mean seeds per change, over `ladders` ladders."""
+    generator = np.random.default_rng(seed)
+    rows = []
+    for scenario in SCENARIOS:
+        null, null_seeds = sequential(scenario, np.zeros(CHANGES), ladders, generator, first, max_seeds)
+        margin = stats.ROPE * np.where(np.arange(CHANGES) % 2, -1.0, 1.0)
+        edge, _ = sequential(scenario, margin, ladders, generator, first, max_seeds)
+        effects = np.zeros(CHANGES)
+        effects[0] = 2.0 * scenario.sd()[0]
+        strong, strong_seeds = sequential(scenario, effects, ladders, generator, first, max_seeds)
+        rows.append({
+            "scenario": scenario.name, "seeds": f"{first} to {max_seeds}",
+            "error": float(np.mean(np.any(null <= stats.VERDICTS.index(stats.HURT), axis=1))),
+            "false equivalent": float(np.mean(np.any(edge == stats.VERDICTS.index(stats.EQUIVALENT), axis=1))),
+            "power 2 SD": float(np.mean(strong[:, 0] == stats.VERDICTS.index(stats.HELPED))),
+            "mean seeds (null)": float(null_seeds.mean()), "mean seeds (2 SD change)": float(strong_seeds[:, 0].mean()),
+        })
+    return rows
+
+
 def monte_carlo_bound(rate: float, ladders: int, sigmas: float = 3.0) -> float:
     """The most an estimated rate may exceed `rate` by chance over `ladders` draws: `sigmas` binomial SEs."""
     return rate + sigmas * math.sqrt(rate * (1 - rate) / ladders)
@@ -127,6 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ladders", type=int, default=2000, help="simulated ladders per cell (default: 2000)")
     args = parser.parse_args(argv)
     print(markdown(calibration_table(args.ladders)))
+    print("\n--until-decided, looks at 3, 5, 7, 8 seeds:\n")
+    print(markdown(sequential_table(args.ladders)))
     print(f"\n{args.ladders} ladders a cell, {CHANGES} changes, {TEST_IMAGES} test images; rope "
           f"{100 * stats.ROPE:g} point; alpha {stats.ALPHA}; 3 Monte Carlo SEs above alpha: "
           f"{monte_carlo_bound(stats.ALPHA, args.ladders):.3f}")

@@ -54,7 +54,8 @@ def summarize_steps(records: list[dict], steps: list[tuple[str, bool]]) -> list[
     return out
 
 
-def compare_steps(records: list[dict], pairs: list[tuple[str, str]], rope: float = stats.ROPE) -> list[ChangeEvidence]:
+def compare_steps(records: list[dict], pairs: list[tuple[str, str]], rope: float = stats.ROPE,
+                  alpha: float = stats.ALPHA) -> list[ChangeEvidence]:
     """Each (step, against) pair tested on the seeds both have, as one family (stats.with_verdicts).
 
     A pair with one common seed gets no verdict (one seed says nothing of training noise); McNemar's test on its
@@ -74,7 +75,7 @@ def compare_steps(records: list[dict], pairs: list[tuple[str, str]], rope: float
         if len(seeds) == 1 and a[seeds[0]].get("correct") is not None and b[seeds[0]].get("correct") is not None:
             mcnemar = stats.mcnemar_exact(np.asarray(a[seeds[0]]["correct"]), np.asarray(b[seeds[0]]["correct"]))
         tested.append((step, against, seeds, change, mcnemar))
-    judged = stats.with_verdicts([change for *_, change, _ in tested], rope=rope)
+    judged = stats.with_verdicts([change for *_, change, _ in tested], rope=rope, alpha=alpha)
     mcnemar_adjusted = iter(stats.holm([m.p for *_, m in tested if m is not None]))
     out = []
     for (step, against, seeds, _, mcnemar), change in zip(tested, judged, strict=True):
@@ -123,3 +124,31 @@ def ladder_pairs(steps) -> list[tuple[str, str]]:
     last = ladder[-1].name if ladder else None
     pairs += [(s.name, s.compare_to or last) for s in steps if s.is_baseline and (s.compare_to or last)]
     return pairs
+
+
+SEED_GROUP = 2  # seeds added per look of a sequential ladder
+
+
+def looks(first: int, max_seeds: int, group: int = SEED_GROUP) -> list[int]:
+    """The seed counts a sequential ladder looks at: first, first + group, ... and max_seeds last."""
+    if not 3 <= first <= max_seeds:
+        raise ValueError(f"a sequential ladder starts at 3 to max_seeds ({max_seeds}) seeds; got {first}")
+    return sorted(set(range(first, max_seeds, group)) | {max_seeds})
+
+
+def still_open(changes: list[dict], decided: dict) -> list[dict]:
+    """The changes (ladder_evidence's dicts) not decided yet; the newly decided ones are frozen into `decided`.
+
+    A change keeps the first verdict it reaches: each look tests the whole family at alpha / looks (Bonferroni
+    spending over the looks, valid however the seeds were chosen), so a later look only adds claims to check.
+    """
+    open_ = []
+    for item in changes:
+        key = (item["step"], item["against"])
+        if key in decided:
+            continue
+        if item["change"]["verdict"] in (stats.HELPED, stats.HURT, stats.EQUIVALENT):
+            decided[key] = item
+        else:
+            open_.append(item)
+    return open_

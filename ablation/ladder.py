@@ -41,6 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rope", type=float, default=ROPE_POINTS,
                         help="equivalence margin in points of test accuracy: a change whose interval lies within "
                              "±ROPE is 'equivalent' (default: 1.0, about the SE of one accuracy on 2,000 test images)")
+    parser.add_argument("--until-decided", action="store_true",
+                        help="start at --seeds (at least 3) and add seeds in groups of 2 only to the changes still "
+                             "undecided, until every change is decided or --max-seeds is reached (each look tested "
+                             "at 0.05 / the number of looks)")
+    parser.add_argument("--max-seeds", type=int, default=8,
+                        help="with --until-decided: the most seeds a step gets (default: 8)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
                         help="log trained networks as MLflow models (Keras format): final: the study's last step "
@@ -62,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_plan_only(parser, args)
     if not 0 < args.rope < 100:
         parser.error(f"--rope is a margin in points of accuracy, above 0 and below 100; got {args.rope}")
+    if args.until_decided and args.seed is not None:
+        parser.error("--until-decided adds training seeds: give --seeds (the first look's count), not --seed")
+    if args.until_decided and not 3 <= (args.seeds or 3) <= args.max_seeds:
+        parser.error(f"--until-decided needs 3 <= --seeds <= --max-seeds; got --seeds {args.seeds}, "
+                     f"--max-seeds {args.max_seeds}")
     if args.storage is not None and not args.workers:
         parser.error("--storage is the work queue's: give it with --workers")
     if args.seeds is not None and args.seed is not None:
@@ -117,7 +128,8 @@ def _verdict_words(change: dict) -> str:
 def format_changes(summary: dict) -> str:
     """Per change: the paired difference over seeds, its interval, the tests and the verdict in words."""
     with_mcnemar = any(item["mcnemar"] is not None for item in summary["changes"])
-    header = (f"{'change':<36}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
+    width = max([36] + [len(f"{i['step']} vs {i['against']}") + 1 for i in summary["changes"]])
+    header = (f"{'change':<{width}}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
               f"{'detectable':>11}" + (f"{'McNemar (Holm)':>15}" if with_mcnemar else "") + "  verdict")
     lines = [header, "-" * len(header)]
     number = lambda v, w: f"{'':>{w}}" if v != v else f"{v:>{w}.3f}"  # noqa: E731  (NaN: not defined here)
@@ -127,7 +139,7 @@ def format_changes(summary: dict) -> str:
         interval = "" if n < 2 else f"[{points(change['low'])}, {points(change['high'])}]"
         detectable = "" if change["mde"] != change["mde"] else f"{100 * change['mde']:.1f}"
         mcnemar = "" if item["mcnemar"] is None else f"{item['mcnemar']['p_adjusted']:.3f}"
-        lines.append(f"{item['step'] + ' vs ' + item['against']:<36}{n:>3}{points(change['mean']):>7}{interval:>16}"
+        lines.append(f"{item['step'] + ' vs ' + item['against']:<{width}}{n:>3}{points(change['mean']):>7}{interval:>16}"
                      f"{number(change['p_test'], 8)}{number(change['p_perm'], 9)}{number(change['p_adjusted'], 9)}"
                      f"{detectable:>11}" + (f"{mcnemar:>15}" if with_mcnemar else "") + f"  {_verdict_words(change)}")
     return "\n".join(lines + _change_notes(summary, with_mcnemar))
@@ -138,13 +150,15 @@ def _change_notes(summary: dict, with_mcnemar: bool) -> list[str]:
     tested = [item["change"] for item in summary["changes"] if item["change"]["n"] >= 2]
     notes = []
     if tested:
-        rope = 100 * tested[0]["rope"]
+        rope, fewest = 100 * tested[0]["rope"], min(c["n"] for c in tested)
+        alpha = summary.get("sequential", {}).get("alpha", 0.05)
         notes.append(f"diff, interval, detectable: points of test accuracy, paired by training seed. p (t): t-test with "
                      f"the seed-to-seed SD pooled over these changes where that is larger than a change's own "
-                     f"({int(max(c['df'] for c in tested))} df); p (flip): sign-flip test, no pooling (its floor is "
-                     f"2/2^n); p (Holm): adjusted over the changes and their equivalence tests. helped/hurt: p (Holm) "
-                     f"< 0.05; equivalent: within ±{rope:.1f} points by two one-sided tests (--rope); detectable: "
-                     f"found with 80% power at the level this change is tested at. These test images only.")
+                     f"({int(max(c['df'] for c in tested))} df); p (flip): exact sign-flip test of each change alone "
+                     f"(cannot go below {2 / 2 ** fewest:.3g} with {fewest} seeds); p (Holm): adjusted over the "
+                     f"changes and their equivalence tests. helped/hurt: p (Holm) < {alpha:.4g}; equivalent: within "
+                     f"±{rope:.1f} points by two one-sided tests (--rope); detectable: found with 80% power at the "
+                     f"level this change is tested at. These test images only.")
     if with_mcnemar or len(tested) < len(summary["changes"]):
         notes.append("one seed: no verdict, since the noise between training seeds is unmeasured. "
                      + ("McNemar (Holm): exact test on the test images, Holm over the one-seed changes; it measures "
@@ -198,35 +212,77 @@ def prepare(args):
     return study, profile, steps
 
 
+def train(args, study, profile, steps) -> list[dict]:
+    """Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue."""
+    from ablation import runner, workqueue
+    from ablation.console import Display
+
+    if args.workers:
+        return workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
+                                           log_models=args.log_models, plan_only=args.plan_only)
+    with Display() as display:
+        return runner.run_ladder(study, profile, steps, args.data, args.force, display,
+                                 keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
+                                 log_models=args.log_models)
+
+
+def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
+    """Looks at 2 more seeds at a time, training them only for the steps of changes still undecided.
+
+    Each look judges the family at alpha / (number of looks), so the family-wise error stays at alpha however
+    the looks end; a change keeps its first verdict (evidence.still_open). Finished replicates are reused.
+    """
+    from ablation import evidence, runner, stats
+
+    schedule = evidence.looks(max(3, len(study.seeds)), args.max_seeds)
+    alpha = stats.ALPHA / len(schedule)
+    only = [name.strip() for name in args.steps.split(",")] if args.steps else None
+    rows, decided, needed = {}, {}, only
+    for look, seeds in enumerate(schedule, start=1):
+        grown = dataclasses.replace(study, seeds=tuple(range(seeds)))
+        for row in train(args, grown, profile, runner.resolve_steps(grown, profile, None, needed, args.vary_split)):
+            rows[row["step"], row["seed"]] = row
+        summary = runner.ladder_evidence(list(rows.values()), steps, rope=args.rope / 100, alpha=alpha)
+        undecided = evidence.still_open(summary["changes"], decided)
+        print(f"\nlook {look}/{len(schedule)} at {seeds} seeds (alpha {alpha:.4f} a look): "
+              f"{len(decided)} decided, {len(undecided)} undecided")
+        if not undecided or look == len(schedule):
+            break
+        needed = sorted({name for item in undecided for name in (item["step"], item["against"])})
+    summary["changes"] = [decided.get((item["step"], item["against"]), item) for item in summary["changes"]]
+    steps_run = len({name for name, _ in rows})
+    summary["sequential"] = {"looks": schedule, "alpha": alpha, "replicates": len(rows),
+                             "fixed": steps_run * args.max_seeds}
+    return list(rows.values()), summary
+
+
 def run(args) -> int:
     """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
     started = time.perf_counter()
     study, profile, steps = prepare(args)
     from ablation import report, runner, workqueue
-    from ablation.console import Display
 
-    # Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue.
     try:
-        if args.workers:
-            rows = workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
-                                               log_models=args.log_models, plan_only=args.plan_only)
+        if args.until_decided:
+            rows, summary = run_until_decided(args, study, profile, steps)
         else:
-            with Display() as display:
-                rows = runner.run_ladder(study, profile, steps, args.data, args.force, display,
-                                         keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
-                                         log_models=args.log_models)
+            rows = train(args, study, profile, steps)
+            summary = runner.ladder_evidence(rows, steps, rope=args.rope / 100)
     except runner.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
         return EXIT_FAILED
     except workqueue.WorkError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    summary = runner.ladder_evidence(rows, steps, rope=args.rope / 100)
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")
     print(format_steps(rows, summary))
     if summary["changes"]:
         print("\nWhich steps helped\n")
         print(format_changes(summary))
+    if "sequential" in summary:
+        spent = summary["sequential"]
+        print(f"seeds spent: {spent['replicates']} replicates (step x seed) against {spent['fixed']} for every step "
+              f"at --max-seeds {args.max_seeds}; looks at {spent['looks']} seeds, each at alpha {spent['alpha']:.4f}")
     interrupt.check()
     # Phase 3: the report.
     if not args.no_report:

@@ -343,12 +343,12 @@ def unit_row(unit: Unit, key: str, metrics: dict, correct, reused: bool, error: 
     }
 
 
-def ladder_evidence(rows: list[dict], steps, rope: float = evidence.stats.ROPE) -> dict:
+def ladder_evidence(rows: list[dict], steps, rope: float = evidence.stats.ROPE, alpha: float = evidence.stats.ALPHA) -> dict:
     """Per-step summaries, the paired changes judged as one family, the variance split and the failed rows, as plain data."""
     order = list(dict.fromkeys((s.name, s.is_baseline) for s in steps))
     unique = list({s.name: s for s in steps}.values())
     finished = [row for row in rows if row["status"] == "finished"]
-    changes = evidence.compare_steps(finished, evidence.ladder_pairs(unique), rope)
+    changes = evidence.compare_steps(finished, evidence.ladder_pairs(unique), rope, alpha)
     return {"steps": [dataclasses.asdict(s) for s in evidence.summarize_steps(finished, order)],
             "changes": [dataclasses.asdict(c) for c in changes],
             "variance": dataclasses.asdict(evidence.variance_split(finished, changes)),

@@ -79,3 +79,25 @@ def test_pooling_gains_power_over_each_changes_own_t():
     pooled = calibration.power(scenario, 3, LADDERS, 3.0, generator)
     alone = calibration.power(scenario, 3, LADDERS, 3.0, generator, pooled=False)
     assert pooled > alone + 4 * math.sqrt(0.25 / LADDERS)
+
+
+@pytest.mark.parametrize("scenario", calibration.SCENARIOS, ids=lambda s: s.name.split(":")[0])
+def test_the_sequential_design_keeps_the_family_wise_error_within_alpha(scenario):
+    # Looks at 3, 5, 7 and 8 seeds, each at alpha / 4, seeds only for the changes still open.
+    generator = np.random.default_rng(calibration.SEED)
+    null, seeds = calibration.sequential(scenario, np.zeros(calibration.CHANGES), LADDERS, generator)
+    assert np.mean(np.any(null <= stats.VERDICTS.index(stats.HURT), axis=1)) <= BOUND
+    assert seeds.min() >= 3 and seeds.max() <= 8
+    margin = stats.ROPE * np.where(np.arange(calibration.CHANGES) % 2, -1.0, 1.0)
+    edge, _ = calibration.sequential(scenario, margin, LADDERS, generator)
+    assert np.mean(np.any(edge == stats.VERDICTS.index(stats.EQUIVALENT), axis=1)) <= BOUND
+
+
+def test_a_decided_change_keeps_its_first_verdict_and_its_seeds():
+    scenario = calibration.SCENARIOS[0]
+    effects = np.zeros(calibration.CHANGES)
+    effects[0] = 0.05  # five points, about 4.5 SDs: helped in every ladder, most often before the last look
+    verdict, seeds = calibration.sequential(scenario, effects, 200, np.random.default_rng(3))
+    assert np.all(verdict[:, 0] == stats.VERDICTS.index(stats.HELPED)) and np.mean(seeds[:, 0] == 3) > 0.4
+    undecided = verdict == stats.VERDICTS.index(stats.UNDECIDED)
+    assert undecided.any() and np.all(seeds[undecided] == 8)  # the open ones ran to --max-seeds

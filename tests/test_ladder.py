@@ -197,4 +197,32 @@ def test_more_seeds_train_only_the_new_replicates(tmp_path, cifar_path):
     # The end-of-run table: three seeds per step, and the change tested over them.
     line = next(line for line in again.stdout.splitlines() if line.startswith("augmentation vs template"))
     assert line.split()[3] == "3"
-    assert "p (flip): exact sign-flip test (cannot go below 0.25 with 3 seeds)" in again.stdout
+    assert "p (flip): exact sign-flip test of each change alone (cannot go below 0.25 with 3 seeds)" in again.stdout
+
+
+def test_until_decided_adds_seeds_only_to_undecided_changes_and_stops(tmp_path, cifar_path):
+    """--until-decided: augmentation given to every step (--set) makes augmentation vs template a zero difference,
+    equivalent within the wide margin at the first look; only the steps of changes still undecided get more
+    seeds, and the store holds exactly the replicates the table counts."""
+    same = [item for field in ("rotation_range=15.0", "width_shift_range=0.1", "height_shift_range=0.1",
+                               "horizontal_flip=true", "zoom_range=0.1") for item in ("--set", field)]
+    done = ladder(["--data", str(cifar_path), "--steps", "template,augmentation,deeper_early_stopping", *same,
+                   "--seeds", "3", "--until-decided", "--max-seeds", "5", "--rope", "50"], tmp_path)
+    (tmp_path / "stdout.txt").write_text(done.stdout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = {line.split()[0]: line for line in done.stdout.splitlines()
+             if re.match(r"(augmentation|deeper_early_stopping) vs \w+ +\d", line)}
+    n_of = {step: int(line.split()[3]) for step, line in table.items()}
+    assert n_of["augmentation"] == 3 and "equivalent" in table["augmentation"]  # decided at the first look
+    # A change stops below --max-seeds only once decided; the one left undecided runs to the end.
+    assert n_of["deeper_early_stopping"] == 5 or "undecided" not in table["deeper_early_stopping"]
+    _, runs = runs_of(tmp_path)
+    seeds = {}
+    for run in runs:
+        if run.data.tags.get(Tag.KIND) == Kind.LADDER_STEP:
+            seeds.setdefault(run.data.tags[Tag.STEP], set()).add(int(run.data.tags[Tag.SEED]))
+    more = n_of["deeper_early_stopping"]
+    assert seeds == {"template": {0, 1, 2}, "augmentation": set(range(more)), "deeper_early_stopping": set(range(more))}
+    assert f"seeds spent: {3 + 2 * more} replicates (step x seed) against 15 for every step at --max-seeds 5" \
+        in done.stdout
+    assert "look 1/2 at 3 seeds (alpha 0.0250 a look)" in done.stdout and ("look 2/2" in done.stdout) == (more == 5)
