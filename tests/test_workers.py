@@ -230,7 +230,7 @@ def summary_of(client, run_id: str, folder: Path) -> dict:
 def local_env(tmp_path: Path, cifar_slice: Path, gpus: str = "") -> dict:
     """A store and a journal queue in tmp_path; `gpus`: what a stand-in `nvidia-smi -L` lists (no GPU here)."""
     bin_folder = tmp_path / "bin"
-    bin_folder.mkdir()
+    bin_folder.mkdir(parents=True)
     (bin_folder / "nvidia-smi").write_text("#!/bin/sh\n" + "".join(f'echo "GPU {g}: stand-in (UUID: GPU-{g})"\n'
                                                                   for g in gpus.split(",") if g))
     (bin_folder / "nvidia-smi").chmod(0o755)
@@ -341,3 +341,31 @@ def tracking_storage(spec: str):
     from ablation import tracking
 
     return tracking.open_storage(spec)[0]
+
+
+@pytest.mark.slow
+def test_a_queued_and_a_local_ladder_record_a_unit_alike(tmp_path, cifar_slice):
+    """The same unit, trained by `ladder` in one process and by `ladder --workers` through the queue: the same
+    run tags (their values, but for the process and parent run), params and metric names, system metrics too."""
+    from mlflow.tracking import MlflowClient
+
+    study_file = tmp_path / "queue_e2e.toml"
+    study_file.write_text(STUDY)
+    runs = {}
+    for mode, extra in (("local", []), ("queued", ["--workers"])):
+        env = {**local_env(tmp_path / mode, cifar_slice), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+        done = subprocess.run([sys.executable, "-m", "ablation.ladder", "--study", str(study_file), "--profile", "smoke",
+                               "--steps", "small", "--no-report", *extra], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        (runs[mode],) = ladder_runs(tmp_path / mode)
+    local, queued = runs["local"].data, runs["queued"].data
+    # Who ran it and when: the process, its parent run, and the code's commit (others may commit meanwhile).
+    varying = {"ablation.pid", "mlflow.parentRunId", "ablation.code_version", "mlflow.source.git.commit"}
+    assert set(local.tags) - varying == set(queued.tags) - varying
+    differing = {k for k in local.tags if k not in varying and local.tags[k] != queued.tags.get(k)}
+    assert not differing, {k: (local.tags[k], queued.tags.get(k)) for k in differing}
+    assert local.params == queued.params
+    assert set(local.metrics) == set(queued.metrics) and any(k.startswith("system/") for k in local.metrics)
+    client = MlflowClient(f"sqlite:///{tmp_path}/queued/store/mlflow.db")
+    assert client.get_run(queued.tags["mlflow.parentRunId"]).data.tags["ablation.kind"] == "ladder"
