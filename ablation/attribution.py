@@ -434,11 +434,23 @@ def summarize_measures(study: str, profile: str, game: Game, plan: Plan, seeds, 
                                    stats.sampling_df(plan.orders) if plan.orders else math.inf)
                      for name in MEASURES},
         "shapley_exact": measured["shapley_exact"],
+        # Sampled Shapley values get no verdict: the orders' own error is not in a test over seeds.
+        "verdicts": {"leave_one_out": _verdicts(measured["leave_one_out"]),
+                     "shapley": _verdicts(measured["shapley"]) if measured["shapley_exact"] else None},
         "sampling_se": None if measured["sampling_se"] is None else measured["sampling_se"].tolist(),
         "order_effect": _order_effect(measured, game, shared),
         "shared_step": shared,  # components whose ladder gain is that of a whole step they share with others
         "importances": dict(game.importances),
     }
+
+
+def _verdicts(measured) -> list[str] | None:
+    """Per component, the ladder's verdict on its values over seeds (each a paired contrast), Holm over components."""
+    if measured is None:
+        return None
+    seeds, per = measured
+    return [change.verdict for change in stats.with_verdicts([stats.paired_change(np.zeros(len(seeds)), row)
+                                                             for row in per])]
 
 
 def _summary(values, extra_se: float = 0.0, extra_df: float = math.inf) -> dict:
@@ -543,6 +555,11 @@ def notes(result: dict) -> list[str]:
                    f"Shapley values: sampled from {result['plan']['orders']} antithetic orders ({result['plan']['subsets']}"
                    f" subsets); their sampling standard errors (points, added into the intervals): "
                    + ", ".join(f"{100 * se:.1f}" for se in result["sampling_se"]) + ".")
+    for name, verdicts in result.get("verdicts", {}).items():
+        if verdicts is not None:
+            out.append(f"Verdicts on the {HEADERS[name]} over seeds (pooled-SD t and equivalence within ±1 point, Holm "
+                       f"over the components): " + ", ".join(f"{c['name']} {v}" for c, v in
+                                                              zip(result["components"], verdicts, strict=True)) + ".")
     out += [f"FAILED, so missing above: {result['base']} + {', '.join(f['components']) or 'nothing'}, seed {f['seed']}: "
             f"{f['error']}" for f in result.get("failed", [])]
     for name, flag in RUN_IT.items():

@@ -101,3 +101,19 @@ def test_a_decided_change_keeps_its_first_verdict_and_its_seeds():
     assert np.all(verdict[:, 0] == stats.VERDICTS.index(stats.HELPED)) and np.mean(seeds[:, 0] == 3) > 0.4
     undecided = verdict == stats.VERDICTS.index(stats.UNDECIDED)
     assert undecided.any() and np.all(seeds[undecided] == 8)  # the open ones ran to --max-seeds
+
+
+def test_leave_one_out_and_exact_shapley_values_get_the_ladders_verdicts():
+    # Component 0 adds 5 points under every seed (give or take 0.3); component 1 does nothing (give or take 0.2).
+    noise = np.random.default_rng(2).normal(0.0, [[0.003], [0.002]], size=(2, 4))
+    value = lambda subset, seed: 0.5 + (0.05 + noise[0, seed]) * (0 in subset) + noise[1, seed] * (1 in subset)  # noqa: E731
+    seeds = [0, 1, 2, 3]
+    values = {(subset, seed): value(subset, seed) for subset in stats.subsets(2) for seed in seeds}
+    game = attribution.Game("ladder", "base", None, "full", None,
+                            (attribution.Component("x", "s0", {}), attribution.Component("y", "s1", {})))
+    measured = attribution.measure(2, values, seeds)
+    result = attribution.summarize_measures("s", "smoke", game, attribution.make_plan("shapley", 2, 32), seeds,
+                                            measured)
+    assert result["verdicts"]["leave_one_out"] == [stats.HELPED, stats.EQUIVALENT]
+    assert result["verdicts"]["shapley"] == [stats.HELPED, stats.EQUIVALENT]
+    assert any("x helped, y equivalent" in note for note in attribution.notes(result))
