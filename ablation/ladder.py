@@ -121,7 +121,8 @@ def _verdict_words(change: dict) -> str:
         return f"equivalent (within ±{100 * change['rope']:.1f})"
     if change["verdict"] == stats.UNDECIDED:
         more = change["more_seeds"]
-        return "undecided" + (f": ~{more} more seeds" if more is not None else f": over {stats.MAX_SEEDS} seeds")
+        return "undecided" + (f": ~{more} more seed{'s' if more > 1 else ''}" if more is not None
+                              else f": over {stats.MAX_SEEDS} seeds")
     return change["verdict"]
 
 

@@ -226,3 +226,27 @@ def test_until_decided_adds_seeds_only_to_undecided_changes_and_stops(tmp_path, 
     assert f"seeds spent: {3 + 2 * more} replicates (step x seed) against 15 for every step at --max-seeds 5" \
         in done.stdout
     assert "look 1/2 at 3 seeds (alpha 0.0250 a look)" in done.stdout and ("look 2/2" in done.stdout) == (more == 5)
+
+
+def test_the_verdict_table_of_one_seed_says_no_verdict_and_of_three_says_which():
+    """No training: ladder_evidence on made rows, as the ladder prints them. The default command runs one seed: its
+    table must not say helped; with three seeds each change gets helped, hurt, equivalent or undecided."""
+    import numpy as np
+
+    from ablation import ladder as ladder_command, runner, stats
+    from ablation.config import get_profile
+
+    study = load_study("studies/assignment.toml")
+    steps = runner.resolve_steps(study, get_profile("smoke"), only=["template", "augmentation", "deeper_early_stopping"])
+    draws = np.random.default_rng(0).random((3, 2000))
+    accuracy = {"template": 0.40, "augmentation": 0.52, "deeper_early_stopping": 0.521}
+    rows = [{"step": step, "seed": seed, "status": "finished", "test_accuracy": float(np.mean(draws[seed] < p + shift)),
+             "best_val_accuracy": p, "correct": (draws[seed] < p + shift).tolist()}
+            for seed, shift in enumerate((0.0, 0.004, -0.003)) for step, p in accuracy.items()]
+    one = ladder_command.format_changes(runner.ladder_evidence([r for r in rows if r["seed"] == 0], steps))
+    assert "helped" not in one and one.count(stats.ONE_SEED) == 2 and "McNemar (Holm)" in one
+    three = ladder_command.format_changes(runner.ladder_evidence(rows, steps, rope=0.02))
+    assert re.search(r"^augmentation vs template +3 +\+11\.9 .* helped$", three, re.MULTILINE)
+    assert re.search(r"^deeper_early_stopping vs augmentation +3 .* equivalent \(within ±2\.0\)$", three, re.MULTILINE)
+    assert re.search(r"undecided: ~\d+ more seeds?$", ladder_command.format_changes(runner.ladder_evidence(rows, steps)),
+                     re.MULTILINE)
