@@ -154,11 +154,12 @@ def ladder_units(study, profile, steps, log_models="none") -> list[Unit]:
 
 
 def run_ladder(study, profile, steps, data_path=None, force=False, say=print, keep_checkpoints=False,
-               stop_on_failure=False, log_models="final") -> list[dict]:
+               stop_on_failure=False, log_models="final", queue=None) -> list[dict]:
     """Run (or reuse) every resolved step under one parent run; returns one row per step and seed.
 
     `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` as
-    `ladder_units` takes it.
+    `ladder_units` takes it; `queue`: `run_units` through the shared queue (`workqueue.run_units_shared`,
+    the same arguments), or None to run the units here.
     """
     seeds = sorted({step.config.seed for step in steps})
     split_seeds = sorted({step.config.split_seed for step in steps})
@@ -169,9 +170,9 @@ def run_ladder(study, profile, steps, data_path=None, force=False, say=print, ke
     if study.overrides:
         say(f"overrides (every step): {study.overrides_json()}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
-    return run_units(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                     summarize=lambda rows: ladder_evidence(rows, steps), keep_checkpoints=keep_checkpoints,
-                     stop_on_failure=stop_on_failure)
+    return (queue or run_units)(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
+                                summarize=lambda rows: ladder_evidence(rows, steps),
+                                keep_checkpoints=keep_checkpoints, stop_on_failure=stop_on_failure)
 
 
 class UnitFailed(Exception):

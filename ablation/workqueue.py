@@ -35,6 +35,7 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
 Heartbeat interval and grace period: $ABLATION_HEARTBEAT and $ABLATION_GRACE (`tracking.heartbeat_settings`).
 """
 
+import functools
 import hashlib
 import json
 import time
@@ -49,7 +50,7 @@ from ablation.config import Config, StudyError
 from ablation.console import Display
 from ablation.data import DataError, LazySplits, resolve_data_path
 from ablation.runner import Unit
-from ablation.tracking import Kind, Tag
+from ablation.tracking import Tag
 
 # Optuna attributes of a queue. Study: what it is and what its units need.
 QUEUE_ATTR = "queue"  # "units" | "search": set last, once a worker has what it needs to run the units
@@ -331,26 +332,21 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print,
                       log_models="final", plan_only=False) -> list[dict]:
-    """The ladder through the shared queue: plan its units (or join the same plan), work, wait; its rows.
-
-    As `runner.run_ladder` (the same parent, units and summary), with the queue's `storage`; `plan_only`:
-    this process trains none of the units, it waits for the workers.
-    """
-    parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
-                   Tag.SEEDS: sorted({step.config.seed for step in steps}), Tag.OVERRIDES: study.overrides_json(),
-                   Tag.NOTE: f"{study.title}: {profile.name} profile"}
-    say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
-    units = runner.ladder_units(study, profile, steps, log_models)
-    return run_units_shared(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                            summarize=lambda rows: runner.ladder_evidence(rows, steps), storage=storage,
-                            plan_only=plan_only)
+    """`runner.run_ladder` (the same parent, units and summary) through the shared queue at `storage`: plan its
+    units (or join the same plan), work on them (with `plan_only` only wait for the workers); its rows."""
+    queue = functools.partial(run_units_shared, storage=storage, plan_only=plan_only)
+    return runner.run_ladder(study, profile, steps, data_path, force, say, log_models=log_models, queue=queue)
 
 
 def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
-                     storage=None, plan_only=False) -> list[dict]:
+                     storage=None, plan_only=False, keep_checkpoints=False, stop_on_failure=False) -> list[dict]:
     """`runner.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
     queued (or the same plan joined), this process works on them beside the workers (with `plan_only` it
-    only waits for them), and returns their rows once every one is done."""
+    only waits for them), and returns their rows once every one is done. Each worker removes a unit's
+    checkpoint as the unit ends, and every unit is done whatever another's outcome: `keep_checkpoints` and
+    `stop_on_failure` are for one process."""
+    if keep_checkpoints or stop_on_failure:
+        raise StudyError("--keep-checkpoints and --stop-on-failure are for a ladder in one process, not with --workers")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = LazySplits(data_path, say)
     fingerprints = [data.fingerprint(**unit.config.split_args()) for unit in units]
