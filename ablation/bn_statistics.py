@@ -83,15 +83,6 @@ def accuracy(network: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int
     return float((np.concatenate(predicted) == y).mean())
 
 
-def scaled_momentum(momentum: float, recipe_images: int, images: int) -> float:
-    """The momentum whose averaging window is the same fraction of an epoch on `images` as on `recipe_images`.
-
-    The window is 1 / (1 - momentum) steps and an epoch has images / batch steps, so the window in
-    epochs stays put when (1 - momentum) grows by recipe_images / images.
-    """
-    return max(0.0, 1.0 - (1.0 - momentum) * recipe_images / images)
-
-
 class BatchNormCheck(keras.callbacks.Callback):
     """Per epoch: validation accuracy with the moving and with recomputed statistics, on the same images.
 

@@ -230,7 +230,7 @@ CHOICES = {
     "early_stopping_monitor": ("", "val_accuracy", "val_loss"),
     "reduce_lr_monitor": ("", "val_accuracy", "val_loss"),
     "restore_best_weights": ("always", "on_stop", "never"),
-    "bn_statistics": ("moving", "recomputed", "scaled_momentum"),
+    "bn_statistics": ("moving", "recomputed"),
     "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
 }
 FIELD_RULES = {

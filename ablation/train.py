@@ -414,20 +414,13 @@ def batch_norm_check(config: Config, network, x_train, x_val, y_val):
     """The per-epoch BatchNormalization check (and treatment), and the training images it recomputes from.
 
     Both image sets are drawn once from the run's seed and are not augmented: the statistics the
-    network should test with are those of the images it is tested on. "scaled_momentum" sets every
-    layer's momentum so that its averaging window is the recipe's fraction of an epoch.
+    network should test with are those of the images it is tested on.
     """
     statistics_images = bn_statistics.fixed_images(x_train, bn_statistics.RECOMPUTE_IMAGES, config.seed)
     check = bn_statistics.fixed_images(np.arange(len(x_val)), bn_statistics.CHECK_IMAGES, config.seed + 1)
-    if config.bn_statistics == "scaled_momentum":
-        for layer in bn_statistics.batch_norm_layers(network):
-            layer.momentum = bn_statistics.scaled_momentum(layer.momentum, RECIPE_TRAINING_IMAGES, len(x_train))
     callback = bn_statistics.BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
                                             use_recomputed=config.bn_statistics == "recomputed")
     return callback, statistics_images
-
-
-RECIPE_TRAINING_IMAGES = 40_000  # the recipe's training images an epoch (CIFAR-10, 20% held out)
 
 
 def _cpu_seconds() -> float:

@@ -45,6 +45,9 @@ def parse_args(argv=None):
         sub.add_argument("--study", default="assignment")
         sub.add_argument("--profile", default="quick")
         sub.add_argument("--out", required=True)
+    summary = commands.add_parser("summarize", help="per treatment: each step over seeds and the ladder's verdicts")
+    summary.add_argument("results")
+    summary.add_argument("--study", default="assignment")
     return parser.parse_args(argv)
 
 
@@ -158,9 +161,53 @@ def run(args) -> int:
     return 0
 
 
+def step_rows(rows: list[dict], steps: list[str]) -> list[str]:
+    """Per step: n seeds, mean and SD of test accuracy, last-epoch BN gap, how many runs lowered the LR or stopped."""
+    lines = ["| step | n | test accuracy, mean (SD) | BN gap at the last epoch, mean | LR lowered | stopped early |",
+             "|---|---|---|---|---|---|"]
+    for step in steps:
+        mine = [r for r in rows if r["step"] == step]
+        accuracy = 100 * np.array([r["test_accuracy"] for r in mine])
+        gaps = [r["history"]["val_accuracy_recomputed_bn"][-1] - r["history"]["val_accuracy_moving_bn"][-1] for r in mine]
+        lowered = sum(min(r["history"]["learning_rate"]) < r["history"]["learning_rate"][0] for r in mine)
+        stopped = sum(r["stopped_early"] for r in mine)
+        lines.append(f"| {step} | {len(mine)} | {accuracy.mean():.1f} ({accuracy.std(ddof=1):.1f}) | "
+                     f"{100 * np.mean(gaps):+.1f} | {lowered}/{len(mine)} | {stopped}/{len(mine)} |")
+    return lines
+
+
+def change_rows(rows: list[dict], study) -> list[str]:
+    """The ladder's changes over the seeds both steps have, through the tracker's own verdicts."""
+    from ablation import evidence, stats
+
+    accuracy = {(r["step"], r["seed"]): r["test_accuracy"] for r in rows}
+    pairs = evidence.ladder_pairs(study.steps)
+    changes = []
+    for after, before in pairs:
+        seeds = sorted(s for (step, s) in accuracy if step == before and (after, s) in accuracy)
+        changes.append(stats.paired_change([accuracy[before, s] for s in seeds], [accuracy[after, s] for s in seeds]))
+    lines = ["| change | n | difference (points), 95% interval | p (Holm) | verdict |", "|---|---|---|---|---|"]
+    for (after, before), c in zip(pairs, stats.with_verdicts(changes), strict=True):
+        lines.append(f"| {before} → {after} | {c.n} | {100 * c.mean:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}] | "
+                     f"{c.p_adjusted:.3f} | {c.verdict}{'' if c.more_seeds is None else f' (~{c.more_seeds} more seeds)'} |")
+    return lines
+
+
+def summarize(args) -> int:
+    study = load_study(args.study)
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
+    for treatment in sorted({r["bn_statistics"] for r in rows}):
+        mine = [r for r in rows if r["bn_statistics"] == treatment]
+        print(f"\nbn_statistics = {treatment}\n")
+        print("\n".join(step_rows(mine, [s.name for s in study.steps])))
+        print()
+        print("\n".join(change_rows(mine, study)))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return prepare(args) if args.command == "prepare" else run(args)
+    return {"prepare": prepare, "run": run, "summarize": summarize}[args.command](args)
 
 
 if __name__ == "__main__":
