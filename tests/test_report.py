@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from scipy import stats as scipy_stats
 
 from ablation import report, stats, tracking
 from ablation.report import gather
@@ -162,13 +161,13 @@ def test_one_seed_changes_use_mcnemar_and_say_there_is_no_test_over_seeds(smoke,
     for run in steps:
         payload = json.loads(Path(client.download_artifacts(run.info.run_id, "test_predictions.json")).read_text())
         correct[run.data.tags[Tag.STEP]] = np.asarray(payload["predictions"]) == np.asarray(payload["labels"])
-    for row, (step, against) in zip(table.to_dict("records"), pairs, strict=True):
+    mcnemar_holm = stats.holm([stats.mcnemar_exact(correct[against], correct[step]).p for step, against in pairs])
+    for row, (step, against), p_holm in zip(table.to_dict("records"), pairs, mcnemar_holm, strict=True):
         difference = run_of[step].data.metrics["test_accuracy"] - run_of[against].data.metrics["test_accuracy"]
         assert row["n seeds"] == "1" and row["mean difference"] == f"{100 * difference:+.1f} pp"
-        assert row["p (paired t)"] == row["95% interval"] == row["p (sign-flip, exact)"] == ""
-        expected = stats.mcnemar_exact(correct[against], correct[step])
-        assert row["McNemar p (test images)"].startswith(f"{expected.p:.3f}" if expected.p >= 0.001 else "<0.001")
-        assert row["verdict"] == stats.sampling_verdict(expected, difference)
+        assert row["p (t, pooled SD)"] == row["95% interval"] == row["p (sign-flip, exact)"] == ""
+        assert row["McNemar p, Holm (test images)"].startswith(f"{p_holm:.3f}" if p_holm >= 0.001 else "<0.001")
+        assert row["verdict"] == stats.ONE_SEED  # one seed: no verdict on training noise, whatever McNemar says
 
 
 @pytest.mark.slow
@@ -364,23 +363,20 @@ def test_changes_over_seeds_are_paired_by_seed(seeded):
     markdown = (out / "report.md").read_text()
     table = markdown_table(markdown, "Which steps helped")
     pairs = pairs_of(steps)
-    p_values = []
-    for step, against in pairs:
-        before, after = [accuracy[(against, s)] for s in (0, 1)], [accuracy[(step, s)] for s in (0, 1)]
-        d = np.subtract(after, before)
-        # Both seeds moved by exactly as much: p = 0 (no noise), or 1 for no change at all.
-        p_values.append((0.0 if d[0] != 0 else 1.0) if np.all(d == d[0]) else scipy_stats.ttest_rel(after, before).pvalue)
-    holm = stats.holm(p_values)
+    judged = stats.with_verdicts([stats.paired_change([accuracy[(against, s)] for s in (0, 1)],
+                                                      [accuracy[(step, s)] for s in (0, 1)]) for step, against in pairs])
     assert len(table) == len(pairs) == len(STEPS) - 1
-    for row, (step, against), p_t, p_holm in zip(table.to_dict("records"), pairs, p_values, holm, strict=True):
+    for row, (step, against), change in zip(table.to_dict("records"), pairs, judged, strict=True):
         differences = [accuracy[(step, s)] - accuracy[(against, s)] for s in (0, 1)]
         assert row["change"] == f"{step} vs {against}" and row["n seeds"] == "2"
         assert row["mean difference"] == f"{100 * np.mean(differences):+.1f} pp"
         assert row["p (sign-flip, exact)"].endswith("(floor 0.500)")  # 2 / 2**2
-        assert row["p (paired t)"] == (f"{p_t:.3f}" if p_t >= 0.001 else "<0.001")
-        assert row["p (Holm)"] == (f"{p_holm:.3f}" if p_holm >= 0.001 else "<0.001")
-        assert row["verdict"] in (stats.HELPED, stats.HURT, stats.NOISE)
-    assert "McNemar p (test images)" not in table.columns  # two seeds: tests over seeds, no McNemar
+        # Two seeds: the change's own t (equal differences: the exact sign-flip p, never 0).
+        assert change.p_test > 0 and row["p (t, pooled SD)"] == (f"{change.p_test:.3f}" if change.p_test >= 0.001 else "<0.001")
+        assert row["p (Holm)"] == (f"{change.p_adjusted:.3f}" if change.p_adjusted >= 0.001 else "<0.001")
+        assert row["verdict"] == change.verdict and row["verdict"] in (stats.HELPED, stats.HURT, stats.EQUIVALENT,
+                                                                       stats.UNDECIDED)
+    assert "McNemar p, Holm (test images)" not in table.columns  # two seeds: tests over seeds, no McNemar
     section = markdown.split("## Which steps helped\n", 1)[1].split("\n## ", 1)[0]
     assert "n = 2" in section and "no test over seeds" not in section
 

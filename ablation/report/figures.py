@@ -37,9 +37,8 @@ LINES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)))
 MARKERS = ("o", "s", "^", "D", "P", "h", "*", "<", ">", "p")
 SHIFT = 0.07  # epochs between neighbouring steps' curves
 FEW_TRIALS = 10  # below this many complete trials, importances are shown with a caveat
-SHORT_VERDICTS = {stats.HELPED: "helped", stats.HURT: "hurt", stats.NOISE: "within noise",
-                  stats.ONE_SEED: "1 seed: untested", stats.HELPED_SAMPLING: "helped? (1 seed)",
-                  stats.HURT_SAMPLING: "hurt? (1 seed)", stats.NOISE_SAMPLING: "within noise (1 seed)"}
+SHORT_VERDICTS = {stats.HELPED: "helped", stats.HURT: "hurt", stats.UNDECIDED: "undecided",
+                  stats.EQUIVALENT: "equivalent", stats.ONE_SEED: "1 seed: no verdict"}
 
 
 @dataclass
