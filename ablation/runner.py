@@ -64,7 +64,9 @@ def progress_printer(epochs: int, say):
             f"accuracy {logs.get('accuracy', float('nan')):.4f}  "
             f"val_loss {logs.get('val_loss', float('nan')):.4f}  "
             f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}  "
-            f"lr {logs.get('learning_rate', float('nan')):.1e}  {seconds:.1f} s")
+            f"lr {logs.get('learning_rate', float('nan')):.1e}  "
+            f"BN check {logs.get('val_accuracy_moving_bn', float('nan')):.4f} moving / "
+            f"{logs.get('val_accuracy_recomputed_bn', float('nan')):.4f} recomputed  {seconds:.1f} s")
 
     return begin, end
 
@@ -250,8 +252,12 @@ def run_tags(unit: Unit, fingerprint: dict) -> dict:
 
 
 def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, earlier=None,
-             keep_checkpoints=False) -> dict:
-    """One unit: its run finished before an interruption (`earlier`), a reused run of the same work, or trained."""
+             keep_checkpoints=False, parent_run_id=None, on_run=None) -> dict:
+    """One unit: its run finished before an interruption (`earlier`), a reused run of the same work, or trained.
+
+    The one executor of a unit, here and in a queue's worker: that one gives the planner's `parent_run_id`
+    (another process's run) and `on_run(run_id)`, told the unit's run as soon as it exists.
+    """
     config, key = unit.config, tags[Tag.WORK_KEY]
     fingerprint = data.fingerprint(**config.split_args())
     say(f"    {config.model} {dict(config.model_args)}, {config.epochs} epochs, seed {config.seed}, "
@@ -263,12 +269,16 @@ def run_unit(experiment, unit: Unit, tags: dict, data, force=False, say=print, e
                         reused=Tag.REUSED_FROM in earlier.data.tags)
     previous = None if force else finished_work(experiment, key, say)
     if previous is not None:
-        metrics = tracking.copy_run(previous, experiment, unit.name, tags).data.metrics
+        copied = tracking.copy_run(previous, experiment, unit.name, tags, parent_run_id=parent_run_id)
+        metrics = copied.data.metrics
+        if on_run is not None:
+            on_run(copied.info.run_id)
         say(f"    reused finished run {previous.info.run_id} (same config and data; --force retrains)")
         if unit.log_model and not tracking.has_logged_model(previous):
             say("    no model to show: that run logged none (--force retrains and logs it)")
         return unit_row(unit, key, metrics, predicted_correctly(previous.info.run_id), reused=True)
-    return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say)
+    return train_unit(experiment, unit, tags, data, earlier.info.run_id if same_work else None, keep_checkpoints, say,
+                      parent_run_id, on_run)
 
 
 def finished_work(experiment: str, key: str, say):
@@ -293,7 +303,8 @@ def wait_for_other_process(experiment: str, key: str, say, poll: float = 1.0):
         other = tracking.live_run_of(experiment, key)
 
 
-def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoints, say) -> dict:
+def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoints, say, parent_run_id=None,
+               on_run=None) -> dict:
     """Train a unit in its nested run (`resume`: its unfinished run to continue), from its checkpoint if any.
 
     The checkpoint is kept when the run is KILLED (the next run goes on from it) and removed when it
@@ -308,7 +319,10 @@ def train_unit(experiment, unit: Unit, tags: dict, data, resume, keep_checkpoint
     one_more = lambda epoch, logs: display.update_overall(advance=1)  # noqa: E731  (the whole command's bar)
     try:
         with display.epoch_bar(config.epochs, math.ceil(len(splits.y_train) / config.batch_size)) as bar, \
-                tracking.run(experiment, unit.name, tags, nested=True, resume=resume, system_metrics=True):
+                tracking.run(experiment, unit.name, tags, nested=True, resume=resume, system_metrics=True,
+                             parent_run_id=parent_run_id) as run:
+            if on_run is not None:
+                on_run(run.info.run_id)
             result = train_in_run(config, splits, on_epoch=(end, one_more), on_epoch_begin=(begin, *bar[0]),
                                   checkpoint_folder=folder, say=say, on_batch=bar[1],
                                   data_file=resolve_data_path(data.path), log_model=unit.log_model)
