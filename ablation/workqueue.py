@@ -24,9 +24,11 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
   before training the unit in a new run (a live worker whose trial was judged dead, starved of
   CPU past the grace period, finds its trial finished when it reports, and marks its own run KILLED). A journal file (one machine) has no heartbeat: there a
   trial whose worker on this host is dead is failed and queued the same way.
-- A unit saves a checkpoint after every epoch beside the worker's store (keyed by its work, as a
-  single process does): a retry taken on the same machine goes on from the dead attempt's last
-  epoch, its run given the epochs already trained; on another machine it trains again.
+- A unit runs through `runner.run_unit`, the executor of a ladder in one process (reuse by content,
+  the wait for a live run of the same work, checkpoints, tags, system metrics), nested under the
+  planner's parent run. Its checkpoint, saved after every epoch beside the worker's store, lets a
+  retry taken on the same machine go on from the dead attempt's last epoch, its run given the
+  epochs already trained; on another machine it trains again.
 - A command's queue is named from its work (its parent's name and a digest of the units' work keys), so
   a second planner of the same work finds the study and joins it instead of queueing the work
   again. Creating a study name is atomic, and only the planner that created it enqueues the units
@@ -45,10 +47,10 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from ablation import checkpoint, interrupt, optuna_adapter, runner, searcher, tracking
+from ablation import interrupt, optuna_adapter, runner, searcher, tracking
 from ablation.config import Config, StudyError
 from ablation.console import Display
-from ablation.data import DataError, LazySplits, resolve_data_path
+from ablation.data import DataError, LazySplits
 from ablation.runner import Unit
 from ablation.tracking import Tag
 
@@ -296,34 +298,18 @@ def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float
 
 
 def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
-    """A unit's trial: reuse finished work, else train it in a run under the planner's parent."""
+    """A unit's trial: `runner.run_unit` (reuse finished work, else train it, checkpointed beside this machine's
+    store) under the planner's parent run; the trial names the unit's run as soon as it exists."""
     spec = trial.user_attrs[UNIT_ATTR]
-    unit, parent = unit_from_spec(spec), spec["parent_run_id"]
-    config, experiment = unit.config, tracking.experiment_id(spec["experiment"])
+    unit = unit_from_spec(spec)
     say(f"\n{unit.label or unit.name}  (trial {trial.number} of queue {trial.study.study_name!r})")
-    tags = runner.run_tags(unit, data.fingerprint(**config.split_args()))
-    previous = None if spec["force"] else runner.finished_work(experiment, spec["work_key"], say)
-    if previous is not None:
-        copied = tracking.copy_run(previous, experiment, unit.name, tags, parent_run_id=parent)
-        trial.set_user_attr(RUN_ATTR, copied.info.run_id)
-        say(f"    reused finished run {previous.info.run_id} (same config and data)")
-        return copied.data.metrics["test_accuracy"]
-    # The checkpoint lives beside this machine's store: a retry on this machine goes on from the dead
-    # attempt's last epoch; one on another machine trains the unit again.
-    splits, folder = data.splits(**config.split_args()), tracking.checkpoint_folder(spec["work_key"])
-    begin, end = runner.progress_printer(config.epochs, say)
-    try:
-        with tracking.run(experiment, unit.name, tags, parent_run_id=parent, system_metrics=True) as run:
-            trial.set_user_attr(RUN_ATTR, run.info.run_id)
-            result = runner.train_in_run(config, splits, on_epoch=(end,), on_epoch_begin=(begin,), say=say,
-                                         checkpoint_folder=folder, data_file=resolve_data_path(data.path),
-                                         log_model=unit.log_model)
-    except Exception:  # failed (diverged, out of memory...): not a state to go on from; a kill keeps it
-        checkpoint.remove(folder)
-        raise
-    checkpoint.remove(folder)
-    say(f"    test accuracy {result.test_accuracy:.4f} after {result.epochs_run} epochs")
-    return result.test_accuracy
+    tags = runner.run_tags(unit, data.fingerprint(**unit.config.split_args()))
+    row = runner.run_unit(tracking.experiment_id(spec["experiment"]), unit, tags, data, spec["force"], say,
+                          parent_run_id=spec["parent_run_id"],
+                          on_run=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+    if row["status"] == "failed":  # its run ended FAILED saying why; the trial fails with the same words
+        raise runner.UnitFailed(row["error"])
+    return row["test_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------
