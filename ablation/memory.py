@@ -6,7 +6,7 @@ step, which frees and re-allocates the same activation and gradient tensors ever
 pages faulted in again and again: 144-509 minor page faults per training image of the template
 (batch 32), 9-13% of its CPU time in the kernel. With blocks up to 32 MiB served from the heaps and a
 trim threshold of 1 GiB the freed pages are reused: 6 faults per image. The benchmark's ratio 7
-measures what that saves in CPU per image and costs in peak memory (the README's performance section).
+measures what that saves in CPU per image and costs in peak memory (docs/results.md, "Performance").
 Linux with glibc only; anywhere else, and with ABLATION_MALLOC=system, nothing changes.
 """
 

@@ -9,7 +9,7 @@ The planners (`python -m ablation.ladder --workers`, `python -m ablation.search 
 work; every worker on the same stores takes units until none is waiting or running, then waits
 `--idle` seconds for new work before it exits. A worker needs the code (the same version), the data
 (checked against the planner's fingerprint) and the two store URLs; nothing else from the planner's
-machine. See ablation/workqueue.py for how the queue works and README "Running on several machines".
+machine. See ablation/workqueue.py for how the queue works and docs/several-machines.md.
 
 Many workers per machine. A small network trains on a fraction of a modern GPU, so `--gpus IDS
 --per-gpu K` starts K worker processes per listed GPU, each with CUDA_VISIBLE_DEVICES set to its GPU

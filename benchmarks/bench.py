@@ -761,7 +761,7 @@ def _fmt(value, digits=2) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README's performance table."""
+    """The performance table of docs/results.md."""
     lines = ["| # | measure | case | A | B | ratio or value | goal | met |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         a = f"{row['a']}: {_fmt(row['a_median'])}" if row["a"] else ""
