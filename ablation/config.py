@@ -263,20 +263,25 @@ FIELD_RULES = {
     **{name: one_of(*choices) for name, choices in CHOICES.items()},
 }
 # Model knobs by name, or by "model.knob" where one model reads a name differently.
+# Sizes have upper bounds, so that a typo (100000 blocks) is refused in one line before a run opens
+# rather than building for minutes: a stage of 60 template blocks took 34 s to build on a 2-core CPU,
+# and Keras could not build 120 (its graph walk exceeds Python's recursion limit).
+MAX_BLOCKS = 64  # per stage
 KNOB_RULES = {
     "dropout_rate": number(0, 1, high_open=True),
-    **{f"stage{n}_blocks": whole(0) for n in (2, 3, 4)},
-    **{f"blocks_{part}": whole(0) for part in "abc"},
+    **{f"stage{n}_blocks": whole(0, MAX_BLOCKS) for n in (2, 3, 4)},
+    **{f"blocks_{part}": whole(0, MAX_BLOCKS) for part in "abc"},
     **{f"scale_{part}": number(0) for part in "abc"},
-    "width": whole(1),
-    "convs_per_group": whole(1),
-    "dense_units": whole(1),
+    "width": whole(1, 1024),
+    "convs_per_group": whole(1, MAX_BLOCKS),
+    "dense_units": whole(1, 65536),
     # One 2x2 pooling per group: 32 pixels allow at most five.
-    "filters": Rule("a list of 1 to 5 positive integers (filters per group)", lambda v: isinstance(v, (list, tuple))
-                    and 1 <= len(v) <= 5 and all(_whole_number(f) and f >= 1 for f in v), convert=tuple),
-    "resnet_v1.depth": Rule("6n + 2 with n >= 1 (20, 32, 44, 56, 110)",
-                            lambda v: _whole_number(v) and v >= 8 and (v - 2) % 6 == 0),
-    "resnet_v2.depth": Rule("9n + 2 with n >= 1 (56, 110)", lambda v: _whole_number(v) and v >= 11 and (v - 2) % 9 == 0),
+    "filters": Rule("a list of 1 to 5 integers in 1..4096 (filters per group)", lambda v: isinstance(v, (list, tuple))
+                    and 1 <= len(v) <= 5 and all(_whole_number(f) and 1 <= f <= 4096 for f in v), convert=tuple),
+    "resnet_v1.depth": Rule(f"6n + 2 with 1 <= n <= {MAX_BLOCKS} (20, 32, 44, 56, 110)",
+                            lambda v: _whole_number(v) and 8 <= v <= 6 * MAX_BLOCKS + 2 and (v - 2) % 6 == 0),
+    "resnet_v2.depth": Rule(f"9n + 2 with 1 <= n <= {MAX_BLOCKS} (56, 110)",
+                            lambda v: _whole_number(v) and 11 <= v <= 9 * MAX_BLOCKS + 2 and (v - 2) % 9 == 0),
 }
 
 

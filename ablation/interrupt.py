@@ -6,6 +6,7 @@ natively ("Check failed: !PyErr_Occurred()", exit 134) and leave its runs RUNNIN
 `stop_on_signals` SIGTERM and SIGINT only set a flag; training checks it at every batch end and
 the runner between units (`check`), and `Interrupted` is raised there, from ordinary Python code.
 A second Ctrl-C raises at once (Python's usual KeyboardInterrupt), for a user who will not wait.
+Within `raising` (building a network: Python, no batch ends) a stop request raises at once.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import signal
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _requested: list[int] = []  # the signal that asked for a stop, once one has
+_raising: list[bool] = []  # non-empty inside `raising`: a stop request raises at once
 
 
 class Interrupted(KeyboardInterrupt):
@@ -38,6 +40,8 @@ def _handler(signum, frame):
         # os.write, not print: a handler may run inside a print, and buffered streams are not reentrant.
         again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
         os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next batch end{again}\n".encode())
+    if _raising:
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
@@ -50,3 +54,18 @@ def stop_on_signals():
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _requested.clear()
+
+
+@contextlib.contextmanager
+def raising():
+    """Within it, a stop request raises Interrupted at once: for long pure-Python work with no batch end.
+
+    Building a network is such work (a deep one takes minutes); it runs Python and Keras' graph
+    bookkeeping, not TensorFlow's kernels, so raising from the handler is safe there.
+    """
+    check()
+    _raising.append(True)
+    try:
+        yield
+    finally:
+        _raising.pop()

@@ -71,7 +71,8 @@ def build(config: Config, input_shape=(32, 32, 3), num_classes=10) -> tuple[kera
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)  # read by every layer as it is created
     try:
-        network = build_model(config.model, input_shape, num_classes, **config.model_args)
+        with interrupt.raising():  # a deep network builds for minutes: a stop must not wait for it
+            network = build_model(config.model, input_shape, num_classes, **config.model_args)
     finally:
         keras.config.set_dtype_policy(previous)
     network.layers[-1].dtype_policy = "float32"  # a no-op under "float32"
