@@ -54,11 +54,14 @@ def _wait_for_params(store, process, timeout: float = 300.0):
 def test_sigterm_while_a_deep_network_builds_ends_the_ladder_within_seconds(tmp_path, cifar_tree):
     # 60 blocks build for about half a minute on a 2-core machine: the stop must not wait for the first batch end.
     process = ladder(tmp_path, DEEP, cifar_tree, start_new_session=True)
-    client, experiment = _wait_for_params(tmp_path, process)
-    time.sleep(2.0)  # well inside the build
-    process.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    output = process.communicate(timeout=300)[0]
+    try:
+        client, experiment = _wait_for_params(tmp_path, process)
+        time.sleep(2.0)  # well inside the build
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        output = process.communicate(timeout=300)[0]
+    finally:
+        process.kill()  # a failed wait must not leave the ladder building
     assert time.monotonic() - sent < 10, output[-2000:]
     assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
     states = {r.data.tags.get("ablation.kind"): r.info.status for r in client.search_runs([experiment.experiment_id])}
