@@ -75,6 +75,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def idle_seconds(text: str) -> float:
+    """A wait in seconds that may be 0: finite, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def plain_name(text: str) -> str:
     """A name that becomes a file name (an Optuna study's): a plain identifier, so it stays in its folder."""
     if not STUDY_NAME.fullmatch(text):

@@ -30,7 +30,7 @@ import time
 
 from ablation import interrupt
 from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, configure, describe_stop,
-                          exit_code_of, one_line, positive_count)
+                          exit_code_of, idle_seconds, one_line, positive_count)
 from ablation.config import StoreError, StudyError
 from ablation.data import DataError
 
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "$ABLATION_DATA); it must give the planner's splits")
     parser.add_argument("--queue", action="append", default=None,
                         help="work on this queue (an Optuna study name) only; repeatable (default: every queue)")
-    parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_SECONDS,
+    parser.add_argument("--idle", type=idle_seconds, default=DEFAULT_IDLE_SECONDS,
                         help=f"seconds to wait for new work once none is left before exiting (default {DEFAULT_IDLE_SECONDS:g})")
     parser.add_argument("--processes", type=positive_count, default=None,
                         help="start this many worker processes on this machine (a CPU machine; default: this one)")
@@ -70,8 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="with --gpus: workers per GPU (default 1), sharing its memory as each needs it")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if args.idle < 0:
-        parser.error("--idle must be at least 0")
     if args.per_gpu is not None and args.gpus is None:
         parser.error("--per-gpu goes with --gpus (the GPUs to pin the workers to)")
     if args.processes is not None and args.gpus is not None:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from ablation import runner, tracking, workqueue
+from ablation import runner, tracking, worker, workqueue
 from ablation.config import StudyError, get_profile, load_study
 from ablation.data import LazySplits
 
@@ -104,3 +106,32 @@ def test_a_queue_whose_planner_died_before_it_had_queued_everything_is_an_error_
     alive.set_user_attr(workqueue.OWNER_ATTR, planner)
     alive.set_user_attr(workqueue.PLANNED_ATTR, 1)
     workqueue.wait_until_planned(alive, print)  # planned: returns at once, whoever planned it
+
+
+WORKER_OPTIONS = ["--processes", "--gpus", "--per-gpu", "--idle", "--queue", "--storage", "--data", "--bogus"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(argv=st.lists(st.tuples(st.sampled_from(WORKER_OPTIONS), st.one_of(
+    st.text(max_size=8), st.sampled_from(["0", "1", "2", "-1", "0,1", "0,0", "1,x", "nan", "1e3", ",", "4294967296"]))),
+    max_size=4).map(lambda pairs: [part for option, word in pairs for part in (option, word)]))
+@example(argv=["--idle", "nan"])
+@example(argv=["--per-gpu", "2"])
+@example(argv=["--gpus", "0,1", "--per-gpu", "3"])
+def test_a_generated_worker_command_line_parses_or_is_one_line(argv):
+    """The worker's options (processes, GPUs, workers per GPU): accepted consistently, or one line and exit 2."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = worker.parse_args(argv)
+    except SystemExit as exit:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        assert exit.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        return
+    assert 0 <= args.idle < float("inf") and (args.processes is None or args.processes >= 1)
+    assert args.per_gpu is None or (args.gpus is not None and args.per_gpu >= 1)
+    assert not (args.processes is not None and args.gpus is not None)
+    assert args.gpus is None or (all(g.isdigit() for g in args.gpus) and len(set(args.gpus)) == len(args.gpus))
