@@ -108,7 +108,10 @@ def log_network(config, splits, result):
         tracking.log_dict({"input_mean": result.input_mean.tolist()}, "input_mean.json")
     metadata = {"input": inputs, "output": "class probabilities", "class_names": list(splits.class_names),
                 "config_hash": config.hash(), "test_accuracy": result.test_accuracy}
-    tracking.log_keras_model(result.network, splits.x_test[:1].astype("float32") / 255.0, metadata)
+    from ablation.models.layers import portable  # Keras: loaded already, the network is trained
+
+    # Saved with Keras' own BatchNormalization: the model loads where only MLflow and Keras are installed.
+    tracking.log_keras_model(portable(result.network), splits.x_test[:1].astype("float32") / 255.0, metadata)
 
 
 @dataclass(frozen=True)

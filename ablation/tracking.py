@@ -557,8 +557,8 @@ def log_datasets(splits, data_file: Path | None):
 def log_keras_model(network, sample_inputs, metadata: dict) -> str:
     """The trained network as the active run's MLflow logged model (Keras format); returns its models:/ URI.
 
-    `mlflow.keras.load_model(uri)` reloads it (after `import ablation.models.layers`, which registers
-    the project's BatchNormalization). Requirements are pinned from the installed packages: MLflow's
+    `mlflow.keras.load_model(uri)` reloads it with only MLflow and Keras installed (the runner saves it
+    with Keras' own layers). Requirements are pinned from the installed packages: MLflow's
     own inference would import the model again in a subprocess.
     """
     import mlflow.keras  # imports TensorFlow: only once a network has been trained, so it is loaded already

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import ablation.models.layers  # noqa: F401  (registers the project's BatchNormalization, for loading a model)
 from ablation.config import Config, load_study
 from ablation.data import load_cifar10, make_splits
 from ablation.tracking import Kind, Tag
@@ -197,6 +196,17 @@ def test_the_final_steps_model_reloads_and_scores_its_test_accuracy(smoke_store,
     assert test_input.dataset.digest == splits.fingerprint["digest"]  # the logged test subset, made again
     predictions = network.predict(splits.x_test.astype("float32") / 255.0, verbose=0).argmax(axis=1)
     assert np.mean(predictions == splits.y_test) == run.data.metrics["test_accuracy"]
+    # Where the project is not installed (a serving host, a colleague): a process with only MLflow and Keras.
+    np.save(store / "x_test.npy", splits.x_test.astype("float32") / 255.0)
+    fresh = subprocess.run([sys.executable, "-c", (
+        "import sys, mlflow, numpy, keras\n"
+        f"mlflow.set_tracking_uri('sqlite:///{store}/mlflow.db')\n"
+        f"network = mlflow.keras.load_model('{models[0].model_uri}')\n"
+        f"numpy.save('{store}/fresh.npy', network.predict(numpy.load('{store}/x_test.npy'), verbose=0).argmax(axis=1))\n"
+        "assert not [m for m in sys.modules if m.startswith('ablation')]\n")],
+        capture_output=True, text=True, cwd=store, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert np.array_equal(np.load(store / "fresh.npy"), predictions)
 
 
 # ---------------------------------------------------------------------------------------------

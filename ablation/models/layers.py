@@ -88,3 +88,22 @@ def enable_op_determinism():
     """Bit-identical repeats of a seed on TensorFlow (slower kernels); other backends: nothing to do."""
     if keras.backend.backend() == "tensorflow":
         tf.config.experimental.enable_op_determinism()
+
+
+def portable(network: keras.Model) -> keras.Model:
+    """The network with Keras' own BatchNormalization in place of this module's: same weights, same numbers.
+
+    What is saved for others (an MLflow model) must load where only Keras is installed; the fused
+    layer is a class of this package, which a plain `keras.models.load_model` cannot find.
+    """
+
+    def plain(layer):
+        if isinstance(layer, keras.Model):
+            return portable(layer)  # a nested network, weights included
+        if isinstance(layer, BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=plain)
+    copy.set_weights(network.get_weights())
+    return copy
