@@ -19,25 +19,23 @@ RECOMPUTE_IMAGES = 500  # training images the statistics are recomputed from: fi
 CHECK_IMAGES = 500  # validation images the per-epoch check scores twice (moving, recomputed)
 
 
-def batch_norm_layers(model: keras.Model) -> list:
-    """Every BatchNormalization layer inside `model`, nested models included, in a fixed order."""
+def layers_of(model: keras.Model, kind: type) -> list:
+    """Every layer of `kind` inside `model`, nested models included, in a fixed order."""
     found = []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, kind):
             found.append(layer)
         elif isinstance(layer, keras.Model):
-            found.extend(batch_norm_layers(layer))
+            found.extend(layers_of(layer, kind))
     return found
+
+
+def batch_norm_layers(model: keras.Model) -> list:
+    return layers_of(model, keras.layers.BatchNormalization)
 
 
 def dropout_layers(model: keras.Model) -> list:
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dropout):
-            found.append(layer)
-        elif isinstance(layer, keras.Model):
-            found.extend(dropout_layers(layer))
-    return found
+    return layers_of(model, keras.layers.Dropout)
 
 
 def moving_statistics(model: keras.Model) -> list[np.ndarray]:

@@ -1,13 +1,10 @@
 """The BatchNormalization check as a chart: per step, validation accuracy with moving and with recomputed statistics."""
 
-import math
-
 import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from ablation.report.figures import Chart, _color, _figure, _png
+from ablation.report.figures import Chart, _color, _png, step_panels, style_panel
 
 MOVING, RECOMPUTED = "val_accuracy_moving_bn", "val_accuracy_recomputed_bn"
 LAGGING = 0.02  # a last-epoch gap above this many (2 points) is called a lag in the caption
@@ -27,22 +24,13 @@ def bn_chart(steps: pd.DataFrame, history_of: dict, seed) -> Chart | None:
              if run["run_id"] in history_of and {MOVING, RECOMPUTED} <= set(history_of[run["run_id"]].columns)]
     if not drawn:
         return None
-    columns = min(3, len(drawn))
-    rows = math.ceil(len(drawn) / columns)
-    fig = _figure(4.3 * columns, 3.1 * rows + 1.3, top=0.75, bottom=1.1, wspace=0.08, hspace=0.45)
-    axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    fig, axes = step_panels(len(drawn))
     for i, (ax, (run, history)) in enumerate(zip(axes, drawn)):
         moving, recomputed = 100 * history[MOVING], 100 * history[RECOMPUTED]
         ax.plot(recomputed.index, recomputed, "-", color=_color(i), marker="o", markersize=3, linewidth=1.6)
         ax.plot(moving.index, moving, "--", color=_color(i), linewidth=1.4)
         ax.fill_between(moving.index, recomputed, moving, color=_color(i), alpha=0.15)
-        ax.set_title(f"{run['step']} (gap {100 * last_gap(history):+.1f} at the end)", fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("epoch")
-    for ax in axes[len(drawn):]:
-        ax.set_visible(False)
+        style_panel(ax, f"{run['step']} (gap {100 * last_gap(history):+.1f} at the end)")
     axes[0].set_ylabel("validation accuracy")
     fig.legend(handles=[Line2D([], [], color="0.3", marker="o", markersize=3, label="recomputed statistics"),
                         Line2D([], [], color="0.3", linestyle="--", label="moving statistics"),

@@ -248,12 +248,29 @@ def curves_chart(steps: pd.DataFrame, history_of: dict, seed) -> Chart:
                                                                                     else "") + ".")
 
 
-def overfitting_chart(steps: pd.DataFrame, history_of: dict, seed) -> Chart:
-    """Per step, training against validation accuracy per epoch: the gap between them is overfitting."""
-    columns = min(3, len(steps))
-    rows = math.ceil(len(steps) / columns)
+def step_panels(count: int):
+    """A figure with one small panel per step (three a row, one shared percent axis), and its axes."""
+    columns = min(3, count)
+    rows = math.ceil(count / columns)
     fig = _figure(4.3 * columns, 3.1 * rows + 1.3, top=0.75, bottom=1.1, wspace=0.08, hspace=0.45)
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def style_panel(ax, title: str):
+    """A step's panel: its title, whole epochs along, percents up, a light grid."""
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("epoch")
+
+
+def overfitting_chart(steps: pd.DataFrame, history_of: dict, seed) -> Chart:
+    """Per step, training against validation accuracy per epoch: the gap between them is overfitting."""
+    fig, axes = step_panels(len(steps))
     for i, (ax, (_, run)) in enumerate(zip(axes, steps.iterrows(), strict=False)):
         history = history_of.get(run["run_id"], pd.DataFrame())
         if {"accuracy", "val_accuracy"} <= set(history.columns):
@@ -262,13 +279,7 @@ def overfitting_chart(steps: pd.DataFrame, history_of: dict, seed) -> Chart:
             ax.plot(val.index, val, "--", color=_color(i), marker="o", markersize=3, label="validation")
             ax.fill_between(train.index, train, val, where=train > val, color=_color(i), alpha=0.15,
                             label="training above validation")
-        ax.set_title(run["step"], fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        ax.grid(alpha=0.3)
-        ax.set_xlabel("epoch")
-    for ax in axes[len(steps):]:
-        ax.set_visible(False)
+        style_panel(ax, run["step"])
     axes[0].set_ylabel("accuracy")
     fig.legend(handles=_overfitting_legend(), loc="lower center", ncols=3, fontsize=9)
     fig.suptitle(f"Training vs validation accuracy per step (training seed {seed})")
