@@ -186,7 +186,8 @@ def train_bare(network: str, splits, epochs: int, turns: Turns):
     memory.keep_freed_memory()  # as the project's training does: ratio 2 compares the rest
     keras.utils.set_random_seed(config.seed)
     _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
-    model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=config.jit_compile)  # as the project compiles
     x_train, x_val, _, _ = prepare_inputs(splits, config)
     turn = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: turns.epoch_end())
     model.fit(x_train, splits.y_train, batch_size=config.batch_size, epochs=epochs,
