@@ -6,8 +6,8 @@ Run from the repository root:
     python -m benchmarks.bench --data ... --quick                                # fewer images, rounds, trials
     python -m benchmarks.bench --data ... --only 1,2 --images 1600 --rounds 6    # some ratios, more samples
 
-The default costs about 900 CPU-seconds: ~16 minutes on two idle cores, two or three times that
-when other jobs share them (the CPU-time ratios hold; the wall times stretch).
+The default cost about 900 CPU-seconds when a turn was one epoch (~16 minutes on two idle cores, two
+or three times that when other jobs share them); ratios 1, 2 and 7 now train two epochs a turn.
 
 Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the source's Keras 2).
 
@@ -36,13 +36,15 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 
 How training is timed (ratios 1, 2, 7): each path (source, project, bare, project-glibc; per network) is one worker
 process with its own TensorFlow state, and the workers take turns: the parent lets one run its setup
-and first epoch (graph tracing, not counted), then each in turn one more epoch per round, while the
+and first epoch (graph tracing, not counted), then each in turn two more epochs per round, while the
 others wait, blocked, at an epoch's end. So every path pays its tracing once, and a slow minute of
-this shared machine hits all paths alike (the order reverses every other round). At each epoch's end
-(after the ladder's tracking and progress hooks, for the project) a worker reads its CPU time (user +
-sys, all its threads) and the wall clock. The cost of a path is the median over its measured epochs;
-every epoch includes its validation pass, in all paths alike. CPU time is the measure: on shared
-cores the wall time of the same epoch doubles from one minute to the next; wall is shown beside it.
+this shared machine hits all paths alike (the order reverses every other round). Of a turn's two
+epochs only the second is measured: a process that waited idle at an epoch's end can stall at the
+next epoch's start (tf.data, about as long as it waited; `Turns`), and the first epoch takes that.
+At each epoch's end (after the ladder's tracking and progress hooks, for the project) a worker reads
+its CPU time (user + sys, all its threads) and the wall clock. The cost of a path is the median over
+its measured epochs; every epoch includes its validation pass, in all paths alike. CPU time is the
+steady measure: on shared cores the wall time of the same epoch doubles from one minute to the next.
 """
 
 import argparse
@@ -126,21 +128,36 @@ def _clock() -> tuple[float, float]:
 
 
 class Turns:
-    """A worker's side of taking turns: it runs from the parent's `go` to its next epoch's end, then waits."""
+    """A worker's side of taking turns: it runs from the parent's `go` to its next measured epoch's end, then waits.
+
+    The first turn (setup) is one epoch; every later turn is two, and only the second is measured (its
+    mark carries the first's end as `warm_cpu`, `warm_wall`). Why: a process that sat idle at an
+    epoch's end, as a worker does during the others' turns, can stall at the next epoch's start for
+    about as long as it waited, in TensorFlow's tf.data (docs/stack.md#idle-training-processes-and-tfdata-the-benchmarks-wall-time);
+    the unmeasured first epoch takes that stall, and the measured one starts right after an epoch, as in real training.
+    """
 
     def __init__(self):
         self.resumed = _clock()
+        self.warm = None  # (cpu, wall) at the end of this turn's unmeasured epoch
+        self.first_turn = True
 
     def wait(self):
         if sys.stdin.readline().strip() != "go":
             raise SystemExit("benchmark worker: the parent process went away")
-        self.resumed = _clock()
+        self.resumed, self.warm = _clock(), None
 
     def epoch_end(self, epoch=None, logs=None):
         """Mark the epoch's end and wait for the next turn; an epoch hook of `ablation.train.train` too."""
         cpu, wall = _clock()
-        print(EPOCH_PREFIX + json.dumps({"cpu": cpu, "wall": wall, "resumed_cpu": self.resumed[0],
-                                         "resumed_wall": self.resumed[1]}), flush=True)
+        if not self.first_turn and self.warm is None:
+            self.warm = (cpu, wall)  # the turn's first epoch: not measured
+            return
+        mark = {"cpu": cpu, "wall": wall, "resumed_cpu": self.resumed[0], "resumed_wall": self.resumed[1]}
+        if self.warm is not None:
+            mark.update(warm_cpu=self.warm[0], warm_wall=self.warm[1])
+        print(EPOCH_PREFIX + json.dumps(mark), flush=True)
+        self.first_turn = False
         self.wait()
 
 
@@ -264,16 +281,18 @@ def training_worker(spec: dict) -> dict:
 
 
 def epoch_costs(marks: list[dict], images: int) -> dict:
-    """Per-image costs from a worker's epoch marks: setup + epoch 1, then each later epoch.
+    """Per-image costs from a worker's epoch marks: setup + epoch 1, then each later measured epoch.
 
-    An epoch's CPU runs from the previous epoch's end to its own (what the process did while it
-    waited for its turn, little, is charged to it); its wall time from its turn's start to its end.
+    A measured epoch runs from the end of its turn's unmeasured epoch (`warm_cpu`, `warm_wall`; see
+    `Turns`) to its own end, CPU and wall alike. A mark without them (one epoch a turn) counts its
+    CPU from the previous mark (what the process did while it waited for its turn, little, is
+    charged to it) and its wall time from its turn's start.
     """
     first = marks[0]
     return {
         "setup_cpu_ms": 1000 * (first["cpu"] - first["resumed_cpu"]) / images,
-        "cpu_ms": [1000 * (b["cpu"] - a["cpu"]) / images for a, b in zip(marks, marks[1:])],
-        "wall_ms": [1000 * (b["wall"] - b["resumed_wall"]) / images for b in marks[1:]],
+        "cpu_ms": [1000 * (b["cpu"] - b.get("warm_cpu", a["cpu"])) / images for a, b in zip(marks, marks[1:])],
+        "wall_ms": [1000 * (b["wall"] - b.get("warm_wall", b["resumed_wall"])) / images for b in marks[1:]],
         "waiting_cpu_s": sum(b["resumed_cpu"] - a["cpu"] for a, b in zip(marks, marks[1:])),
     }
 
@@ -589,7 +608,7 @@ def bench_training(only, size: Size, data_file: str, folder: Path, env: dict, sa
     workers = {}
     try:
         for path, network in training_plan(only, size):
-            spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + size.rounds,
+            spec = {"kind": "training", "path": path, "network": network, "epochs": 1 + 2 * size.rounds,
                     "data_file": data_file}
             malloc = {"ABLATION_MALLOC": "system"} if path == "project-glibc" else {}
             workers[path, network] = Worker(spec, {**store_env(env, folder / f"mlruns-{path}-{network}"), **malloc},
