@@ -15,6 +15,8 @@ normalizing with the same set's statistics), dropout off: the statistics the net
 import keras
 import numpy as np
 
+from ablation.models.layers import training_forward
+
 RECOMPUTE_IMAGES = 500  # training images the statistics are recomputed from: fixed per run (its seed)
 CHECK_IMAGES = 500  # validation images the per-epoch check scores twice (moving, recomputed)
 
@@ -50,8 +52,12 @@ def set_moving_statistics(model: keras.Model, values: list[np.ndarray]):
         variable.assign(value)
 
 
-def recompute(network: keras.Model, images: np.ndarray):
-    """Set every BatchNormalization layer's moving statistics to the exact ones of `images` at the current weights."""
+def recompute(network: keras.Model, images: np.ndarray, compiled: bool = True):
+    """Set every BatchNormalization layer's moving statistics to the exact ones of `images` at the current weights.
+
+    `compiled`: one graph, built at the first call with momentum 0 and dropout off (what it is for),
+    and reused; else an eager pass (a few images: no graph to build).
+    """
     layers, dropouts = batch_norm_layers(network), dropout_layers(network)
     momenta, rates = [layer.momentum for layer in layers], [layer.rate for layer in dropouts]
     try:
@@ -59,7 +65,7 @@ def recompute(network: keras.Model, images: np.ndarray):
             layer.momentum = 0.0
         for layer in dropouts:
             layer.rate = 0.0  # test-time activations: dropout's noise would widen the variances after it
-        network(images, training=True)
+        (training_forward(network) if compiled else lambda x: network(x, training=True))(images)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -74,11 +80,9 @@ def fixed_images(x: np.ndarray, count: int, seed: int) -> np.ndarray:
     return x[np.sort(np.random.default_rng(seed).choice(len(x), count, replace=False))]
 
 
-def accuracy(network: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> float:
-    """Share of `x` the network classifies as `y` (inference mode; direct calls: no predict function to trace)."""
-    predicted = [np.argmax(keras.ops.convert_to_numpy(network(x[i:i + batch_size], training=False)), axis=1)
-                 for i in range(0, len(x), batch_size)]
-    return float((np.concatenate(predicted) == y).mean())
+def accuracy(network: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    """Share of `x` the network classifies as `y` (Keras' predict: a graph unless the network runs eagerly)."""
+    return float((np.argmax(network.predict(x, batch_size=250, verbose=0), axis=1) == y).mean())
 
 
 class BatchNormCheck(keras.callbacks.Callback):
@@ -89,9 +93,9 @@ class BatchNormCheck(keras.callbacks.Callback):
     the moving averages go on from there. Without it the layers keep their moving averages throughout.
     """
 
-    def __init__(self, network, recompute_images, check_x, check_y, use_recomputed: bool):
+    def __init__(self, network, recompute_images, check_x, check_y, use_recomputed: bool, compiled: bool = True):
         super().__init__()
-        self.network, self.recompute_images = network, recompute_images
+        self.network, self.recompute_images, self.compiled = network, recompute_images, compiled
         self.check_x, self.check_y, self.use_recomputed = check_x, check_y, use_recomputed
         self.moving = None  # the moving statistics as training left them, before a recompute
 
@@ -101,7 +105,7 @@ class BatchNormCheck(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         if self.use_recomputed and self.moving is None:  # fit's validation: once an epoch
             self.moving = moving_statistics(self.network)
-            recompute(self.network, self.recompute_images)
+            recompute(self.network, self.recompute_images, self.compiled)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -110,6 +114,6 @@ class BatchNormCheck(keras.callbacks.Callback):
         moving = self.moving if self.moving is not None else current
         set_moving_statistics(self.network, moving)
         logs["val_accuracy_moving_bn"] = accuracy(self.network, self.check_x, self.check_y)
-        recompute(self.network, self.recompute_images)
+        recompute(self.network, self.recompute_images, self.compiled)
         logs["val_accuracy_recomputed_bn"] = accuracy(self.network, self.check_x, self.check_y)
         set_moving_statistics(self.network, current)

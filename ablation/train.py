@@ -392,7 +392,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
                for key in EPOCH_METRICS}
     if config.bn_statistics == "recomputed":
-        bn_statistics.recompute(network, statistics_images)  # at the final weights (early stopping's best, say)
+        bn_statistics.recompute(network, statistics_images, compiled=not config.run_eagerly)  # final weights
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
     epochs_run = len(history["loss"])
@@ -419,8 +419,10 @@ def batch_norm_check(config: Config, network, x_train, x_val, y_val):
     """
     statistics_images = bn_statistics.fixed_images(x_train, bn_statistics.RECOMPUTE_IMAGES, config.seed)
     check = bn_statistics.fixed_images(np.arange(len(x_val)), bn_statistics.CHECK_IMAGES, config.seed + 1)
+    network.run_eagerly = config.run_eagerly  # the check's predict, as the training runs
     callback = bn_statistics.BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
-                                            use_recomputed=config.bn_statistics == "recomputed")
+                                            use_recomputed=config.bn_statistics == "recomputed",
+                                            compiled=not config.run_eagerly)
     return callback, statistics_images
 
 
