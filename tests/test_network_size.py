@@ -37,7 +37,13 @@ def test_an_absurd_block_count_is_refused_in_one_line_before_any_run(tmp_path, c
 
 
 def _wait_for_params(store, process, timeout: float = 300.0):
-    """Until the run has logged its params (training, and so the build, starts right after), or the process ended."""
+    """Until the run has logged its params (training, and so the build, starts right after), or the process ended.
+
+    The store is read only once the ladder has printed the step's line: it has made the store by then.
+    """
+    for line in process.stdout:
+        if "template_resnet {" in line:
+            break
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if (store / "mlflow.db").exists():
