@@ -69,3 +69,4 @@ def raising():
         yield
     finally:
         _raising.pop()
+    check()  # a raise that landed where Python ignores exceptions (a __del__, a gc callback) stops here
