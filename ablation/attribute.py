@@ -18,8 +18,9 @@ import time
 
 from ablation import interrupt
 from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, configure, describe_stop, exit_code_of, one_line
-from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
+from ablation.config import StoreError, StudyError, get_profile
 from ablation.data import DataError
+from ablation.study import apply_overrides, load_study, parse_overrides
 
 DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
 DEFAULT_BUDGET = 32

@@ -10,7 +10,8 @@ import os
 import re
 import signal
 
-from ablation.config import MAX_SEEDS, PROFILES, SEED, STUDY_NAME
+from ablation.config import PROFILES, SEED
+from ablation.study import MAX_SEEDS, STUDY_NAME
 
 DEFAULT_STUDY = "studies/assignment.toml"
 EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)

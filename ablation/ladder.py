@@ -13,8 +13,9 @@ import time
 from ablation import interrupt
 from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
                           check_plan_only, configure, describe_stop, exit_code_of, one_line, seed_count)
-from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
+from ablation.config import StoreError, StudyError, get_profile
 from ablation.data import DataError, check_data_path
+from ablation.study import apply_overrides, load_study, parse_overrides
 
 
 ROPE_POINTS = 1.0  # stats.ROPE in points; stats (scipy) is imported only once a ladder has run: --help stays light

@@ -79,8 +79,9 @@ from ablation import interrupt
 from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
                           check_plan_only, configure, describe_stop, exit_code_of, one_line, plain_name,
                           positive_count, positive_seconds)
-from ablation.config import StoreError, StudyError, apply_overrides, get_profile, load_study, parse_overrides
+from ablation.config import StoreError, StudyError, get_profile
 from ablation.data import DataError
+from ablation.study import apply_overrides, load_study, parse_overrides
 
 DEFAULT_TRIALS = 10
 DEFAULT_REPORTS = "reports"

@@ -15,11 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 from ablation import interrupt, optuna_adapter, tracking
-from ablation.config import (CONFIG_FIELDS, EPOCH_METRICS, Config, SearchParam, SearchSpace, StudyError, get_profile,
-                             split_values, with_values)
+from ablation.config import CONFIG_FIELDS, EPOCH_METRICS, Config, StudyError, get_profile, split_values, with_values
 from ablation.console import Display
 from ablation.data import LazySplits, resolve_data_path
 from ablation.runner import progress_printer, say_ui, train_in_run, work_key
+from ablation.study import SearchParam, SearchSpace
 from ablation.tracking import Kind, Tag
 
 MEDIAN_STARTUP_TRIALS = 3  # complete trials before the median pruner prunes

@@ -68,8 +68,9 @@ import numpy as np
 import optuna
 
 from ablation import memory, runner, searcher, tracking
-from ablation.config import Profile, get_profile, load_study, with_values
+from ablation.config import Profile, get_profile, with_values
 from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
+from ablation.study import load_study
 from ablation.tracking import Kind, Tag
 from ablation.train import build, make_optimizer, prepare_inputs
 

@@ -17,8 +17,9 @@ import sys
 
 import numpy as np
 
-from ablation.config import get_profile, load_study
+from ablation.config import get_profile
 from ablation.data import LazySplits
+from ablation.study import load_study
 
 
 def parse_args(argv=None):

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import get_profile, load_study
+from ablation.config import get_profile
+from ablation.study import load_study
 
 
 def parse_args(argv=None):

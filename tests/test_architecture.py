@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     {"ablation", "ablation.models", "ablation.interrupt", "ablation.memory", "ablation.optuna_adapter"},
     {"ablation.config", "ablation.console"},
+    {"ablation.study"},
     {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure",
      "ablation.checkpoint", "ablation.bn_statistics"},
     {"ablation.evidence"},

@@ -16,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import attribute, attribution, runner, stats
-from ablation.config import StudyError, get_profile, load_study
+from ablation.config import StudyError, get_profile
+from ablation.study import load_study
 from ablation.tracking import Kind, Tag
 from conftest import run_command
 

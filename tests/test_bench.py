@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ablation import tracking
-from ablation.config import load_study
+from ablation.study import load_study
 from ablation.tracking import Kind, Tag
 from benchmarks import bench
 

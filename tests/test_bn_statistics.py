@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from ablation import bn_statistics
-from ablation.config import get_profile, load_study
+from ablation.config import get_profile
 from ablation.data import LazySplits
 from ablation.models import build_model
+from ablation.study import load_study
 
 
 def test_recomputed_statistics_are_each_layers_input_mean_and_variance_at_the_current_weights():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import PROFILES, Config, StudyError, apply_overrides, load_study, parse_overrides
+from ablation.config import PROFILES, Config, StudyError
+from ablation.study import apply_overrides, load_study, parse_overrides
 
 BASE = """
 [study]

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from ablation import ladder, search
 from ablation.cli import one_line
-from ablation.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule, load_study
+from ablation.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule
 from ablation.data import DataError
 from ablation.models import MODELS
+from ablation.study import load_study
 
 VALID = {
     "study": {"name": "fuzz", "title": "generated", "seeds": 1},

@@ -10,7 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import CONFIG_FIELDS, load_study
+from ablation.config import CONFIG_FIELDS
+from ablation.study import load_study
 from ablation.tracking import Kind, Tag
 from conftest import run_command
 

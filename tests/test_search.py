@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ablation import search, searcher, tracking
-from ablation.config import StudyError, apply_overrides, get_profile, load_study, with_values
+from ablation.config import StudyError, get_profile, with_values
+from ablation.study import apply_overrides, load_study
 from ablation.tracking import Kind, Tag
 
 TINY = """

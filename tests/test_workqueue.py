@@ -14,8 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ablation import runner, tracking, worker, workqueue
-from ablation.config import StudyError, get_profile, load_study
+from ablation.config import StudyError, get_profile
 from ablation.data import LazySplits
+from ablation.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"source": "cifar-10-python.tar.gz", "train_size": 128, "val_size": 32, "test_size": 100,

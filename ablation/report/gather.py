@@ -17,10 +17,11 @@ import optuna
 import pandas as pd
 
 from ablation import evidence, tracking
-from ablation.config import EPOCH_METRICS, SearchSpace, StudyError, load_study
+from ablation.config import EPOCH_METRICS, StudyError
 from ablation.data import DataError, load_cifar10, make_splits, resolve_data_path
 from ablation.cli import DEFAULT_STUDY
 from ablation.report.errors import ReportError
+from ablation.study import SearchSpace, load_study
 from ablation.tracking import Kind, Tag
 
 
