@@ -111,9 +111,11 @@ class BatchNormCheck(keras.callbacks.Callback):
         if logs is None:
             return
         current = moving_statistics(self.network)
-        moving = self.moving if self.moving is not None else current
-        set_moving_statistics(self.network, moving)
-        logs["val_accuracy_moving_bn"] = accuracy(self.network, self.check_x, self.check_y)
-        recompute(self.network, self.recompute_images, self.compiled)
+        if self.moving is None:  # validation used the moving statistics: recompute for the check
+            self.moving = current
+            recompute(self.network, self.recompute_images, self.compiled)
+        # Else the layers hold this epoch's recomputed statistics already (the weights have not moved since).
         logs["val_accuracy_recomputed_bn"] = accuracy(self.network, self.check_x, self.check_y)
+        set_moving_statistics(self.network, self.moving)
+        logs["val_accuracy_moving_bn"] = accuracy(self.network, self.check_x, self.check_y)
         set_moving_statistics(self.network, current)
