@@ -99,6 +99,11 @@ class BatchNormCheck(keras.callbacks.Callback):
         self.check_x, self.check_y, self.use_recomputed = check_x, check_y, use_recomputed
         self.moving = None  # the moving statistics as training left them, before a recompute
 
+    def before_test(self):
+        """With `use_recomputed`, the statistics at the final weights (early stopping's best, say) for the test pass."""
+        if self.use_recomputed:
+            recompute(self.network, self.recompute_images, self.compiled)
+
     def on_epoch_begin(self, epoch, logs=None):
         self.moving = None
 

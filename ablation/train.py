@@ -368,7 +368,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
     validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
                   and has_augmentation(config) else (x_val, splits.y_val))
-    bn_check, statistics_images = batch_norm_check(config, network, x_train, x_val, splits.y_val)
+    bn_check = batch_norm_check(config, network, x_train, x_val, splits.y_val)
 
     # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
     saved, seeds, clock = resume(checkpoint_folder, model, validation)
@@ -391,8 +391,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
     history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
                for key in EPOCH_METRICS}
-    if config.bn_statistics == "recomputed":
-        bn_statistics.recompute(network, statistics_images, compiled=not config.run_eagerly)  # final weights
+    bn_check.before_test()
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
     epochs_run = len(history["loss"])
@@ -412,7 +411,7 @@ def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
 
 
 def batch_norm_check(config: Config, network, x_train, x_val, y_val):
-    """The per-epoch BatchNormalization check (and treatment), and the training images it recomputes from.
+    """The per-epoch BatchNormalization check (and treatment: `before_test` readies the test pass).
 
     Both image sets are drawn once from the run's seed and are not augmented: the statistics the
     network should test with are those of the images it is tested on.
@@ -423,7 +422,7 @@ def batch_norm_check(config: Config, network, x_train, x_val, y_val):
     callback = bn_statistics.BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
                                             use_recomputed=config.bn_statistics == "recomputed",
                                             compiled=not config.run_eagerly)
-    return callback, statistics_images
+    return callback
 
 
 def _cpu_seconds() -> float:

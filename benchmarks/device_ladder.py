@@ -80,7 +80,7 @@ def prepare(args) -> int:
     return 0
 
 
-_SPLITS = None
+_SPLITS = None  # the splits, read once per worker process
 
 
 def train_unit(splits_path: str, name: str, fields: dict, deadline: float) -> dict | None:
