@@ -551,7 +551,14 @@ def log_datasets(splits, data_file: Path | None):
     for part, images, labels, context in parts:
         dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"cifar10-{part}",
                                          digest=fingerprint["digest"])
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException as error:
+            if "UNIQUE constraint" not in str(error):
+                raise
+            # Another worker inserted the same dataset (experiment, name, digest) between MLflow's look-up
+            # and its insert: the row exists now, and a second call links it.
+            mlflow.log_input(dataset, context=context)
 
 
 def log_keras_model(network, sample_inputs, metadata: dict) -> str:
