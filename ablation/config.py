@@ -261,9 +261,10 @@ FIELD_RULES = {
 }
 # Model knobs by name, or by "model.knob" where one model reads a name differently.
 # Sizes have upper bounds, so that a typo (100000 blocks) is refused in one line before a run opens
-# rather than building for minutes: a stage of 60 template blocks took 34 s to build on a 2-core CPU,
-# and Keras could not build 120 (its graph walk exceeds Python's recursion limit).
-MAX_BLOCKS = 64  # per stage
+# rather than building for minutes. Three stages at the bound keep the deepest network (63 blocks, up
+# to 1,244 layers) within Python's default recursion limit, which Keras' graph walk meets when it builds
+# or reloads a network: three stages of 64 template blocks could not be built, 60 + 1 + 1 could.
+MAX_BLOCKS = 21  # per stage
 KNOB_RULES = {
     "dropout_rate": number(0, 1, high_open=True),
     **{f"stage{n}_blocks": whole(0, MAX_BLOCKS) for n in (2, 3, 4)},

@@ -177,7 +177,7 @@ CASES = [
          prepare=with_valid("learning_rate = 1e-3", "learning_rate = 0")),
     Case("study_dropout_above_one", ON_STUDY, needles=("study.toml", "deeper_dropout", "dropout_rate", "[0, 1)"),
          prepare=with_valid("dropout_rate = 0.5 }", "dropout_rate = 1.5 }")),
-    Case("study_negative_blocks", ON_STUDY, needles=("study.toml", "stage2_blocks", "0..64", "-3"),
+    Case("study_negative_blocks", ON_STUDY, needles=("study.toml", "stage2_blocks", "0..21", "-3"),
          prepare=with_valid("stage2_blocks = 5,", "stage2_blocks = -3,")),
     Case("study_missing_base", ON_STUDY, needles=("study.toml", "[base]"),
          prepare=study('[study]\nname = "x"\n[[steps]]\nname = "a"\n')),

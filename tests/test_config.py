@@ -62,7 +62,7 @@ BAD_VALUES = [
     ("learning_rate", "0", ["learning_rate", "> 0", "got 0"]),
     ("zoom_range", "nan", ["zoom_range", "[0, 1)", "nan"]),
     ("dropout_rate", "1.5", ["model_args.dropout_rate", "[0, 1)", "1.5"]),
-    ("stage3_blocks", "-3", ["model_args.stage3_blocks", "0..64", "-3"]),
+    ("stage3_blocks", "-3", ["model_args.stage3_blocks", "0..21", "-3"]),
     ("seed", "4294967296", ["seed", "0..4294967295"]),
     ("train_subset", "0", ["train_subset", "positive integer"]),
 ]
@@ -240,7 +240,7 @@ MALFORMED = {
     "zero_learning_rate": (BASE + "learning_rate = 0\n", ["learning_rate", "> 0", "got 0"]),
     "nan_zoom": (BASE + "zoom_range = nan\n", ["zoom_range", "[0, 1)", "nan"]),
     "dropout_above_one": (BASE + "model_args = { dropout_rate = 1.5 }\n", ["model_args.dropout_rate", "[0, 1)", "1.5"]),
-    "negative_blocks": (BASE + "model_args = { stage2_blocks = -3 }\n", ["model_args.stage2_blocks", "0..64", "-3"]),
+    "negative_blocks": (BASE + "model_args = { stage2_blocks = -3 }\n", ["model_args.stage2_blocks", "0..21", "-3"]),
     "resnet_depth_off_pattern": (BASE + "model = 'resnet_v1'\nmodel_args = { depth = 21 }\n", ["depth", "6n + 2", "21"]),
     "missing_base": (BASE.replace("[base]\n", "").replace('model = "template_resnet"\n', ""), ["needs a [base] table"]),
     "cumulative_as_a_string": (BASE.replace('name = "t"', 'name = "t"\ncumulative = "false"'),
