@@ -13,7 +13,7 @@ import signal
 from ablation.config import PROFILES, SEED
 from ablation.study import MAX_SEEDS, STUDY_NAME
 
-DEFAULT_STUDY = "studies/assignment.toml"
+DEFAULT_STUDY = "assignment"  # a shipped study, found by name from any folder (study.find_study)
 EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)
 EXIT_INPUT_ERROR = 2  # a bad study file, option, data source or store: one line on stderr, nothing written
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, the shell's convention

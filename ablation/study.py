@@ -95,7 +95,11 @@ FRACTION = Rule("a fraction in [0, 1]", lambda v: finite(v) and 0 <= v <= 1, "fl
 MAX_SEEDS = 1000
 
 
-SHIPPED_STUDIES = Path(__file__).resolve().parents[1] / "studies"  # beside the package in a source checkout
+# The shipped studies: inside the package once installed (setup.py ships studies/ as ablation/studies/), beside
+# it in a source checkout or an editable install.
+SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"
+if not SHIPPED_STUDIES.is_dir():
+    SHIPPED_STUDIES = SHIPPED_STUDIES.parents[1] / "studies"
 
 
 def find_study(name_or_path: str | Path) -> Path:

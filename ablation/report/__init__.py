@@ -28,7 +28,7 @@ from ablation.report.errors import ReportError  # noqa: F401  (the package's pub
 def write_report(study_name_or_path=DEFAULT_STUDY, *, experiment=None, out=None, log=False, data=None) -> Path:
     """Write report.html, report.md (+ PNGs) and the CSVs; returns the path of report.html.
 
-    `study_name_or_path`: a study file, or a name (studies/NAME.toml, else an experiment name);
+    `study_name_or_path`: a study file, or a name (studies/NAME.toml, a shipped study, else an experiment name);
     `experiment`: the MLflow experiment (default: the study's name); `out`: the folder (default
     reports/<study>/); `data`: CIFAR-10 for re-deriving test labels (default $ABLATION_DATA);
     `log`: also log the folder under `report/` in the study's latest parent run (the report only

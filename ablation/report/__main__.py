@@ -14,7 +14,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "runs from MLflow; it never trains.",
     )
     parser.add_argument("--study", default=DEFAULT_STUDY,
-                        help=f"study file, or a name for studies/NAME.toml (default: {DEFAULT_STUDY})")
+                        help=f"study file, or a shipped study's name (default: {DEFAULT_STUDY})")
     parser.add_argument("--experiment", default=None, help="MLflow experiment to read (default: the study's name)")
     parser.add_argument("--out", default=None, help="output folder (default: reports/<study>/)")
     parser.add_argument("--data", default=None,

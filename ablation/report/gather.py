@@ -21,7 +21,7 @@ from ablation.config import EPOCH_METRICS, StudyError
 from ablation.data import DataError, load_cifar10, make_splits, resolve_data_path
 from ablation.cli import DEFAULT_STUDY
 from ablation.report.errors import ReportError
-from ablation.study import SearchSpace, load_study
+from ablation.study import SearchSpace, find_study, load_study
 from ablation.tracking import Kind, Tag
 
 
@@ -136,10 +136,10 @@ def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gath
 
 
 def resolve_study(study_name_or_path) -> StudyInfo:
-    """A study file (a path, or NAME for studies/NAME.toml); a bare name that is no file is an experiment."""
+    """A study file (a path, or a name: studies/NAME.toml here, else shipped); a name that is no file is an experiment."""
     text = str(study_name_or_path)
     is_path = text.endswith(".toml") or "/" in text
-    path = Path(text) if is_path else Path("studies") / f"{text}.toml"
+    path = Path(text) if is_path else find_study(text)
     if not path.is_file():
         if is_path:
             raise ReportError(f"study file {text} not found; the studies shipped are in studies/ "
