@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from ablation.models import MODELS, model_defaults  # the registry: read from source, no Keras
+from ablation.models.imported import is_import_path, read_source
 
 
 class StudyError(ValueError):
@@ -78,7 +79,7 @@ class Config:
     def __post_init__(self):
         # Every knob, defaults included: the params show them all, and a default spelled out in a
         # study is the same work as one left implicit (same hash). Frozen all the way down, too.
-        knobs = model_defaults(self.model) if self.model in MODELS else {}
+        knobs = model_defaults(self.model) if self.model in MODELS or is_import_path(self.model) else {}
         object.__setattr__(self, "model_args", MappingProxyType({**knobs, **self.model_args}))
         object.__setattr__(self, "lr_schedule", tuple(tuple(p) for p in self.lr_schedule))
 
@@ -93,7 +94,11 @@ class Config:
         """Flat name → value, as logged to MLflow: the config's fields and the model's knobs by name."""
         data = self.to_dict()
         model_args = data.pop("model_args")
-        return {**data, **model_args}
+        return {**data, **model_args, **self.model_source()}
+
+    def model_source(self) -> dict[str, str]:
+        """An import-path model's file digest (`ablation.models.imported`): in the params and the hash."""
+        return {"model_source_sha256": read_source(self.model).digest} if is_import_path(self.model) else {}
 
     def split_args(self) -> dict[str, Any]:
         """The arguments of `ablation.data.make_splits` this config trains on."""
@@ -108,7 +113,7 @@ class Config:
         """
         data = {name: value for name, value in self.to_dict().items()
                 if name not in LATER_FIELDS or value != CONFIG_FIELDS[name].default}
-        text = json.dumps(data, sort_keys=True, default=str)
+        text = json.dumps({**data, **self.model_source()}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -231,7 +236,8 @@ CHOICES = {
     "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
 }
 FIELD_RULES = {
-    "model": Rule(f"a registered model: {sorted(MODELS)}", lambda v: isinstance(v, str) and v in MODELS, "choice"),
+    "model": Rule(f"a registered model: {sorted(MODELS)}, or an import path package.module:function",
+                  lambda v: isinstance(v, str) and (v in MODELS or is_import_path(v)), "choice"),
     "model_args": Rule("a table of the model's knobs", lambda v: isinstance(v, Mapping)),  # each knob: KNOB_RULES
     "epochs": whole(1),
     "batch_size": whole(1),
@@ -284,7 +290,27 @@ KNOB_RULES = {
 
 
 def knob_rule(model: str, knob: str) -> Rule:
+    if is_import_path(model):
+        return inferred_rule(model_defaults(model)[knob])
     return KNOB_RULES.get(f"{model}.{knob}") or KNOB_RULES[knob]
+
+
+TEXT_KNOB = Rule("a string", lambda v: isinstance(v, str), "choice")
+FINITE = Rule("a finite number", finite, "float", float)
+
+
+def inferred_rule(default) -> Rule:
+    """An import-path model's knob accepts what its default is: an int, a float, a bool, a string, or a list of one."""
+    scalar = {bool: FLAG, int: whole(), float: FINITE, str: TEXT_KNOB}.get(type(default))
+    if scalar is not None:
+        return scalar
+    if isinstance(default, (list, tuple)):
+        item = inferred_rule(default[0]) if default else None
+        if item is None or (item.kind != "other" and all(item.accepts(v) for v in default)):
+            what = f"a list of items each {item.what}" if item else "a list"
+            return Rule(what, lambda v: isinstance(v, (list, tuple)) and (item is None or all(map(item.accepts, v))),
+                        convert=tuple)
+    raise ValueError(f"its default {shown(default)} is none of an int, a float, a bool, a string or a list of one")
 
 
 def check_rules(models: Mapping[str, Mapping[str, Any]]):

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ablation.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError, check_field, check_knob,
-                             check_setting, checked, finite, knob_rule, number, shown, whole)
+                             check_setting, checked, finite, inferred_rule, knob_rule, number, shown, whole)
 from ablation.models import MODELS, model_defaults
+from ablation.models.imported import ModelError, is_import_path, read_source
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     """Apply a table of overrides to a config, checking every key, type and value."""
     _check_keys(overrides, set(CONFIG_FIELDS), where, at)
     values = {key: check_field(key, value, f"{where}: {at}") for key, value in overrides.items() if key != "model_args"}
-    model = values.get("model", start.model)
+    model = check_model(values["model"], f"{where}: {at}") if "model" in values else start.model
     knobs = model_defaults(model)
     # A new model starts from its own defaults; the same model keeps the earlier step's knobs.
     model_args = dict(start.model_args) if model == start.model else {}
@@ -243,20 +244,40 @@ def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
     return dataclasses.replace(start, **values, model_args=model_args)
 
 
+def check_model(value, where: str) -> str:
+    """A `model` value: a registered name, or an import path whose function is found and whose every knob has
+    a rule (from its default's type, `config.inferred_rule`); else a StudyError naming `where`."""
+    model = check_field("model", value, where)
+    if not is_import_path(model):
+        return model
+    try:
+        knobs = read_source(model).knobs
+    except ModelError as error:
+        raise StudyError(f"{where}: {error}") from None
+    for knob, default in knobs.items():
+        if knob in CONFIG_FIELDS:
+            raise StudyError(f"{where}: model {model!r}: knob {knob!r} is named like a Config field; rename it")
+        try:
+            inferred_rule(default)
+        except ValueError as error:
+            raise StudyError(f"{where}: model {model!r}: knob {knob!r}: {error}") from None
+    return model
+
+
 def parse_overrides(items, where: str = "--set") -> dict[str, Any]:
     """FIELD=VALUE strings as flat name -> value; VALUE is read as TOML (3, 1e-3, true, [[5, 0.1]]), else as text.
 
     `none` is None (no subset). Names are Config fields or model knobs; `apply_overrides` checks
-    the values with the rules a study file's are checked with.
+    them, and the values with the rules a study file's are checked with.
     """
-    knobs = {knob for defaults in MODELS.values() for knob in defaults}
     values = {}
     for item in items:
         name, equals, text = item.partition("=")
         if not equals or not name.strip():
             raise StudyError(f"{where} {shown(item)}: expected FIELD=VALUE, e.g. {where} epochs=3")
         values[name.strip()] = _toml_value(text.strip())
-    _check_keys(values, (set(CONFIG_FIELDS) - {"model_args"}) | knobs, where, "FIELD=VALUE")
+    if "model_args" in values:
+        raise StudyError(f"{where} model_args: unknown key; set a model's knobs by name, e.g. {where} dropout_rate=0.3")
     return values
 
 
@@ -276,6 +297,12 @@ def apply_overrides(study: Study, values: Mapping[str, Any], where: str = "--set
     """
     if not values:
         return study
+    # Knobs of any registered model, or of the import-path models this study (or the override) runs.
+    models = {*MODELS, *(s.config.model for s in study.steps)}
+    if "model" in values:
+        models.add(check_model(values["model"], where))
+    known = {knob for model in models for knob in model_defaults(model)}
+    _check_keys(values, (set(CONFIG_FIELDS) - {"model_args"}) | known, where, "FIELD=VALUE")
     fields = {k: v for k, v in values.items() if k in CONFIG_FIELDS}
     knobs = {k: v for k, v in values.items() if k not in CONFIG_FIELDS}
     steps = []

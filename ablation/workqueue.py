@@ -51,6 +51,7 @@ from ablation import interrupt, optuna_adapter, runner, searcher, tracking
 from ablation.config import Config, StudyError
 from ablation.console import Display
 from ablation.data import DataError, LazySplits
+from ablation.models.imported import ModelError
 from ablation.runner import Unit
 from ablation.tracking import Tag
 
@@ -209,13 +210,18 @@ def open_queues(storage, names, opened: dict, data: LazySplits, say) -> list[Que
         if summary.study_name not in opened:
             check_data(summary.user_attrs.get(DATA_ATTR, []), data, f"queue {summary.study_name!r}")
             opener = open_units_queue if kind == "units" else open_search_queue
-            opened[summary.study_name] = opener(storage, summary, data, say)
+            try:
+                opened[summary.study_name] = opener(storage, summary, data, say)
+            except ModelError as error:  # a model's module, by import path, that this machine lacks
+                raise StudyError(f"queue {summary.study_name!r}: {error}") from None
         queues.append(opened[summary.study_name])
     return queues
 
 
 def open_units_queue(storage, summary, data: LazySplits, say) -> Queue:
     study = optuna.load_study(study_name=summary.study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        Config(**trial.user_attrs[UNIT_ATTR]["config"])  # its model found here (an import path: its module)
     return Queue(study, lambda trial: train_unit(trial, data, say))
 
 

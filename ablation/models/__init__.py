@@ -6,12 +6,17 @@ keyword-only arguments (with literal defaults) are the knobs a study may set und
 Keras, so that checking a study file or re-running a finished one costs no TensorFlow start-up;
 the module is imported when the network is built. Tests are parametrized over `MODELS`, so a
 network added here is tested the moment it is registered.
+
+A study may also name a builder outside this folder by import path, `package.module:function`
+(`ablation.models.imported`): the same calling convention, its knobs read from its source the same way.
 """
 
 import ast
 import importlib
 from pathlib import Path
 from typing import Any, Callable
+
+from ablation.models.imported import is_import_path, knobs_of, load_builder, read_source
 
 _BUILDERS: dict[str, Callable[..., Any]] = {}  # filled by @register as the modules are imported
 
@@ -34,11 +39,7 @@ def _read_registry() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
                 continue
             if node.name in knobs:
                 raise ValueError(f"model {node.name!r} is registered twice ({modules[node.name]} and {path.stem})")
-            try:
-                defaults = [ast.literal_eval(default) for default in node.args.kw_defaults]
-            except ValueError:
-                raise ValueError(f"{path.name}: {node.name}: every knob needs a literal default") from None
-            knobs[node.name] = {arg.arg: default for arg, default in zip(node.args.kwonlyargs, defaults)}
+            knobs[node.name] = knobs_of(node, f"{path.name}: {node.name}")
             modules[node.name] = path.stem
     return knobs, modules
 
@@ -47,7 +48,9 @@ MODELS, _MODULES = _read_registry()
 
 
 def model_defaults(name: str) -> dict[str, Any]:
-    """The knobs of model `name` and their default values."""
+    """The knobs of model `name` (a registered name or an import path) and their default values."""
+    if is_import_path(name):
+        return dict(read_source(name).knobs)
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
     return dict(MODELS[name])
@@ -55,6 +58,8 @@ def model_defaults(name: str) -> dict[str, Any]:
 
 def get_builder(name: str):
     """The builder function of model `name` (imports its module, and with it Keras)."""
+    if is_import_path(name):
+        return load_builder(name)
     model_defaults(name)
     importlib.import_module(f"{__name__}.{_MODULES[name]}")
     return _BUILDERS[name]
