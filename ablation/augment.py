@@ -26,16 +26,15 @@ def has_augmentation(config) -> bool:
                 or config.zoom_range or config.horizontal_flip)
 
 
-def draw(batch: int, config, seed) -> dict:
-    """Per-image transform parameters: angle (radians), shifts (pixels), zooms, flip (-1 or 1)."""
-    size = 32.0  # CIFAR-10's images; shifts are fractions of it
+def draw(batch: int, config, seed, height: int = 32, width: int = 32) -> dict:
+    """Per-image transform parameters: angle (radians), shifts (pixels: fractions of the width and height), zooms, flip."""
     uniform = lambda low, high: keras.random.uniform((batch,), low, high, seed=seed)  # noqa: E731
     angle = math.radians(config.rotation_range)
     flip = ops.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if config.horizontal_flip else ops.ones((batch,))
     return {
         "angle": uniform(-angle, angle) if angle else ops.zeros((batch,)),
-        "shift_x": uniform(-config.width_shift_range, config.width_shift_range) * size,
-        "shift_y": uniform(-config.height_shift_range, config.height_shift_range) * size,
+        "shift_x": uniform(-config.width_shift_range, config.width_shift_range) * width,
+        "shift_y": uniform(-config.height_shift_range, config.height_shift_range) * height,
         # Two independent draws: the generator zooms x and y separately.
         "zoom_x": uniform(1.0 - config.zoom_range, 1.0 + config.zoom_range),
         "zoom_y": uniform(1.0 - config.zoom_range, 1.0 + config.zoom_range),
@@ -102,7 +101,7 @@ class RandomAffine(keras.layers.Layer):
         if not training:
             return images
         shape = ops.shape(images)
-        params = draw(shape[0], self.config, self.seed_generator)
+        params = draw(shape[0], self.config, self.seed_generator, images.shape[1], images.shape[2])
         transforms = transform_vectors(params, images.shape[1], images.shape[2])
         return resample(images, transforms)
 

@@ -111,8 +111,8 @@ def add_common_arguments(parser: argparse.ArgumentParser):
                         help="smoke: seconds (tests); quick: a reduced real run for a CPU (default); "
                              "miniature: the recipe's epochs on 1,250 images; full: the recipe exactly (for a GPU)")
     parser.add_argument("--data", default=None,
-                        help="CIFAR-10: the cifar-10-python.tar.gz archive, its extracted folder, or an image "
-                             "folder tree (default: $ABLATION_DATA, else Keras' download)")
+                        help="where the config's data (default cifar10) is: its archive or folder in the keras.datasets "
+                             "layout, or an image-folder tree (default: $ABLATION_DATA, else Keras' download)")
     parser.add_argument("--seed", type=seed_value, default=None,
                         help="one training seed (default: the study's seeds); the split seed stays the config's")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -75,6 +76,10 @@ class Config:
     # Keras' dtype policy for the network: "float32" (the recipe), "mixed_float16" (loss scaled) or
     # "mixed_bfloat16"; variables, BatchNormalization statistics and the classifier stay float32.
     precision: str = "float32"
+    # The images (docs/studies.md#data), read from --data PATH: "cifar10", "cifar100", "fashion_mnist", "mnist",
+    # "images" (an image-folder tree) or "package.module:function" (a loader returning the arrays).
+    data: str = "cifar10"
+    image_size: int | None = None  # resize every image to image_size x image_size (None: as stored)
 
     def __post_init__(self):
         # Every knob, defaults included: the params show them all, and a default spelled out in a
@@ -102,7 +107,8 @@ class Config:
 
     def split_args(self) -> dict[str, Any]:
         """The arguments of `ablation.data.make_splits` this config trains on."""
-        return {"validation_split": self.validation_split, "seed": self.split_seed,
+        return {"data": self.data, "image_size": self.image_size, "validation_split": self.validation_split,
+                "seed": self.split_seed,
                 "train_subset": self.train_subset, "test_subset": self.test_subset}
 
     def hash(self) -> str:
@@ -122,7 +128,8 @@ def _plain(value):
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-LATER_FIELDS = frozenset({"bn_statistics", "jit_compile", "precision"})  # see Config.hash
+LATER_FIELDS = frozenset({"data", "image_size",
+                          "bn_statistics", "jit_compile", "precision"})  # see Config.hash
 # What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.bn_statistics):
 # accuracy on a fixed set of validation images with the moving and with recomputed statistics.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
@@ -226,6 +233,10 @@ def _optional(rule: Rule) -> Rule:
     return Rule(rule.what + " (or none)", lambda v: v is None or rule.accepts(v), rule.kind)
 
 
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "images")  # read by ablation.data
+LOADER_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # package.module:function
+
+
 CHOICES = {
     "optimizer": ("adam", "sgd"),
     "normalization": ("scale", "per_pixel_mean"),
@@ -263,6 +274,9 @@ FIELD_RULES = {
     "test_subset": _optional(whole(1)),
     "run_eagerly": FLAG,
     "jit_compile": Rule('"auto", true or false', lambda v: isinstance(v, bool) or v == "auto", "choice"),
+    "data": Rule(f"one of {list(DATASETS)}, or a loader's import path package.module:function",
+                 lambda v: isinstance(v, str) and (v in DATASETS or LOADER_PATH.fullmatch(v) is not None), "choice"),
+    "image_size": _optional(whole(8, 1024)),
     **{name: one_of(*choices) for name, choices in CHOICES.items()},
 }
 # Model knobs by name, or by "model.knob" where one model reads a name differently.

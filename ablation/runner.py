@@ -102,7 +102,7 @@ def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_fold
 
 def log_network(config, splits, result):
     """The trained network as the run's MLflow model, saying what input it takes."""
-    inputs = "float32 images (N, 32, 32, 3), pixel values / 255"
+    inputs = f"float32 images (N, {', '.join(map(str, splits.x_test.shape[1:]))}), pixel values / 255"
     if result.input_mean is not None:
         inputs += ", minus the training images' mean (the run's artifact input_mean.json)"
         tracking.log_dict({"input_mean": result.input_mean.tolist()}, "input_mean.json")

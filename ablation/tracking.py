@@ -549,7 +549,8 @@ def log_datasets(splits, data_file: Path | None):
              ("validation", splits.x_val, splits.y_val, "validation"),
              ("test", splits.x_test, splits.y_test, "evaluation"))
     for part, images, labels, context in parts:
-        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"cifar10-{part}",
+        name = f"{fingerprint.get('dataset', 'cifar10')}-{part}"  # cifar10-train, images-test, mnist-validation
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=name,
                                          digest=fingerprint["digest"])
         try:
             mlflow.log_input(dataset, context=context)

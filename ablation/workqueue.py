@@ -114,7 +114,8 @@ def queue_name(study_name: str, parent_name: str, specs: list[dict]) -> str:
 
 def split_args_of(fingerprint: dict) -> dict:
     """The split arguments a data fingerprint was made with (`Config.split_args` names)."""
-    return {"validation_split": fingerprint["validation_split"], "seed": fingerprint["seed"],
+    return {"data": fingerprint.get("dataset", "cifar10"), "image_size": fingerprint.get("image_size"),
+            "validation_split": fingerprint["validation_split"], "seed": fingerprint["seed"],
             "train_subset": fingerprint["subset_train"], "test_subset": fingerprint["subset_test"]}
 
 

@@ -134,13 +134,14 @@ def test_loads_image_folder_tree(cifar, tmp_path):
     assert loaded.x_train.dtype == np.uint8 and np.array_equal(loaded.x_train, expected)
 
 
-def test_image_of_wrong_size_is_refused(tmp_path):
+def test_images_of_two_sizes_are_refused_without_image_size(tmp_path):
     from PIL import Image
 
     for split in ("train", "test"):
         (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / split / "cat" / "a.png")
         Image.new("RGB", (64, 48)).save(tmp_path / split / "cat" / "big.png")
-    with pytest.raises(DataError, match=r"big\.png is 64x48.*32x32"):
+    with pytest.raises(DataError, match=r"big\.png is 64x48 where \S*a\.png is 32x32.*set image_size"):
         load_cifar10(tmp_path)
 
 

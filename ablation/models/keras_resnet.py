@@ -43,7 +43,8 @@ def resnet_layer(
 
 
 def _classifier(x, num_classes):
-    x = layers.AveragePooling2D(pool_size=8)(x)
+    # The tutorial's AveragePooling2D(8) averages a 32x32 image's whole 8x8 final map: any size, its whole map.
+    x = layers.AveragePooling2D(pool_size=tuple(x.shape[1:3]))(x)
     x = layers.Flatten()(x)
     return layers.Dense(num_classes, activation="softmax", kernel_initializer="he_normal")(x)
 
