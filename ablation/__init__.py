@@ -11,3 +11,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 __version__ = "0.1.0"
+
+# The Python API (ablation/api.py), imported on first use: `import ablation` and the commands' --help stay light.
+API = ("load_study", "run_ladder", "run_search", "run_attribution", "results", "Results")
+
+
+def __getattr__(name):
+    if name in API:
+        from ablation import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ablation' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *API])

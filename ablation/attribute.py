@@ -75,6 +75,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def prepare(args) -> tuple:
+    """Phase 1: the study (--set and the seeds put in) and the profile; inputs are checked in the engine too."""
+    study = apply_overrides(load_study(args.study), parse_overrides(args.set))
+    seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
+    return dataclasses.replace(study, seeds=seeds), get_profile(args.profile)
+
+
+def attribute(args, study, profile) -> dict | None:
+    """Phase 2: the store checked, the design run (every finished run reused); its result, None on a dry run."""
+    from ablation import attribution, runner, tracking, workqueue
+    from ablation.console import Display
+
+    tracking.check_store()
+    search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
+    run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
+        else runner.run_units
+    with Display() as display:
+        return attribution.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
+                                      data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                      search=search, reports=args.reports, dry_run=args.dry_run,
+                                      say=display, run_units=run_units)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up at once, in a log file too
@@ -82,24 +105,10 @@ def main(argv=None) -> int:
     started, cpu_started = time.perf_counter(), os.times()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            # Phase 1: inputs are checked (in the engine too) before the store is touched.
-            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
-            seeds = (args.seed,) if args.seed is not None else tuple(range(args.seeds)) if args.seeds else study.seeds
-            study = dataclasses.replace(study, seeds=seeds)
-            profile = get_profile(args.profile)
-            from ablation import attribution, runner, tracking, workqueue  # the engines (MLflow; Keras when a subset trains)
-            from ablation.console import Display
+            study, profile = prepare(args)
+            from ablation import attribution, workqueue  # the engines (MLflow; Keras when a subset trains)
 
-            tracking.check_store()
-            search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
-            run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
-                else runner.run_units
-            # Phase 2: the design, reusing every finished run.
-            with Display() as display:
-                result = attribution.run_design(study, profile, args.design, seeds=seeds, budget=args.budget,
-                                                data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                                search=search, reports=args.reports, dry_run=args.dry_run,
-                                                say=display, run_units=run_units)
+            result = attribute(args, study, profile)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

@@ -258,6 +258,16 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
     return list(rows.values()), summary
 
 
+def measure(args, study, profile, steps) -> tuple[list[dict], dict]:
+    """Phase 2 and its evidence: the steps trained (or reused), a row per step and seed, and their summary."""
+    from ablation import runner
+
+    if args.until_decided:
+        return run_until_decided(args, study, profile, steps)
+    rows = train(args, study, profile, steps)
+    return rows, runner.ladder_evidence(rows, steps, rope=args.rope / 100)
+
+
 def run(args) -> int:
     """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
     started = time.perf_counter()
@@ -265,11 +275,7 @@ def run(args) -> int:
     from ablation import report, runner, workqueue
 
     try:
-        if args.until_decided:
-            rows, summary = run_until_decided(args, study, profile, steps)
-        else:
-            rows = train(args, study, profile, steps)
-            summary = runner.ladder_evidence(rows, steps, rope=args.rope / 100)
+        rows, summary = measure(args, study, profile, steps)
     except runner.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
         return EXIT_FAILED

@@ -136,6 +136,25 @@ def format_table(summary: dict, monitor: str, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def search(args) -> tuple:
+    """The study (--set put in), the store checked, the trials run: the study, the profile and the search's summary."""
+    study = apply_overrides(load_study(args.study), parse_overrides(args.set))
+    profile = get_profile(args.profile)
+    from ablation import tracking
+    from ablation.console import Display
+    from ablation.searcher import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
+    from ablation.workqueue import queue_trials
+
+    tracking.check_store()
+    # One search either way: its trials run here, or go through the shared queue to every worker.
+    run_trials = functools.partial(queue_trials, plan_only=args.plan_only) if args.workers else None
+    with Display(live=False if args.workers else None) as display:
+        summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
+                             storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                             pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
+                             display=display, run_trials=run_trials)
+    return study, profile, summary
+
 
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -143,21 +162,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            study = apply_overrides(load_study(args.study), parse_overrides(args.set))
-            profile = get_profile(args.profile)
-            from ablation import tracking
-            from ablation.console import Display
-            from ablation.searcher import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
-            from ablation.workqueue import queue_trials
-
-            tracking.check_store()
-            # One search either way: its trials run here, or go through the shared queue to every worker.
-            run_trials = functools.partial(queue_trials, plan_only=args.plan_only) if args.workers else None
-            with Display(live=False if args.workers else None) as display:
-                summary = run_search(study, profile, trials=args.trials, data_path=args.data, seed=args.seed,
-                                     storage=args.storage, study_name=args.study_name, timeout=args.timeout,
-                                     pruner=args.pruner, reports=args.reports, verbose=args.epoch_lines,
-                                     display=display, run_trials=run_trials)
+            study, profile, summary = search(args)
         except (StudyError, DataError, StoreError) as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return EXIT_INPUT_ERROR

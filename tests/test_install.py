@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def build_wheel(folder: Path) -> Path:
-    """The project's wheel, built offline from a copy of its sources (with build isolation only where setuptools is missing)."""
+    """The project's wheel, built offline from a copy of its sources (build isolation only without setuptools)."""
     source = folder / "source"
     for name in ("pyproject.toml", "setup.py", "README.md"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)

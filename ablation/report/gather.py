@@ -136,7 +136,7 @@ def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gath
 
 
 def resolve_study(study_name_or_path) -> StudyInfo:
-    """A study file (a path, or a name: studies/NAME.toml here, else shipped); a name that is no file is an experiment."""
+    """A study file (a path, or a name: studies/NAME.toml here, else shipped); a name with no file is an experiment."""
     text = str(study_name_or_path)
     is_path = text.endswith(".toml") or "/" in text
     path = Path(text) if is_path else find_study(text)
