@@ -10,11 +10,17 @@ three times, which blurs it more: this layer does what the generator did. See do
 The resampling is written with gathers, not `keras.ops.image.affine_transform`: on TensorFlow that
 op is ImageProjectiveTransformV3, which XLA cannot compile, and Keras turns XLA on by itself when a
 GPU is visible (docs/stack.md#xla-and-the-augmentation).
+
+MixUp and CutMix (`mix`, `MixedBatches`) mix each training batch with a shuffled copy of itself,
+images and targets alike. They are part of the input feed, outside the compiled step: they change
+the targets, which a layer of the model never sees. Their draws depend only on the run's seed, the
+epoch and the batch, so a resumed run mixes as an uninterrupted one would.
 """
 
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 PARAMETERS = ("angle", "shift_x", "shift_y", "zoom_x", "zoom_y", "flip")  # per image, as drawn
@@ -107,3 +113,89 @@ class RandomAffine(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+# ---------------------------------------------------------------------------------------------
+# MixUp and CutMix.
+
+MIXING_STREAM = 2  # the mixing draws' own stream of the run's seed: training (0) and validation (1) draws stay as they were
+
+
+def has_mixing(config) -> bool:
+    """Whether the config mixes training batches (MixUp or CutMix)."""
+    return bool(config.mixup_alpha or config.cutmix_alpha)
+
+
+def mix(images: np.ndarray, targets: np.ndarray, config, rng: np.random.Generator):
+    """One batch mixed with a shuffled copy of itself: (images, targets) as new arrays of the same dtypes.
+
+    MixUp (Zhang et al. 2018): weight ~ Beta(mixup_alpha, mixup_alpha), images and targets blended.
+    CutMix (Yun et al. 2019): a box of area 1 - weight, weight ~ Beta(cutmix_alpha, cutmix_alpha),
+    pasted from the copy; the targets are weighted by the areas actually kept. One weight per batch,
+    as both papers draw it; with both alphas set, each batch takes one of the two with probability 1/2 (timm's
+    default switch). `targets` are one-hot (or soft) rows.
+    """
+    partner = rng.permutation(len(images))
+    if config.cutmix_alpha and (not config.mixup_alpha or rng.random() < 0.5):
+        weight = rng.beta(config.cutmix_alpha, config.cutmix_alpha)
+        mixed, weight = paste_box(images, images[partner], weight, rng)
+    else:
+        weight = rng.beta(config.mixup_alpha, config.mixup_alpha)
+        mixed = weight * images + (1.0 - weight) * images[partner]
+    soft = weight * targets + (1.0 - weight) * targets[partner]
+    return mixed.astype(images.dtype), soft.astype(targets.dtype)
+
+
+def paste_box(images: np.ndarray, others: np.ndarray, weight: float, rng: np.random.Generator):
+    """CutMix's box: sides sqrt(1 - weight) of the image's, centre uniform, clipped at the edges.
+
+    Returns the images with the box taken from `others`, and the fraction of each image kept.
+    """
+    height, width = images.shape[1], images.shape[2]
+    side = math.sqrt(1.0 - weight)
+    half_h, half_w = int(height * side) // 2, int(width * side) // 2
+    centre_y, centre_x = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = max(centre_y - half_h, 0), min(centre_y + half_h, height)
+    left, right = max(centre_x - half_w, 0), min(centre_x + half_w, width)
+    mixed = images.copy()
+    mixed[:, top:bottom, left:right] = others[:, top:bottom, left:right]
+    return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Training batches, in a fresh order every epoch, each mixed by `mix`.
+
+    The order and the draws depend only on (seed, epoch, batch); the training loop sets `epoch` at
+    each epoch's start (`SetMixingEpoch`).
+    """
+
+    def __init__(self, x: np.ndarray, targets: np.ndarray, config, batch_size: int):
+        super().__init__()
+        self.x, self.targets, self.config, self.batch_size = x, targets, config, batch_size
+        self.epoch, self._order = 0, (None, None)
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """This epoch's order of the training images (drawn once an epoch)."""
+        if self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.config.seed, MIXING_STREAM, self.epoch])
+            self._order = (self.epoch, rng.permutation(len(self.x)))
+        return self._order[1]
+
+    def __getitem__(self, index):
+        part = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.config.seed, MIXING_STREAM, self.epoch, index])
+        return mix(self.x[part], self.targets[part], self.config, rng)
+
+
+class SetMixingEpoch(keras.callbacks.Callback):
+    """Tells the mixed feed which epoch begins (a resumed run starts at its saved epoch)."""
+
+    def __init__(self, feed: MixedBatches):
+        super().__init__()
+        self.feed = feed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.feed.epoch = epoch

@@ -76,6 +76,14 @@ class Config:
     # Keras' dtype policy for the network: "float32" (the recipe), "mixed_float16" (loss scaled) or
     # "mixed_bfloat16"; variables, BatchNormalization statistics and the classifier stay float32.
     precision: str = "float32"
+    # What modern recipes ablate (docs/recipe.md#modern-training-changes); added after runs were recorded.
+    label_smoothing: float = 0.0  # targets (1 - s) * one-hot + s / classes
+    weight_decay: float = 0.0  # decoupled: each step multiplies every weight by 1 - learning_rate * weight_decay
+    nesterov: bool = False  # Nesterov momentum (SGD only)
+    lr_decay: str = "none"  # none | cosine: from learning_rate towards 0 over the epochs after the warm-up
+    warmup_epochs: int = 0  # epochs of linear warm-up to learning_rate
+    mixup_alpha: float = 0.0  # MixUp: each batch mixed with a shuffled copy of itself, weight ~ Beta(a, a); 0: off
+    cutmix_alpha: float = 0.0  # CutMix: a box of a shuffled copy pasted in, its area ~ Beta(a, a); 0: off
     # The images (docs/studies.md#data), read from --data PATH: "cifar10", "cifar100", "fashion_mnist", "mnist",
     # "images" (an image-folder tree) or "package.module:function" (a loader returning the arrays).
     data: str = "cifar10"
@@ -129,11 +137,13 @@ def _plain(value):
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_FIELDS = frozenset({"data", "image_size",
-                          "bn_statistics", "jit_compile", "precision"})  # see Config.hash
+                          "bn_statistics", "jit_compile", "precision", "label_smoothing", "weight_decay", "nesterov",
+                          "lr_decay", "warmup_epochs", "mixup_alpha", "cutmix_alpha"})  # see Config.hash
 # What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.bn_statistics):
 # accuracy on a fixed set of validation images with the moving and with recomputed statistics.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
-                 "val_accuracy_moving_bn", "val_accuracy_recomputed_bn")
+                 "val_accuracy_moving_bn", "val_accuracy_recomputed_bn",
+                 "top5_accuracy", "val_top5_accuracy")  # top-5: only where there are more than 5 classes
 
 
 def check_knob_names(models: Mapping[str, Mapping[str, Any]]):
@@ -245,6 +255,7 @@ CHOICES = {
     "restore_best_weights": ("always", "on_stop", "never"),
     "bn_statistics": ("moving", "recomputed"),
     "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
+    "lr_decay": ("none", "cosine"),
 }
 FIELD_RULES = {
     "model": Rule(f"a registered model: {sorted(MODELS)}, or an import path package.module:function",
@@ -274,6 +285,12 @@ FIELD_RULES = {
     "test_subset": _optional(whole(1)),
     "run_eagerly": FLAG,
     "jit_compile": Rule('"auto", true or false', lambda v: isinstance(v, bool) or v == "auto", "choice"),
+    "label_smoothing": number(0, 1, high_open=True),
+    "weight_decay": number(0),
+    "nesterov": FLAG,
+    "warmup_epochs": whole(0),
+    "mixup_alpha": number(0),
+    "cutmix_alpha": number(0),
     "data": Rule(f"one of {list(DATASETS)}, or a loader's import path package.module:function",
                  lambda v: isinstance(v, str) and (v in DATASETS or LOADER_PATH.fullmatch(v) is not None), "choice"),
     "image_size": _optional(whole(8, 1024)),
@@ -374,6 +391,25 @@ def checked(rule: Rule, name: str, value, where: str):
     return rule.convert(value)
 
 
+def check_combination(config: Config, where: str):
+    """A StudyError naming `where` and the fields, where fields of the config cannot apply together."""
+    rewrites_rate = "lr_decay = \"cosine\"" if config.lr_decay == "cosine" else "warmup_epochs" if config.warmup_epochs else ""
+    problems = [
+        (config.nesterov and config.optimizer != "sgd",
+         f"nesterov = true needs optimizer = \"sgd\" (Nesterov momentum is SGD's), got {config.optimizer!r}"),
+        (rewrites_rate and config.reduce_lr_monitor,
+         f"{rewrites_rate} sets the learning rate every epoch and would undo ReduceLROnPlateau's drops: "
+         "set reduce_lr_monitor = \"\" or leave the schedule out"),
+        (config.lr_decay == "cosine" and config.lr_schedule,
+         "lr_decay = \"cosine\" and lr_schedule are two decays of the learning rate: set one of them"),
+        (config.warmup_epochs >= config.epochs,
+         f"warmup_epochs ({config.warmup_epochs}) must be fewer than epochs ({config.epochs})"),
+    ]
+    for wrong, message in problems:
+        if wrong:
+            raise StudyError(f"{where}: {message}")
+
+
 def shown(value) -> str:
     """The refused value for a one-line message: repr, cut short."""
     text = repr(value).replace("\n", " ")
@@ -414,13 +450,15 @@ class Profile:
             # The floor must not undo the recipe's order (the LR drops before training stops), or the
             # step would stop in the very epoch its rate would fall: keep the recipe's ratio instead.
             lowering = max(1, min(stopping - 1, math.ceil(stopping * config.reduce_lr_patience / config.early_stopping_patience)))
+        epochs = min(scale(config.epochs), self.max_epochs or config.epochs)
         return dataclasses.replace(
             config,
-            epochs=min(scale(config.epochs), self.max_epochs or config.epochs),
+            epochs=epochs,
             run_eagerly=config.run_eagerly or self.run_eagerly,
             early_stopping_patience=stopping,
             reduce_lr_patience=lowering,
             lr_schedule=tuple((scale(epoch), mult) for epoch, mult in config.lr_schedule),
+            warmup_epochs=min(scale(config.warmup_epochs), epochs - 1) if config.warmup_epochs else 0,  # shorter than the budget
             train_subset=_smaller(config.train_subset, self.train_subset),
             test_subset=_smaller(config.test_subset, self.test_subset),
             bn_statistics=self.bn_statistics if self.bn_statistics and config.bn_statistics == "moving"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ablation.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError, check_field, check_knob,
-                             check_setting, checked, finite, inferred_rule, knob_rule, number, shown, whole)
+from ablation.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError, check_combination,
+                             check_field, check_knob, check_setting, checked, finite, inferred_rule, knob_rule, number, shown, whole)
 from ablation.models import MODELS, model_defaults
 from ablation.models.imported import ModelError, is_import_path, read_source
 
@@ -241,7 +241,9 @@ def _make_config(start: Config, overrides: dict, where: str, at: str) -> Config:
         raise StudyError(f"{where}: {at}: model_args must be a table of the model's knobs; allowed: {sorted(knobs)}")
     _check_keys(given, set(knobs), where, f"{at} model_args (model {model})")
     model_args.update({key: check_knob(model, key, value, f"{where}: {at}") for key, value in given.items()})
-    return dataclasses.replace(start, **values, model_args=model_args)
+    config = dataclasses.replace(start, **values, model_args=model_args)
+    check_combination(config, f"{where}: {at}")
+    return config
 
 
 def check_model(value, where: str) -> str:

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from ablation import bn_statistics, checkpoint, interrupt, memory
-from ablation.augment import RandomAffine, has_augmentation
-from ablation.config import EPOCH_METRICS, Config
+from ablation.augment import MixedBatches, RandomAffine, SetMixingEpoch, has_augmentation, has_mixing
+from ablation.config import EPOCH_METRICS, Config, check_combination
 from ablation.data import Splits
 from ablation.models import build_model
 from ablation.models.flops import count_flops
@@ -45,6 +45,7 @@ class Result:
     test_labels: np.ndarray = field(repr=False)  # the true class of each test image
     network: keras.Model | None = field(default=None, repr=False)  # the trained network (no augmentation layer)
     input_mean: np.ndarray | None = field(default=None, repr=False)  # subtracted from inputs (per_pixel_mean)
+    test_top5_accuracy: float | None = None  # None where there are 5 classes or fewer
 
     def metrics(self) -> dict[str, float]:
         """The final numbers, as logged to MLflow."""
@@ -58,6 +59,7 @@ class Result:
             "num_params": self.num_params,
             "flops": self.flops,
             "best_val_accuracy": max(self.history["val_accuracy"], default=float("nan")),
+            **({} if self.test_top5_accuracy is None else {"test_top5_accuracy": self.test_top5_accuracy}),
         }
 
 
@@ -129,13 +131,23 @@ def schedule_callbacks(config: Config) -> list:
             patience=config.reduce_lr_patience,
             min_lr=config.min_lr,
         ))
-    if config.lr_schedule:
-        out.append(keras.callbacks.LearningRateScheduler(lambda epoch, lr: step_learning_rate(config, epoch)))
+    if config.lr_schedule or config.lr_decay != "none" or config.warmup_epochs:
+        out.append(keras.callbacks.LearningRateScheduler(lambda epoch, lr: epoch_learning_rate(config, epoch)))
     return out
 
 
-def step_learning_rate(config: Config, epoch: int) -> float:
-    """Learning rate of the step schedule at a 0-based epoch."""
+def epoch_learning_rate(config: Config, epoch: int) -> float:
+    """Learning rate at a 0-based epoch: the linear warm-up, then the cosine decay or the step schedule.
+
+    Warm-up epoch e (< warmup_epochs) trains at learning_rate * (e + 1) / (warmup_epochs + 1); the cosine
+    runs from learning_rate over the epochs after it, learning_rate * (1 + cos(pi * t)) / 2 with t the
+    fraction of those epochs already done (Loshchilov & Hutter 2017, without restarts), once an epoch.
+    """
+    if epoch < config.warmup_epochs:
+        return config.learning_rate * (epoch + 1) / (config.warmup_epochs + 1)
+    if config.lr_decay == "cosine":
+        done = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
     multiplier = 1.0
     for start, mult in sorted(config.lr_schedule):
         if epoch >= start:
@@ -276,7 +288,8 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         for key in EPOCH_METRICS:
-            self.history.setdefault(key, []).append(float((logs or {}).get(key, float("nan"))))
+            if key in (logs or {}) or key in self.history:  # top-5 only where there are more than 5 classes
+                self.history.setdefault(key, []).append(float((logs or {}).get(key, float("nan"))))
         wall, cpu = self.clock()
         state = {"counters": [{name: _plain(getattr(c, name)) for name in COUNTERS if hasattr(c, name)}
                               for c in self.schedule],
@@ -335,8 +348,10 @@ def make_optimizer(config: Config):
     float16 flushes gradients below about 6e-8 to zero, so the loss is scaled up before the gradients
     and they are scaled back before the update; bfloat16 has float32's range and needs no scaling.
     """
-    optimizer = (keras.optimizers.SGD(config.learning_rate, momentum=0.9) if config.optimizer == "sgd"
-                 else keras.optimizers.Adam(config.learning_rate))
+    # Keras' weight decay is decoupled (Loshchilov & Hutter 2019): Adam with it is AdamW. None when 0: no op.
+    decay = config.weight_decay or None
+    optimizer = (keras.optimizers.SGD(config.learning_rate, momentum=0.9, nesterov=config.nesterov, weight_decay=decay)
+                 if config.optimizer == "sgd" else keras.optimizers.Adam(config.learning_rate, weight_decay=decay))
     if config.precision == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -352,22 +367,20 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     `checkpoint_folder`: save the training state there after every epoch and, if a save is there
     already, go on from it (the hooks then see only the epochs after it; the Result has them all).
     """
+    check_combination(config, "config")  # a study's are checked as it is read; this guards a Config made in code
     interrupt.check()  # a stop asked for while Keras was starting
     memory.keep_freed_memory()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         enable_op_determinism()
-    network, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
-    model.compile(
-        optimizer=make_optimizer(config),
-        # Integer labels: the same loss as the source's one-hot categorical cross-entropy, 10x less memory.
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"], run_eagerly=config.run_eagerly,
-        jit_compile=config.jit_compile,  # "auto": XLA when a GPU is visible (every layer here compiles)
-    )
+    num_classes = len(splits.class_names)
+    network, model = build(config, splits.x_train.shape[1:], num_classes)
+    compile_model(model, config, num_classes)
     x_train, x_val, x_test, input_mean = prepare_inputs(splits, config)
-    validation = (AugmentedImages(x_val, splits.y_val, config) if config.augment_validation
-                  and has_augmentation(config) else (x_val, splits.y_val))
+    y_train, y_val = (targets(config, labels, num_classes) for labels in (splits.y_train, splits.y_val))
+    validation = (AugmentedImages(x_val, y_val, config) if config.augment_validation
+                  and has_augmentation(config) else (x_val, y_val))
+    feed = MixedBatches(x_train, y_train, config, config.batch_size) if has_mixing(config) else None
     bn_check = batch_norm_check(config, network, x_train, x_val, splits.y_val)
 
     # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
@@ -375,15 +388,16 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     schedule = schedule_callbacks(config)
     saving = [Checkpoint(checkpoint_folder, saved, schedule, seeds, clock)] if checkpoint_folder else []
     fit = model.fit(
-        x_train, splits.y_train,
-        batch_size=config.batch_size,
+        x_train if feed is None else feed, y_train if feed is None else None,
+        batch_size=config.batch_size if feed is None else None,  # the feed makes its own batches
         initial_epoch=saved.epoch if saved else 0,
         epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
         validation_data=validation,
         # The BatchNormalization check first: the schedule, the checkpoint and the hooks see its numbers.
         callbacks=[bn_check, _KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
-                   EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else [])],
-        shuffle=True,
+                   EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else []),
+                   *([] if feed is None else [SetMixingEpoch(feed)])],
+        shuffle=feed is None,  # the mixed feed draws its own order each epoch
         verbose=verbose,
     )
     wall, cpu = clock()
@@ -400,7 +414,39 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         train_seconds=wall, train_cpu_seconds=cpu, num_params=network.count_params(), flops=count_flops(network),
         stopped_early=epochs_run < config.epochs, test_predictions=predictions, test_labels=splits.y_test,
         network=network, input_mean=input_mean,
+        test_top5_accuracy=top_k_accuracy(probabilities, splits.y_test, 5) if num_classes > 5 else None,
     )
+
+
+def soft_targets(config: Config) -> bool:
+    """Whether the loss needs target rows rather than class numbers: label smoothing, MixUp, CutMix."""
+    return bool(config.label_smoothing) or has_mixing(config)
+
+
+def targets(config: Config, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The labels as the loss takes them: class numbers, or one-hot rows (float32) for soft targets."""
+    return np.eye(num_classes, dtype="float32")[labels] if soft_targets(config) else labels
+
+
+def compile_model(model: keras.Model, config: Config, num_classes: int):
+    """Compile with the config's optimizer, loss and metrics (top-5 accuracy where there are more than 5 classes)."""
+    if soft_targets(config):
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        top5 = keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")
+    else:
+        # Class numbers: the same loss as the source's one-hot categorical cross-entropy, 10x less memory.
+        loss, top5 = "sparse_categorical_crossentropy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5_accuracy")
+    model.compile(
+        optimizer=make_optimizer(config), loss=loss,
+        metrics=["accuracy", *([top5] if num_classes > 5 else [])], run_eagerly=config.run_eagerly,
+        jit_compile=config.jit_compile,  # "auto": XLA when a GPU is visible (every layer here compiles)
+    )
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The fraction of images whose class is among the k most probable."""
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float((best == labels[:, None]).any(axis=1).mean())
 
 
 def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray]:

@@ -106,7 +106,8 @@ def test_hooks_see_every_epoch_from_one(tiny_splits):
     result = train(TINY, tiny_splits, on_epoch=[lambda epoch, logs: seen.append((epoch, sorted(logs)))])
     assert [epoch for epoch, _ in seen] == [1, 2] and result.epochs_run == 2
     assert seen[0][1] == sorted(["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss",
-                                 "val_accuracy_moving_bn", "val_accuracy_recomputed_bn"])  # the BatchNormalization check
+                                 "val_accuracy_moving_bn", "val_accuracy_recomputed_bn",  # the BatchNormalization check
+                                 "top5_accuracy", "val_top5_accuracy"])  # 10 classes: top-5 too
 
 
 @pytest.mark.parametrize("on_stop_only, restored", [(True, False), (False, True)])
