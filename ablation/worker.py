@@ -55,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the planners' Optuna storage: a URL (postgresql://user@host/db) or a journal file "
                              "(default: optuna.journal beside the MLflow store, one machine only)")
     parser.add_argument("--data", default=None,
-                        help="CIFAR-10 on this machine: the archive, its folder or an image tree (default: "
-                             "$ABLATION_DATA); it must give the planner's splits")
+                        help="the data on this machine, as the planner's --data (default: $ABLATION_DATA); it must "
+                             "give the planner's splits, digest for digest")
     parser.add_argument("--queue", action="append", default=None,
                         help="work on this queue (an Optuna study name) only; repeatable (default: every queue)")
     parser.add_argument("--idle", type=idle_seconds, default=DEFAULT_IDLE_SECONDS,

@@ -126,7 +126,7 @@ def check_data(expected: list[dict], data: LazySplits, where: str):
         if found["digest"] != planned["digest"]:
             raise DataError(f"{where}: the data here ({found['source']}) gives digest {found['digest']} for split "
                             f"{split_args_of(planned)}, the planner's ({planned['source']}) gave {planned['digest']}: "
-                            "point --data or $ABLATION_DATA at the same CIFAR-10 as the planner")
+                            "point --data or $ABLATION_DATA at the same data as the planner")
 
 
 # ---------------------------------------------------------------------------------------------

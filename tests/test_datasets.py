@@ -157,6 +157,20 @@ def test_augmentation_shifts_are_fractions_of_the_image_size():
     assert 3.2 < shift_x.max() <= 10.0 and shift_y.max() <= 2.0  # 10% of 100 and of 20 pixels, not of 32
 
 
+
+def test_the_report_confusion_matrix_stays_readable_with_many_classes(monkeypatch):
+    from ablation.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_png", lambda fig: drawn.append(fig) or b"")  # keep the figure, skip the PNG
+    for classes, names_shown, numbers in ((10, 10, 100), (100, 20, 0)):  # CIFAR-10 as before; CIFAR-100
+        labels = np.arange(classes).repeat(2)
+        figures.confusion_chart(labels, labels[::-1], [f"class {i}" for i in range(classes)], "only")
+        [axes, _] = drawn[-1].axes  # the matrix and its colour bar
+        assert len(axes.get_xticklabels()) == len(axes.get_yticklabels()) == names_shown
+        assert len(axes.texts) == numbers  # a number in every cell only where they fit
+
+
 # --- the keras.datasets layouts ------------------------------------------------------------------------
 
 
