@@ -71,6 +71,7 @@ class Study:
     attribution: tuple[AttributionComponent, ...] = ()  # [attribution]; empty: one component per ladder step
     # The command line's --set values, already put into every step: recorded with the runs.
     overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    model_rules: Mapping[str, Rule] = field(default_factory=dict, compare=False)  # [model_rules], checked on --set too
 
     def overrides_json(self) -> str:
         """The --set values as recorded in a run's tag: JSON, "{}" for none."""
@@ -118,7 +119,8 @@ def load_study(name_or_path: str | Path) -> Study:
     """Read and validate a study file (a path, or a shipped study's name); every error names the file and the key."""
     path = find_study(name_or_path)
     data, where = _read_toml(path), path.name
-    _check_keys(data, {"study", "base", "steps", "baselines", "search", "attribution"}, where, "top level")
+    _check_keys(data, {"study", "base", "steps", "baselines", "search", "attribution", "model_rules"}, where,
+                "top level")
     # [study]: who the study is.
     meta = data.get("study")
     if meta is None:
@@ -150,6 +152,9 @@ def load_study(name_or_path: str | Path) -> Study:
         study = dataclasses.replace(study, search=_make_search(data["search"], study, where))
     if "attribution" in data:
         study = dataclasses.replace(study, attribution=_make_attribution(data, study, cumulative, where))
+    if "model_rules" in data:
+        study = dataclasses.replace(study, model_rules=_make_model_rules(data["model_rules"], study, where))
+        check_model_rules(study, where)
     return study
 
 
@@ -266,6 +271,46 @@ def check_model(value, where: str) -> str:
     return model
 
 
+def _make_model_rules(table, study: Study, where: str) -> dict[str, Rule]:
+    """[model_rules]: narrower rules for knobs of the study's import-path models: `knob = { low = 1, high = 64 }`
+    (a number, or each item of a list; either bound may be left out) or `knob = { choices = [...] }`."""
+    knobs = {knob for step in study.steps if is_import_path(step.config.model) for knob in step.config.model_args}
+    _check_keys(table, knobs, where, "[model_rules] (knobs of the study's import-path models)")
+    rules = {}
+    for knob, spec in table.items():
+        at = f"[model_rules] {knob}"
+        _check_keys(spec, {"low", "high", "choices"}, where, at)
+        choices, low, high = spec.get("choices"), spec.get("low"), spec.get("high")
+        if choices is not None and len(spec) == 1 and isinstance(choices, list) and choices:
+            rules[knob] = Rule(f"one of {choices}",
+                               lambda v, c=tuple(choices): any(type(v) is type(x) and v == x for x in c))
+        elif choices is None and spec and all(finite(b) for b in spec.values()) and (len(spec) == 1 or low <= high):
+            bounds = " and ".join(f"{sign} {bound}" for sign, bound in ((">=", low), ("<=", high)) if bound is not None)
+            rules[knob] = Rule(f"{bounds} (for a list: each item)", lambda v, lo=low, hi=high: all(
+                                   finite(x) and (lo is None or x >= lo) and (hi is None or x <= hi)
+                                   for x in (v if isinstance(v, (list, tuple)) else [v])))
+        else:
+            raise StudyError(f"{where}: {at}: give low and/or high (finite numbers, low <= high) or choices "
+                             f"(a non-empty list), not both; got {shown(spec)}")
+    return rules
+
+
+def check_model_rules(study: Study, where: str):
+    """The knobs of the study's import-path models, in every step and the search's bounds, pass its [model_rules]."""
+    for step in study.steps:
+        for knob, rule in study.model_rules.items():
+            if is_import_path(step.config.model) and knob in step.config.model_args:
+                checked(rule, f"model_args.{knob} ([model_rules])", step.config.model_args[knob],
+                        f"{where}: step {step.name!r}")
+    if study.search is not None:
+        base = study.step(study.search.base_step).config
+        for param in study.search.params:
+            if param.name in study.model_rules and is_import_path(base.model) and param.name in base.model_args:
+                for value in param.choices or (param.low, param.high):
+                    checked(study.model_rules[param.name], f"{param.name} ([model_rules])", value,
+                            f"{where}: [search.params.{param.name}]")
+
+
 def parse_overrides(items, where: str = "--set") -> dict[str, Any]:
     """FIELD=VALUE strings as flat name -> value; VALUE is read as TOML (3, 1e-3, true, [[5, 0.1]]), else as text.
 
@@ -317,7 +362,9 @@ def apply_overrides(study: Study, values: Mapping[str, Any], where: str = "--set
     if unused:
         models = sorted({s.config.model for s in steps})
         raise StudyError(f"{where}: {unused} are knobs of no model this study runs ({', '.join(models)})")
-    return dataclasses.replace(study, steps=tuple(steps), overrides={**study.overrides, **values})
+    study = dataclasses.replace(study, steps=tuple(steps), overrides={**study.overrides, **values})
+    check_model_rules(study, where)
+    return study
 
 
 def _make_search(data, study: Study, where: str) -> SearchSpace:

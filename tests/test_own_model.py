@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation import tracking
@@ -130,7 +131,8 @@ def test_a_queue_worker_trains_a_model_by_import_path_and_one_without_its_module
         (line,) = lacking.stderr.strip().splitlines()
         assert line.startswith("error: queue ") and "'ownnets.tiny:small'" in line and "'ownnets'" in line, line
         worker = command("worker", [*work, "--idle", "0"], environment(store, code))
-        assert worker.returncode == 0 and "ran 1 unit(s)" in worker.stdout, worker.stdout[-3000:] + worker.stderr[-3000:]
+        assert worker.returncode == 0 and "ran 1 unit(s)" in worker.stdout, (worker.stdout[-3000:]
+                                                                           + worker.stderr[-3000:])
         planner.wait(300)
     finally:
         if planner.poll() is None:
@@ -153,3 +155,76 @@ def test_a_model_path_that_cannot_be_used_is_one_line_and_exit_2(tmp_path, cifar
         (line,) = done.stderr.strip().splitlines()
         assert line.startswith("error: ") and "own.toml" in line and model in line and needle in line, line
     assert not (tmp_path / "store" / "mlflow.db").exists()  # nothing was written
+
+
+RULES = """
+[model_rules]
+filters = { low = 1, high = 16 }
+pool = { choices = ["max", "average"] }
+
+[search]
+[search.params.filters]
+type = "int"
+low = 2
+high = 8
+"""
+
+BAD = '''
+def no_default(input_shape, num_classes, *, width):
+    pass
+
+
+def computed(input_shape, num_classes, *, width=2 ** 3):
+    pass
+
+
+def config_named(input_shape, num_classes, *, epochs=3):
+    pass
+
+
+def none_default(input_shape, num_classes, *, activation=None):
+    pass
+'''
+
+
+def test_knob_rules_come_from_the_defaults_and_model_rules_narrow_them(tmp_path, monkeypatch):
+    from ablation.config import StudyError
+    from ablation.study import apply_overrides, check_model, load_study
+
+    package = tmp_path / "code" / "ownrules"  # a name of its own: this process keeps the packages it imported
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tiny.py").write_text(MODEL)
+    (package / "bad.py").write_text(BAD)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    path = tmp_path / "own.toml"
+    path.write_text(STUDY.format(model="ownrules.tiny:small") + RULES)
+    # Checking the study reads the model's source: no Keras (a fresh process, so nothing imported it before).
+    probe = (f"import sys; from ablation.study import load_study; load_study({str(path)!r}); "
+             "print('keras' in sys.modules)")
+    checked = subprocess.run([sys.executable, "-c", probe], env=environment(tmp_path, tmp_path / "code"), cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert checked.stdout.strip() == "False", checked.stdout + checked.stderr
+    study = load_study(path)
+    assert dict(study.step("small").config.model_args) == {"filters": 4, "dense_units": 8, "pool": "max"}
+    assert apply_overrides(study, {"filters": 16, "pool": "average"}).step("small").config.model_args["filters"] == 16
+    refused = [({"filters": 2.5}, "model_args.filters must be an integer, got 2.5"),
+               ({"filters": 17}, "model_args.filters ([model_rules]) must be >= 1 and <= 16"),
+               ({"pool": 3}, "model_args.pool must be a string, got 3"),
+               ({"pool": "min"}, "must be one of ['max', 'average']"),
+               ({"fliters": 3}, "unknown key(s) ['fliters']; allowed: ")]
+    for values, needle in refused:
+        with pytest.raises(StudyError) as error:
+            apply_overrides(study, values)
+        assert needle in str(error.value) and "--set" in str(error.value), str(error.value)
+    path.write_text(STUDY.format(model="ownrules.tiny:small") + RULES.replace("high = 8", "high = 32"))
+    with pytest.raises(StudyError, match=r"own.toml: \[search.params.filters\]: filters \(\[model_rules\]\) must be"):
+        load_study(path)
+    for function, needle in [("no_default", "every knob (keyword-only argument) needs a literal default"),
+                             ("computed", "every knob (keyword-only argument) needs a literal default"),
+                             ("config_named", "knob 'epochs' is named like a Config field"),
+                             ("none_default", "knob 'activation': its default None is none of")]:
+        with pytest.raises(StudyError) as error:
+            check_model(f"ownrules.bad:{function}", "own.toml: [base]")
+        assert str(error.value).startswith(f"own.toml: [base]: model 'ownrules.bad:{function}'") and needle in str(
+            error.value), str(error.value)
