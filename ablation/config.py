@@ -393,21 +393,17 @@ def checked(rule: Rule, name: str, value, where: str):
 
 def check_combination(config: Config, where: str):
     """A StudyError naming `where` and the fields, where fields of the config cannot apply together."""
-    rewrites_rate = "lr_decay = \"cosine\"" if config.lr_decay == "cosine" else "warmup_epochs" if config.warmup_epochs else ""
+    schedule = "lr_decay = \"cosine\"" if config.lr_decay == "cosine" else "warmup_epochs" if config.warmup_epochs else ""
     problems = [
-        (config.nesterov and config.optimizer != "sgd",
-         f"nesterov = true needs optimizer = \"sgd\" (Nesterov momentum is SGD's), got {config.optimizer!r}"),
-        (rewrites_rate and config.reduce_lr_monitor,
-         f"{rewrites_rate} sets the learning rate every epoch and would undo ReduceLROnPlateau's drops: "
-         "set reduce_lr_monitor = \"\" or leave the schedule out"),
-        (config.lr_decay == "cosine" and config.lr_schedule,
-         "lr_decay = \"cosine\" and lr_schedule are two decays of the learning rate: set one of them"),
-        (config.warmup_epochs >= config.epochs,
-         f"warmup_epochs ({config.warmup_epochs}) must be fewer than epochs ({config.epochs})"),
+        (config.nesterov and config.optimizer != "sgd", f"nesterov = true needs optimizer = \"sgd\", got {config.optimizer!r}"),
+        (schedule and config.reduce_lr_monitor, f"{schedule} sets the learning rate every epoch, undoing "
+                                                "ReduceLROnPlateau's drops: set reduce_lr_monitor = \"\" or leave it out"),
+        (config.lr_decay == "cosine" and config.lr_schedule, "lr_decay = \"cosine\" and lr_schedule are two decays: set one"),
+        (config.warmup_epochs >= config.epochs, f"warmup_epochs ({config.warmup_epochs}) must be fewer than epochs ({config.epochs})"),
     ]
-    for wrong, message in problems:
-        if wrong:
-            raise StudyError(f"{where}: {message}")
+    wrong = [message for broken, message in problems if broken]
+    if wrong:
+        raise StudyError(f"{where}: {wrong[0]}")
 
 
 def shown(value) -> str:
