@@ -118,11 +118,23 @@ def test_mixup_and_cutmix_make_soft_targets_from_the_runs_seed(splits):
     np.testing.assert_allclose(targets[changed, labels[changed]], kept[changed], atol=1e-6)
 
 
-def test_mixing_changes_training_and_repeats_with_its_seed(splits, plain):
-    mixing = dataclasses.replace(TINY, mixup_alpha=0.4, cutmix_alpha=1.0)
-    first, second = train(mixing, splits), train(mixing, splits)
-    assert first.history["loss"] == second.history["loss"]  # bit for bit
-    assert first.history["loss"] != plain.history["loss"]
+MIXING = dataclasses.replace(TINY, mixup_alpha=0.4, cutmix_alpha=1.0)
+
+
+@pytest.fixture(scope="module")
+def mixed(splits):
+    return train(MIXING, splits)
+
+
+def test_mixing_changes_training_and_repeats_with_its_seed(splits, plain, mixed):
+    assert train(MIXING, splits).history["loss"] == mixed.history["loss"]  # bit for bit
+    assert mixed.history["loss"] != plain.history["loss"]
+
+
+def test_a_resumed_run_mixes_as_an_unbroken_one(splits, mixed, tmp_path):
+    train(dataclasses.replace(MIXING, epochs=1), splits, checkpoint_folder=tmp_path)  # then stopped
+    resumed = train(MIXING, splits, checkpoint_folder=tmp_path)  # goes on from the save after epoch 1
+    assert resumed.history["loss"] == mixed.history["loss"]  # epoch 2: the same batches, the same mixes
 
 
 def test_top5_accuracy_is_logged_each_epoch_and_at_test(splits, plain):
