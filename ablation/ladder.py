@@ -214,18 +214,22 @@ def prepare(args):
     return study, profile, steps
 
 
-def train(args, study, profile, steps) -> list[dict]:
-    """Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue."""
-    from ablation import runner, workqueue
+def train(args, study, profile, steps, alpha=None) -> list[dict]:
+    """Phase 2: the steps, seed by seed: in this process (live bars on a terminal) or through the shared queue.
+
+    `alpha`: the level the verdicts use (default: stats.ALPHA), recorded on the parent with --rope.
+    """
+    from ablation import runner, stats, workqueue
     from ablation.console import Display
 
+    verdicts = {"rope": args.rope / 100, "alpha": stats.ALPHA if alpha is None else alpha}
     if args.workers:
         return workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
-                                           log_models=args.log_models, plan_only=args.plan_only)
+                                           log_models=args.log_models, plan_only=args.plan_only, **verdicts)
     with Display() as display:
         return runner.run_ladder(study, profile, steps, args.data, args.force, display,
                                  keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
-                                 log_models=args.log_models)
+                                 log_models=args.log_models, **verdicts)
 
 
 def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
@@ -242,7 +246,8 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
     rows, decided, needed = {}, {}, only
     for look, seeds in enumerate(schedule, start=1):
         grown = dataclasses.replace(study, seeds=tuple(range(seeds)))
-        for row in train(args, grown, profile, runner.resolve_steps(grown, profile, None, needed, args.vary_split)):
+        for row in train(args, grown, profile, runner.resolve_steps(grown, profile, None, needed, args.vary_split),
+                         alpha):
             rows[row["step"], row["seed"]] = row
         summary = runner.ladder_evidence(list(rows.values()), steps, rope=args.rope / 100, alpha=alpha)
         undecided = evidence.still_open(summary["changes"], decided)

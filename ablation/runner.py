@@ -159,24 +159,27 @@ def ladder_units(study, profile, steps, log_models="none") -> list[Unit]:
 
 
 def run_ladder(study, profile, steps, data_path=None, force=False, say=print, keep_checkpoints=False,
-               stop_on_failure=False, log_models="final", queue=None) -> list[dict]:
+               stop_on_failure=False, log_models="final", queue=None, rope=evidence.stats.ROPE,
+               alpha=evidence.stats.ALPHA) -> list[dict]:
     """Run (or reuse) every resolved step under one parent run; returns one row per step and seed.
 
     `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` as
     `ladder_units` takes it; `queue`: `run_units` through the shared queue (`workqueue.run_units_shared`,
-    the same arguments), or None to run the units here.
+    the same arguments), or None to run the units here; `rope`, `alpha`: the verdicts' equivalence
+    margin and level, recorded on the parent run and used by its summary (and later by the report).
     """
     seeds = sorted({step.config.seed for step in steps})
     split_seeds = sorted({step.config.split_seed for step in steps})
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.SEEDS: seeds,
-                   Tag.OVERRIDES: study.overrides_json(), Tag.NOTE: f"{study.title}: {profile.name} profile"}
+                   Tag.OVERRIDES: study.overrides_json(), Tag.NOTE: f"{study.title}: {profile.name} profile",
+                   Tag.ROPE: rope, Tag.ALPHA: alpha}
     units = ladder_units(study, profile, steps, log_models)
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
     if study.overrides:
         say(f"overrides (every step): {study.overrides_json()}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
     return (queue or run_units)(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                                summarize=lambda rows: ladder_evidence(rows, steps),
+                                summarize=lambda rows: ladder_evidence(rows, steps, rope, alpha),
                                 keep_checkpoints=keep_checkpoints, stop_on_failure=stop_on_failure)
 
 

@@ -74,6 +74,10 @@ class Tag:
     SPLIT_SEED = PREFIX + "split_seed"  # which images were train / validation / test subset
     SEEDS = PREFIX + "seeds"  # on a ladder parent: the JSON list of training seeds every step ran with
     COMPARE_TO = PREFIX + "compare_to"  # on a baseline: the step its change is tested against
+    # On a ladder parent: the equivalence margin (accuracy, 0.01 = 1 point) and the family-wise level its
+    # verdicts used, so that the report judges the changes as the ladder did.
+    ROPE = PREFIX + "rope"
+    ALPHA = PREFIX + "alpha"
     REUSED_FROM = PREFIX + "reused_from"
     MIGRATED_FROM = PREFIX + "migrated_from"  # on a run copied by python -m ablation.migrate: its id in the source
     PLAN_KEY = PREFIX + "plan_key"  # on a parent: its units' work, so that the same command resumes it

@@ -324,11 +324,12 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print,
-                      log_models="final", plan_only=False) -> list[dict]:
+                      log_models="final", plan_only=False, **verdicts) -> list[dict]:
     """`runner.run_ladder` (the same parent, units and summary) through the shared queue at `storage`: plan its
     units (or join the same plan), work on them (with `plan_only` only wait for the workers); its rows."""
     queue = functools.partial(run_units_shared, storage=storage, plan_only=plan_only)
-    return runner.run_ladder(study, profile, steps, data_path, force, say, log_models=log_models, queue=queue)
+    return runner.run_ladder(study, profile, steps, data_path, force, say, log_models=log_models, queue=queue,
+                             **verdicts)  # rope, alpha
 
 
 def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,

@@ -96,10 +96,11 @@ def ladder_runs(smoke):
 
 @pytest.fixture(scope="module")
 def seeded(smoke, cifar_path, tmp_path_factory):
-    """A copy of the smoke store where a two-seed ladder ran last, and its report (not logged)."""
+    """A copy of the smoke store where a two-seed ladder with a 3-point margin ran last, and its report (not logged)."""
     store = tmp_path_factory.mktemp("seeded") / "store"
     shutil.copytree(smoke[0], store, ignore=shutil.ignore_patterns("report", "search-reports"))
-    done = command("ladder", ["--profile", "smoke", "--seeds", "2", "--no-report", "--data", str(cifar_path)], store)
+    done = command("ladder", ["--profile", "smoke", "--seeds", "2", "--rope", "3", "--no-report", "--data", str(cifar_path)],
+                   store)
     assert done.returncode == 0, done.stdout + done.stderr
     out = store / "report"
     made = command("report", ["--data", str(cifar_path), "--out", str(out), "--no-log"], store)
@@ -356,15 +357,16 @@ def test_summary_over_seeds_matches_mlflow(seeded):
 
 
 @pytest.mark.slow
-def test_changes_over_seeds_are_paired_by_seed(seeded):
+def test_changes_over_seeds_are_paired_by_seed_and_judged_at_the_ladders_margin(seeded):
     store, out = seeded
-    _, _, _, steps = latest_ladder(store)
+    client, _, parent, steps = latest_ladder(store)
     accuracy = {(r.data.tags[Tag.STEP], int(r.data.tags[Tag.SEED])): r.data.metrics["test_accuracy"] for r in steps}
     markdown = (out / "report.md").read_text()
     table = markdown_table(markdown, "Which steps helped")
     pairs = pairs_of(steps)
     judged = stats.with_verdicts([stats.paired_change([accuracy[(against, s)] for s in (0, 1)],
-                                                      [accuracy[(step, s)] for s in (0, 1)]) for step, against in pairs])
+                                                      [accuracy[(step, s)] for s in (0, 1)]) for step, against in pairs],
+                                 rope=0.03)  # the ladder's --rope 3
     assert len(table) == len(pairs) == len(STEPS) - 1
     for row, (step, against), change in zip(table.to_dict("records"), pairs, judged, strict=True):
         differences = [accuracy[(step, s)] - accuracy[(against, s)] for s in (0, 1)]
@@ -378,7 +380,11 @@ def test_changes_over_seeds_are_paired_by_seed(seeded):
                                                                        stats.UNDECIDED)
     assert "McNemar p, Holm (test images)" not in table.columns  # two seeds: tests over seeds, no McNemar
     section = markdown.split("## Which steps helped\n", 1)[1].split("\n## ", 1)[0]
-    assert "n = 2" in section and "no test over seeds" not in section
+    assert "n = 2" in section and "no test over seeds" not in section and "within ±3 pp" in section
+    # The ladder's own summary judged at the same margin, as the parent run records it.
+    assert float(parent.data.tags[Tag.ROPE]) == 0.03
+    summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json")).read_text())
+    assert [c["change"]["rope"] for c in summary["changes"]] == [0.03] * len(pairs)
 
 
 @pytest.mark.slow

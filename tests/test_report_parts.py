@@ -121,7 +121,7 @@ def test_one_seed_changes_take_mcnemar_on_the_test_images():
     assert shown["n seeds"].tolist() == ["1", "1"] and shown["p (t, pooled SD)"].tolist() == ["", ""]
     assert shown["verdict"].tolist() == [stats.ONE_SEED, stats.ONE_SEED]  # one seed: no verdict on training noise
     assert shown["McNemar p, Holm (test images)"].iloc[0].startswith("<0.001 (30 vs 0")
-    section = sections.changes_section(tables.change_table(changes))
+    section = sections.changes_section(tables.change_table(changes), stats.ROPE, stats.ALPHA)
     assert any("no test over seeds" in note for note in section.notes)
 
 
@@ -221,7 +221,7 @@ def test_a_one_step_ladder_has_no_change_to_test():
     ladder.pairs = []
     steps, changes = tables.ladder_evidence(ladder)
     assert len(steps) == 1 and changes == []
-    section = sections.changes_section(tables.change_table(changes))
+    section = sections.changes_section(tables.change_table(changes), stats.ROPE, stats.ALPHA)
     assert section.table.empty and section.notes == ["nothing to compare: the ladder has a single step"]
 
 

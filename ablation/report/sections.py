@@ -88,7 +88,7 @@ def ladder_sections(ladder: Ladder, title: str) -> tuple[list[Section], dict[str
                     "copied from an earlier run of the same work). The same table is ladder_summary.csv beside "
                     "this report.")
     section.notes += unfinished_notes(ladder)
-    sections = [section, changes_section(changes)]
+    sections = [section, changes_section(changes, *tables.verdict_settings(ladder))]
     sections += curve_sections(ladder)
     sections.append(architecture_section(ladder, summary))
     return sections, {"ladder_summary.csv": summary}
@@ -102,8 +102,8 @@ def unfinished_notes(ladder: Ladder) -> list[str]:
             for _, run in ladder.unfinished.iterrows()]
 
 
-def changes_section(changes: pd.DataFrame) -> Section:
-    """Which steps helped: each change tested over the seeds both steps ran with."""
+def changes_section(changes: pd.DataFrame, rope: float, alpha: float) -> Section:
+    """Which steps helped: each change tested over the seeds both steps ran with, at the ladder's margin and level."""
     section = Section("Which steps helped", table=tables.show_changes(changes))
     if changes.empty:
         section.notes.append("nothing to compare: the ladder has a single step")
@@ -116,7 +116,7 @@ def changes_section(changes: pd.DataFrame) -> Section:
                     "is larger than the change's own (with the degrees of freedom of all of them); p (sign-flip): "
                     "the per-seed differences' sign flips, no pooling, which cannot go below 2/2^n; p (Holm): "
                     "adjusted over the changes and their equivalence tests, which the verdict uses. helped or hurt: "
-                    "p (Holm) below 0.05; equivalent: within the margin (±1 pp unless the ladder ran with --rope) by "
+                    f"p (Holm) below {alpha:.4g}; equivalent: within ±{100 * rope:.4g} pp (the ladder's --rope) by "
                     "two one-sided tests; undecided: neither, with the seeds per step that would likely decide it; "
                     "smallest detectable: the true difference found with 80% power at the level the change is "
                     "tested at. The test images are the same for every run: the verdicts speak of these images.")

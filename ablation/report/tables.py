@@ -36,10 +36,20 @@ def records(ladder: Ladder) -> list[dict]:
 
 
 def ladder_evidence(ladder: Ladder) -> tuple[list[evidence.StepEvidence], list[evidence.ChangeEvidence]]:
-    """Each step over its seeds and each change (step against the one before; a baseline against its own)."""
+    """Each step over its seeds and each change (step against the one before; a baseline against its own).
+
+    The changes are judged at the margin and level the ladder recorded (`verdict_settings`).
+    """
     found = records(ladder)
     order = [(row["step"], bool(row["baseline"])) for _, row in ladder.steps.iterrows()]
-    return evidence.summarize_steps(found, order), evidence.compare_steps(found, ladder.pairs)
+    return evidence.summarize_steps(found, order), evidence.compare_steps(found, ladder.pairs, *verdict_settings(ladder))
+
+
+def verdict_settings(ladder: Ladder) -> tuple[float, float]:
+    """(rope, alpha) of the ladder's parent run: its --rope and its level; the defaults for a ladder that predates them."""
+    recorded = [ladder.parent.get(col(tag)) for tag in (Tag.ROPE, Tag.ALPHA)]
+    return tuple(default if isna(value) else float(value)
+                 for value, default in zip(recorded, (stats.ROPE, stats.ALPHA), strict=True))
 
 
 def step_summary(ladder: Ladder, steps: list[evidence.StepEvidence]) -> pd.DataFrame:
