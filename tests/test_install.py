@@ -23,30 +23,38 @@ pytestmark = pytest.mark.slow
 
 
 def build_wheel(folder: Path) -> Path:
-    """The project's wheel, built offline from a copy of its sources (build isolation only without setuptools)."""
+    """The project's wheel, built from a copy of its sources (the build writes beside them)."""
     source = folder / "source"
+    source.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, source / name)
+        shutil.copy(REPO / name, source)
     for name in ("ablation", "studies"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(folder / "wheels"),
-                    str(source)], check=True, capture_output=True, text=True)
+    # Offline where this environment can build a wheel itself: setuptools with bdist_wheel (its own from 70.1, else
+    # the wheel package's); otherwise pip's build isolation downloads them (CI has the internet).
+    offline = importlib.util.find_spec("setuptools") and (importlib.util.find_spec("wheel") or importlib.util.find_spec(
+        "setuptools.command.bdist_wheel"))
+    isolation = ["--no-build-isolation"] if offline else []
+    succeed([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", folder / "wheels", source])
     return next((folder / "wheels").glob("ablation-*.whl"))
 
 
 def fresh_environment(folder: Path, wheel: Path) -> Path:
     """A new virtual environment with the wheel installed (not editable) and this environment's packages visible."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
+    succeed([sys.executable, "-m", "venv", "--without-pip", folder / "venv"])
     python = folder / "venv" / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = succeed([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
     ours = dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"]])
     (Path(purelib) / "dependencies.pth").write_text("\n".join(ours) + "\n")  # after its own site-packages on sys.path
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
-                    str(wheel)], check=True, capture_output=True, text=True)
+    succeed([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel])
     return python
+
+
+def succeed(command, **options) -> str:
+    """Run a command that must succeed; its stdout (its stderr in the failure)."""
+    done = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=600, **options)
+    assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
+    return done.stdout
 
 
 def test_the_wheel_holds_every_module_and_the_studies(tmp_path):
@@ -64,9 +72,8 @@ def test_an_installed_package_runs_a_shipped_study_by_name_from_any_folder(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/store/mlflow.db"
     (tmp_path / "store").mkdir()
-    where = subprocess.run([python, "-c", "import ablation.study as s; print(s.SHIPPED_STUDIES)"], cwd=elsewhere,
-                           env=env, check=True, capture_output=True, text=True).stdout.strip()
-    assert Path(where).is_relative_to(tmp_path / "venv"), where
+    where = succeed([python, "-c", "import ablation.study as s; print(s.SHIPPED_STUDIES)"], cwd=elsewhere, env=env)
+    assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
     done = subprocess.run([python, "-m", "ablation.ladder", "--study", "assignment", "--profile", "smoke",
                            "--steps", "template", "--data", str(cifar_path)],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
