@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             study, profile = prepare(args)
-            from ablation import attribution, workqueue  # the engines (MLflow; Keras when a subset trains)
+            from ablation import attribution_output, workqueue  # the table; the queue (MLflow), for its error below
 
             result = attribute(args, study, profile)
         except (StudyError, DataError, StoreError) as error:
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     cpu = ended.user + ended.system - cpu_started.user - cpu_started.system
     print(f"\n{study.title}: {args.design} ({profile.name} profile), {time.perf_counter() - started:.0f} s wall, "
           f"{cpu:.0f} CPU-s\n")
-    print(attribution.format_table(result))
+    print(attribution_output.format_table(result))
     print("\nwritten: " + ", ".join(result["files"]))
     for failed in result["failed"]:  # its subsets count as missing in the table above
         print(f"FAILED: base + {failed['components']} seed {failed['seed']}: {failed['error']}", file=sys.stderr)

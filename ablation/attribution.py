@@ -12,7 +12,6 @@ computed per training seed and summarized over seeds (docs/statistics.md). `sear
 the search's best trial against its base step the same way, one component per knob it changed.
 """
 
-import csv
 import dataclasses
 import json
 import math
@@ -28,7 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ablation import runner, stats, tracking
-from ablation.attribution_figure import draw_attribution
+from ablation.attribution_output import LADDER, MEASURES, SEARCH, file_stem, write_outputs
 from ablation.config import CONFIG_FIELDS, Config, StudyError, with_values
 from ablation.data import LazySplits
 from ablation.models import model_defaults
@@ -36,8 +35,6 @@ from ablation.tracking import Kind, Tag
 
 MAX_ORDERS = 200  # sampled Shapley: orders drawn at most, however large the budget
 ORDERS_SEED = 0  # the sampled orders are the same on every invocation, so a re-run reuses every subset
-MEASURES = ("ladder_gain", "leave_one_out", "add_one_in", "shapley")
-LADDER, SEARCH = "ladder", "search"
 
 
 @dataclass(frozen=True)
@@ -279,7 +276,7 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
         outcome.update(attribute(study, profile, game, plan, seeds, rows, data, deterministic))
         outcome["failed"] = [{"components": row["components"], "seed": row["seed"], "error": row["error"]}
                              for row in rows if row["status"] == "failed"]
-        files.extend(write_outputs(outcome, Path(reports) / study.name))
+        files.extend(_write_and_log(outcome, Path(reports) / study.name))
         return outcome
 
     parent_tags = {Tag.KIND: Kind.DESIGN, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.DESIGN: design,
@@ -290,9 +287,13 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
     return {**outcome, "files": files}
 
 
-def file_stem(kind: str, design: str) -> str:
-    """attribution-<design> for the ladder, attribution-search-<design> for the search's best trial."""
-    return f"attribution-{design}" if kind == LADDER else f"attribution-search-{design}"
+def _write_and_log(result: dict, folder: Path) -> list[str]:
+    """The attribution's CSV, Markdown and PNG logged on the active (parent) run and copied under `folder`."""
+    with tempfile.TemporaryDirectory() as scratch:
+        written = write_outputs(result, Path(scratch))
+        tracking.log_report(Path(scratch), tracking.active_run_id(), "attribution")
+        folder.mkdir(parents=True, exist_ok=True)
+        return [str(shutil.copy(path, folder)) for path in written]
 
 
 def describe_game(study, profile, game: Game) -> str:
@@ -487,128 +488,3 @@ def _order_effect(measured: dict, game: Game, shared) -> list | None:
     # A component sharing its step with others has only the whole step's ladder gain: no order effect of its own.
     return [None if c.name in shared else _summary(ladder[1][i, at_ladder] - shapley[1][i, at_shapley])
             for i, c in enumerate(game.components)]
-
-
-# ---------------------------------------------------------------------------------------------
-# The attribution as a table (terminal, Markdown, CSV) and a figure.
-
-
-HEADERS = {"ladder_gain": "ladder gain", "leave_one_out": "leave-one-out drop", "add_one_in": "add-one-in gain",
-           "shapley": "Shapley value", "order_effect": "ladder - Shapley", "importance": "Optuna importance"}
-RUN_IT = {"leave_one_out": "--design leave-one-out", "add_one_in": "--design add-one-in", "shapley": "--design shapley"}
-
-
-def _cell(summary: dict | None) -> str:
-    """Points of test accuracy: the mean over seeds and, with two seeds or more, its 95% interval."""
-    if summary is None:
-        return ""
-    points = lambda value: f"{round(100 * value, 1) + 0.0:+.1f}"  # noqa: E731  (+ 0.0: no "-0.0" from rounding)
-    return points(summary["mean"]) if summary["n"] < 2 else \
-        f"{points(summary['mean'])} [{points(summary['low'])}, {points(summary['high'])}]"
-
-
-def _table_columns(result: dict) -> list[str]:
-    first = ["importance"] if result["game"] == SEARCH else ["ladder_gain"]
-    return first + ["leave_one_out", "add_one_in", "shapley"] + (["order_effect"] if result["order_effect"] else [])
-
-
-def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per component, then the sum and what is left over) of the attribution table."""
-    columns = _table_columns(result)
-    measures = result["measures"]
-    rows = []
-    for i, component in enumerate(result["components"]):
-        cells = []
-        for name in columns:
-            if name == "importance":
-                importance = result["importances"].get(component["name"])
-                cells.append("" if importance is None else f"{importance:.2f}")
-            elif name == "order_effect":
-                cells.append(_cell(result["order_effect"][i]))
-            else:
-                mark = " †" if name == "ladder_gain" and component["name"] in result["shared_step"] else ""
-                cells.append((_cell(measures[name]["components"][i]) + mark).strip() if measures[name] else "")
-        rows.append([component["name"], component["step"], *cells])
-    for label, key in (("sum of the components", "sum"), ("full gain - sum (interaction)", "left_over")):
-        rows.append([label, "", *(_cell(measures[name][key]) if measures.get(name) else "" for name in columns)])
-    return ["component", "step", *(HEADERS[name] for name in columns)], rows
-
-
-def format_table(result: dict) -> str:
-    """The attribution table and what its numbers mean, for the terminal."""
-    header, rows = table_rows(result)
-    widths = [max(len(row[i]) for row in [header, *rows]) + 2 for i in range(len(header))]
-    lines = ["".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join([lines[0], "-" * sum(widths), *lines[1:], "", *notes(result)])
-
-
-def notes(result: dict) -> list[str]:
-    """What the table's numbers are, which ones are missing and why, and the conflicts behind them."""
-    seeds = result["seeds"]
-    gain = result["full_gain"]
-    out = ["Points of test accuracy, mean over training seeds with its 95% interval (paired by seed) where n >= 2."]
-    if gain is not None:
-        out.append(f"Full gain ({result['full']} minus {result['base']}): {_cell(gain)} over seeds {gain['seeds']}.")
-    if result["measures"]["shapley"] is not None:
-        out.append("Shapley values: exact, over every subset." if result["shapley_exact"] else
-                   f"Shapley values: sampled from {result['plan']['orders']} antithetic orders ({result['plan']['subsets']}"
-                   f" subsets); their sampling standard errors (points, added into the intervals): "
-                   + ", ".join(f"{100 * se:.1f}" for se in result["sampling_se"]) + ".")
-    for name, verdicts in result.get("verdicts", {}).items():
-        if verdicts is not None:
-            out.append(f"Verdicts on the {HEADERS[name]} over seeds (pooled-SD t and equivalence within ±1 point, Holm "
-                       f"over the components): " + ", ".join(f"{c['name']} {v}" for c, v in
-                                                              zip(result["components"], verdicts, strict=True)) + ".")
-    out += [f"FAILED, so missing above: {result['base']} + {', '.join(f['components']) or 'nothing'}, seed {f['seed']}: "
-            f"{f['error']}" for f in result.get("failed", [])]
-    for name, flag in RUN_IT.items():
-        if result["measures"][name] is None:
-            out.append(f"{HEADERS[name]}: not all its subsets are in the store for seeds {seeds} (run {flag}).")
-    if result["game"] == LADDER and result["measures"]["ladder_gain"] is None:
-        out.append(f"ladder gain: no ladder run with seeds {seeds} at profile {result['profile']} "
-                   f"(python -m ablation.ladder --profile {result['profile']} --seeds {len(seeds)}).")
-    if result["shared_step"]:
-        out.append(f"† one ladder step that [attribution] splits ({', '.join(result['shared_step'])}): its whole gain "
-                   "is on the first of its components.")
-    out += [f"Conflict: {c['setting']} is set by " + " < ".join(f"{name} {value!r}" for name, value in c["values"])
-            + "; in a subset with several of them the last one's value holds." for c in result["conflicts"]]
-    return out
-
-
-def write_outputs(result: dict, folder: Path) -> list[str]:
-    """CSV, Markdown and PNG of the attribution, logged on the active (parent) run and written under `folder`."""
-    stem = file_stem(result["game"], result["design"])
-    header, rows = table_rows(result)
-    markdown = [f"# Attribution of {result['study']}: {result['design']}, {result['profile']} profile, "
-                f"seeds {result['seeds']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                *("| " + " | ".join(row) + " |" for row in rows), "", *notes(result), "", f"![attribution]({stem}.png)", ""]
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        with open(scratch / f"{stem}.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(_csv_rows(result)[0]))
-            writer.writeheader()
-            writer.writerows(_csv_rows(result))
-        (scratch / f"{stem}.md").write_text("\n".join(markdown))
-        draw_attribution(result, scratch / f"{stem}.png", {name: HEADERS[name] for name in MEASURES})
-        tracking.log_report(scratch, tracking.active_run_id(), "attribution")
-        folder.mkdir(parents=True, exist_ok=True)
-        return [str(shutil.copy(scratch / f"{stem}.{suffix}", folder)) for suffix in ("csv", "md", "png")]
-
-
-def _csv_rows(result: dict) -> list[dict]:
-    """Per component, then their sum and what is left over: every measure's mean, interval and n (fractions)."""
-    entries = [(c["name"], c["step"], i) for i, c in enumerate(result["components"])]
-    rows = []
-    for name, step, pick in entries + [("sum", "", "sum"), ("left_over", "", "left_over")]:
-        row = {"component": name, "step": step}
-        for measure in MEASURES:
-            column = result["measures"][measure]
-            summary = None if column is None else column["components"][pick] if step else column[pick]
-            row.update({f"{measure}_{part}": "" if summary is None else summary[part]
-                        for part in ("mean", "low", "high", "n")})
-        order = result["order_effect"][pick] if result["order_effect"] and step else None
-        row["order_effect_mean"] = "" if order is None else order["mean"]
-        row["importance"] = result["importances"].get(name, "") if step else ""
-        rows.append(row)
-    return rows

@@ -27,6 +27,7 @@ import mlflow.data
 import optuna
 import pandas as pd
 import psutil
+from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 from mlflow.entities import Metric, Param
 from mlflow.models import infer_signature
@@ -44,6 +45,9 @@ HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATIO
 MAX_RETRIES = 2  # times a trial whose worker died is queued again
 PROBE_SECONDS = 5  # how long a store check waits for a server or a database before it gives up
 KERAS_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what Keras downloads
+KERAS_URLS = {"cifar10": KERAS_CIFAR10_URL, "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+              "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+              "fashion_mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"}  # by the config's data
 UI_ADDRESS = "http://127.0.0.1:5000"  # where the README's `mlflow ui` serves an embedded store
 # The experiment kind MLflow's UI reads: "model training" opens on the runs, not the GenAI traces.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -540,15 +544,23 @@ def log_result(result, class_names):
                      "predictions": result.test_predictions.tolist()}, "test_predictions.json")
 
 
+def dataset_source(data: str, data_file: Path | None):
+    """Where the images of the config's `data` come from, as an MLflow dataset source."""
+    if ":" in data:  # a loader package.module:function: its code makes the arrays, whatever --data says
+        return CodeDatasetSource({"loader": data})
+    if data_file is not None:
+        return LocalArtifactDatasetSource(data_file.resolve().as_uri())
+    return HTTPDatasetSource(KERAS_URLS[data])
+
+
 def log_datasets(splits, data_file: Path | None):
     """The images a run trained, validated and was tested on, as MLflow dataset inputs.
 
     Named by part, with the split's fingerprint digest (runs on the same images group together) and
-    their source: the data file or folder, or the URL Keras downloads from when there is none.
+    their source: a loader's import path, the data file or folder, or the URL Keras downloads from.
     """
     fingerprint = splits.fingerprint
-    source = (LocalArtifactDatasetSource(data_file.resolve().as_uri()) if data_file is not None
-              else HTTPDatasetSource(KERAS_CIFAR10_URL))
+    source = dataset_source(fingerprint.get("dataset", "cifar10"), data_file)
     parts = (("train", splits.x_train, splits.y_train, "training"),
              ("validation", splits.x_val, splits.y_val, "validation"),
              ("test", splits.x_test, splits.y_test, "evaluation"))

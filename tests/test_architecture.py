@@ -17,7 +17,7 @@ LAYERS = [
     {"ablation", "ablation.models", "ablation.interrupt", "ablation.memory", "ablation.optuna_adapter"},
     {"ablation.config", "ablation.console"},
     {"ablation.study"},
-    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_figure",
+    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_output",
      "ablation.checkpoint", "ablation.bn_statistics"},
     {"ablation.evidence"},
     {"ablation.calibration"},

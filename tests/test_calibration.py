@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ablation import attribution, calibration, stats
+from ablation import attribution, attribution_output, calibration, stats
 
 # --- Sampled Shapley intervals --------------------------------------------------------------------------------
 
@@ -116,4 +116,4 @@ def test_leave_one_out_and_exact_shapley_values_get_the_ladders_verdicts():
                                             measured)
     assert result["verdicts"]["leave_one_out"] == [stats.HELPED, stats.EQUIVALENT]
     assert result["verdicts"]["shapley"] == [stats.HELPED, stats.EQUIVALENT]
-    assert any("x helped, y equivalent" in note for note in attribution.notes(result))
+    assert any("x helped, y equivalent" in note for note in attribution_output.notes(result))

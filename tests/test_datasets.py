@@ -1,4 +1,4 @@
-"""Data beyond CIFAR-10: CIFAR-100, (Fashion-)MNIST, image folders of any size, a user's loader; shapes flow to training.
+"""Data beyond CIFAR-10: CIFAR-100, (Fashion-)MNIST, image folders of any size, a user's loader; shapes flow on.
 
 Every archive here is built in tmp_path in its real layout with a few images per class (no internet);
 two image folders train through the ladder command at smoke size on a real MLflow store.
@@ -52,7 +52,8 @@ def _tar(path, members: dict):
 
 def _cifar100_archive(path, parts):
     # Protocol 3 keeps bytes as bytes (2 would pickle them through _codecs, which the safe unpickler refuses).
-    return _tar(path, {f"cifar-100-python/{name}": pickle.dumps(content, protocol=3) for name, content in parts.items()})
+    members = {f"cifar-100-python/{name}": pickle.dumps(content, protocol=3) for name, content in parts.items()}
+    return _tar(path, members)
 
 
 def _idx(values: np.ndarray) -> bytes:
@@ -99,7 +100,6 @@ title = "a dataset that is not CIFAR-10"
 source = "tests"
 
 [base]
-data = "images"
 {base}
 epochs = 1
 batch_size = 32
@@ -113,10 +113,10 @@ description = "one step"
 """
 
 
-def _ladder_run(tmp_path, name: str, base: str, tree):
+def _ladder_run(tmp_path, name: str, base: str, data=None):
     (tmp_path / "study.toml").write_text(STUDY.format(name=name, base=base))
     done = run_command("ladder", ["--study", str(tmp_path / "study.toml"), "--profile", "smoke", "--no-report",
-                                  "--data", str(tree)], tmp_path)
+                                  *(["--data", str(data)] if data else [])], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name(name)
@@ -129,7 +129,8 @@ def _ladder_run(tmp_path, name: str, base: str, tree):
 
 def test_a_100_class_48px_rgb_image_folder_trains_through_the_ladder(tmp_path):
     tree = _image_tree(tmp_path / "tree", classes=100, size=48, mode="RGB")
-    base = 'model = "vgg_like"\nmodel_args = { filters = [4, 8], convs_per_group = 1, dense_units = 8 }'
+    base = ('data = "images"\nmodel = "vgg_like"\n'
+            'model_args = { filters = [4, 8], convs_per_group = 1, dense_units = 8 }')
     run, predictions, out = _ladder_run(tmp_path, "hundred", base, tree)
     tags, params = run.data.tags, run.data.params
     assert (tags["data.dataset"], tags["data.image_shape"], tags["data.classes"]) == ("images", "[48, 48, 3]", "100")
@@ -140,7 +141,8 @@ def test_a_100_class_48px_rgb_image_folder_trains_through_the_ladder(tmp_path):
 
 def test_a_28px_grayscale_image_folder_trains_through_the_ladder_on_one_channel(tmp_path):
     tree = _image_tree(tmp_path / "tree", classes=10, size=28, mode="L", per_class=(16, 10))
-    run, predictions, _ = _ladder_run(tmp_path, "gray", 'model = "resnet_v1"\nmodel_args = { depth = 8 }', tree)
+    base = 'data = "images"\nmodel = "resnet_v1"\nmodel_args = { depth = 8 }'
+    run, predictions, _ = _ladder_run(tmp_path, "gray", base, tree)
     assert run.data.tags["data.image_shape"] == "[28, 28, 1]" and run.data.tags["data.classes"] == "10"
     assert len(predictions["class_names"]) == 10 and len(predictions["predictions"]) == 100
 
@@ -198,7 +200,8 @@ def test_fashion_mnist_loads_from_its_idx_files_as_one_channel(tmp_path):
     assert dataset.x_train.shape == (20, 28, 28, 1) and dataset.x_test.shape == (10, 28, 28, 1)
     assert np.array_equal(dataset.x_train[..., 0], arrays["x_train"]) and np.array_equal(dataset.x_test[..., 0],
                                                                                          arrays["x_test"])
-    assert dataset.y_train.tolist() == arrays["y_train"].tolist() and dataset.y_test.tolist() == arrays["y_test"].tolist()
+    assert dataset.y_train.tolist() == arrays["y_train"].tolist()
+    assert dataset.y_test.tolist() == arrays["y_test"].tolist()
     assert dataset.class_names == FASHION
 
 
@@ -208,7 +211,8 @@ def test_mnist_loads_from_keras_npz_and_from_idx_files(tmp_path):
     for path in (tmp_path / "mnist.npz", tmp_path, _idx_folder(tmp_path / "idx", arrays)):
         dataset = load_data(path, "mnist")
         assert dataset.class_names == tuple("0123456789") and dataset.x_train.shape == (20, 28, 28, 1)
-        assert np.array_equal(dataset.x_test[..., 0], arrays["x_test"]) and dataset.y_test.tolist() == list(range(9, -1, -1))
+        assert np.array_equal(dataset.x_test[..., 0], arrays["x_test"])
+        assert dataset.y_test.tolist() == list(range(9, -1, -1))
 
 
 def test_image_size_resizes_any_dataset_and_keeps_grayscale_one_channel(tmp_path):
@@ -246,6 +250,11 @@ def load():
     x_test = rng.integers(0, 256, (6, 10, 14), dtype=np.uint8)
     return x_train, (np.arange(12) % 3).reshape(-1, 1), x_test, np.arange(6) % 3, ["red", "green", "blue"]
 
+def more():
+    rng = np.random.default_rng(1)
+    return (rng.integers(0, 256, (40, 12, 16, 3), dtype=np.uint8), np.arange(40) % 4,
+            rng.integers(0, 256, (20, 12, 16, 3), dtype=np.uint8), np.arange(20) % 4)
+
 def floats():
     return np.zeros((4, 8, 8)), np.zeros(4, int), np.zeros((2, 8, 8)), np.zeros(2, int)
 '''
@@ -267,6 +276,20 @@ def test_a_loader_function_by_import_path(loader_module):
     assert splits.x_train.shape == (9, 10, 14, 1) and splits.fingerprint["dataset"] == f"{loader_module}:load"
 
 
+
+def test_a_loader_function_trains_through_the_ladder_and_is_the_runs_recorded_source(tmp_path, monkeypatch):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "user_loader.py").write_text(LOADER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "code"))  # the command imports the loader from there
+    base = ('data = "user_loader:more"\ntrain_subset = 40\ntest_subset = 20\nmodel = "vgg_like"\n'
+            'model_args = { filters = [4], convs_per_group = 1, dense_units = 8 }')
+    run, predictions, _ = _ladder_run(tmp_path, "loader", base)
+    assert run.data.tags["data.dataset"] == "user_loader:more" and run.data.tags["data.image_shape"] == "[12, 16, 3]"
+    assert predictions["class_names"] == ["0", "1", "2", "3"] and len(predictions["labels"]) == 20
+    sources = {json.loads(i.dataset.source)["tags"]["loader"] for i in run.inputs.dataset_inputs}
+    assert sources == {"user_loader:more"} and {i.dataset.source_type for i in run.inputs.dataset_inputs} == {"code"}
+
+
 # --- one-line errors for malformed inputs --------------------------------------------------------------
 
 
@@ -274,13 +297,15 @@ def _broken(tmp_path, case: str):
     """(path, data) of a malformed input."""
     parts = _cifar100_pickles()
     if case == "cifar100-no-test":
-        return _tar(tmp_path / "c.tar.gz", {"cifar-100-python/train": pickle.dumps(parts["train"], protocol=3)}), "cifar100"
+        train = pickle.dumps(parts["train"], protocol=3)
+        return _tar(tmp_path / "c.tar.gz", {"cifar-100-python/train": train}), "cifar100"
     if case == "cifar100-rows":
         parts["train"][b"data"] = parts["train"][b"data"][:, :100]
         return _cifar100_archive(tmp_path / "c.tar.gz", parts), "cifar100"
     if case == "cifar100-pickle":
         hostile = b"cos\nsystem\n(S'touch pwned'\ntR."
-        return _tar(tmp_path / "c.tar.gz", {"cifar-100-python/train": hostile, "cifar-100-python/test": b"x"}), "cifar100"
+        members = {"cifar-100-python/train": hostile, "cifar-100-python/test": b"x"}
+        return _tar(tmp_path / "c.tar.gz", members), "cifar100"
     folder = _idx_folder(tmp_path / "fashion", _mnist_arrays())
     if case == "idx-header":
         (folder / IDX["y_test"]).write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + bytes(8)))
@@ -299,7 +324,7 @@ BROKEN = {
     "cifar100-pickle": r"refusing to unpickle os\.system in c\.tar\.gz:cifar-100-python/train",
     "idx-header": r"t10k-labels-idx1-ubyte\.gz is not an idx file of 1-dimensional unsigned bytes",
     "idx-truncated": r"cannot read \S*train-images-idx3-ubyte\.gz \(EOFError: .*\): not a complete gzip file",
-    "idx-short": r"train-images-idx3-ubyte\.gz holds 15652 values after its header, \(20, 28, 28\) needs 15680: truncated",
+    "idx-short": r"images-idx3-ubyte\.gz holds 15652 values after its header, \(20, 28, 28\) needs 15680: truncated",
     "idx-missing": r"fashion lacks t10k-images-idx3-ubyte\.gz; accepted layouts for data = \"fashion_mnist\"",
 }
 
@@ -325,5 +350,6 @@ def test_a_bad_loader_is_a_one_line_error(loader_module, data, expected):
 
 @pytest.mark.parametrize("value", ["cifar1000", "my loader", 3])
 def test_an_unknown_data_name_is_refused_with_the_allowed_ones(value):
-    with pytest.raises(StudyError, match=r"study\.toml: \[base\].*data.*cifar100.*fashion_mnist.*package\.module:function"):
+    allowed = r"study\.toml: \[base\].*data.*cifar100.*fashion_mnist.*package\.module:function"
+    with pytest.raises(StudyError, match=allowed):
         check_field("data", value, "study.toml: [base]")

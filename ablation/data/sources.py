@@ -1,4 +1,4 @@
-"""Which images a run reads: the config's `data` (a dataset's name, "images" or a loader's import path) at --data PATH."""
+"""Which images a run reads: the config's `data` (a dataset, "images" or a loader's import path) at --data PATH."""
 
 import importlib
 import os

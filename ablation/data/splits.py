@@ -95,7 +95,7 @@ class LazySplits:
     def _cache_key(self, split_args: dict) -> str | None:
         path = resolve_data_path(self.path)
         if split_args["data"] not in DATASETS or path is None or not path.is_file():
-            return None  # a loader's arrays, or a folder (it can change inside without its mtime changing): never cached
+            return None  # a loader's arrays, or a folder (its contents change, its mtime need not): never cached
         stat = path.stat()
         return json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, sorted(split_args.items())])
 
