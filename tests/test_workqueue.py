@@ -69,7 +69,7 @@ def test_a_worker_whose_data_differs_from_the_planners_stops_with_both_digests(t
                            str(cifar_path), "--idle", "0"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"gives digest {planned['digest']}" in done.stderr and "gave ffffffffffffffff" in done.stderr
-    assert "point --data or $ABLATION_DATA at the same CIFAR-10" in done.stderr
+    assert "point --data or $ABLATION_DATA at the same data as the planner" in done.stderr
     trial = optuna.load_study(study_name="units-other-data", storage=storage).trials[0]
     assert trial.state == optuna.trial.TrialState.WAITING  # nothing was taken
 
