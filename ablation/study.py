@@ -162,8 +162,7 @@ def _read_toml(path: Path) -> dict:
     """The file's TOML as a dict, or a StudyError saying why it cannot be read."""
     if not path.exists():
         shipped = ", ".join(sorted(p.stem for p in SHIPPED_STUDIES.glob("*.toml")))
-        raise StudyError(f"study file {path} not found; the studies shipped are in studies/ "
-                         f"(e.g. studies/assignment.toml), or give a name: {shipped}")
+        raise StudyError(f"study file {path} not found; give a study file's path, or a shipped study's name: {shipped}")
     if not path.is_file():
         raise StudyError(f"study file {path} is not a file")
     try:

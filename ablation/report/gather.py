@@ -142,7 +142,7 @@ def resolve_study(study_name_or_path) -> StudyInfo:
     path = Path(text) if is_path else find_study(text)
     if not path.is_file():
         if is_path:
-            raise ReportError(f"study file {text} not found; the studies shipped are in studies/ "
+            raise ReportError(f"study file {text} not found; give a study file's path, or a shipped study's name "
                               f"(e.g. {DEFAULT_STUDY})")
         return StudyInfo(text, text)
     try:
