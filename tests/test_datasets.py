@@ -239,6 +239,16 @@ def test_the_dataset_is_recorded_and_tells_runs_apart(tmp_path):
     assert Config(data="mnist", image_size=32).split_args()["data"] == "mnist"
 
 
+def test_a_queue_worker_rebuilds_the_planners_dataset_from_the_fingerprint(tmp_path):
+    from ablation.workqueue import split_args_of
+
+    tree = _image_tree(tmp_path / "tree", classes=4, size=16, mode="L", per_class=(5, 2))
+    config = Config(data="images", image_size=12, train_subset=16)
+    planned = LazySplits(tree, lambda line: None).fingerprint(**config.split_args())  # the planner's
+    assert split_args_of(planned) == config.split_args()
+    assert LazySplits(tree, lambda line: None).fingerprint(**split_args_of(planned)) == planned  # a worker's
+
+
 # --- a user's loader by import path ------------------------------------------------------------------
 
 LOADER = '''
