@@ -3,6 +3,7 @@ CutMix, top-5 accuracy. Each is trained on a real slice of CIFAR-10 and shown to
 
 import dataclasses
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -152,7 +153,14 @@ def test_the_changes_train_under_xla_with_soft_targets(splits):
     """jit_compile = true compiles the step with the smoothed loss and the top-5 metric (the mixing is in the feed)."""
     config = dataclasses.replace(TINY, epochs=1, run_eagerly=False, jit_compile=True, label_smoothing=0.1,
                                  mixup_alpha=0.2, cutmix_alpha=1.0, optimizer="sgd", nesterov=True, weight_decay=1e-3)
-    result = train(config, splits)
+    # Keras runs without XLA (and only warns) under op determinism, which a deterministic run elsewhere
+    # in this process may have turned on: turn it off (where Keras reads it), and make the warning an error.
+    from tensorflow.python.framework.config import disable_op_determinism
+
+    disable_op_determinism()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*jit_compile.*")
+        result = train(config, splits)
     assert all(math.isfinite(result.history[key][0]) for key in ("loss", "top5_accuracy", "val_loss"))
 
 
