@@ -143,8 +143,8 @@ def test_bad_study_names_file_key_and_allowed(tmp_path, text, needles):
         assert needle in str(error.value)
 
 
-def test_missing_study_file_says_where_studies_are(tmp_path):
-    with pytest.raises(StudyError, match="studies/"):
+def test_missing_study_file_names_the_shipped_studies(tmp_path):
+    with pytest.raises(StudyError, match=r"nope\.toml not found.*shipped study's name: .*assignment"):
         load_study(tmp_path / "nope.toml")
 
 
