@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from ablation import stats
-from ablation.report import figures, gather, sections, tables
+from ablation.report import figures, gather, search_figures, sections, tables
 from ablation.report.gather import Ladder, Search
 from ablation.tracking import Kind, Tag
 
@@ -166,7 +166,7 @@ def _search(states: list[str], numbers: list[int] | None = None) -> Search:
 
 def test_the_optuna_study_keeps_the_trial_numbers():
     search = _search(["complete", "pruned", "complete", "failed"], [0, 2, 5, 6])
-    study = figures.optuna_study(search)
+    study = search_figures.optuna_study(search)
     by_number = {t.number: t for t in study.trials}
     assert sorted(by_number) == list(range(7))
     assert by_number[5].state.name == "COMPLETE" and math.isclose(by_number[5].value, 100 * 0.55)

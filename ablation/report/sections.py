@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ablation.report import figures, tables
+from ablation.report import figures, search_figures, tables
 from ablation.report.bn_chart import bn_chart
 from ablation.report.figures import Chart
 from ablation.report.gather import PROFILE, Gathered, Ladder, Search, col, how_to_make_runs, isna
@@ -169,17 +169,17 @@ def search_section(search: Search) -> Section:
     if complete == 0:
         section.notes.append("no complete trial yet: the plots wait for one (python -m ablation.search adds trials)")
         return section
-    study = figures.optuna_study(search)
-    section.figures.append(figures.search_history_chart(search, study))
+    study = search_figures.optuna_study(search)
+    section.figures.append(search_figures.search_history_chart(search, study))
     if search.importances:
-        section.figures.append(figures.importances_chart(search, study))
-        if complete < figures.FEW_TRIALS:
+        section.figures.append(search_figures.importances_chart(search, study))
+        if complete < search_figures.FEW_TRIALS:
             section.notes.append(f"parameter importances from {complete} complete trials only (fewer than "
-                                 f"{figures.FEW_TRIALS}): read them as a rough guide, not a ranking")
+                                 f"{search_figures.FEW_TRIALS}): read them as a rough guide, not a ranking")
     else:
         section.notes.append(search.importance_note or "parameter importances: none (too few complete trials)")
     if search.params:
-        section.figures.append(figures.search_params_chart(search, study))
+        section.figures.append(search_figures.search_params_chart(search, study))
     return section
 
 
