@@ -55,24 +55,28 @@ def summarize_steps(records: list[dict], steps: list[tuple[str, bool]]) -> list[
 
 
 def compare_steps(records: list[dict], pairs: list[tuple[str, str]], rope: float = stats.ROPE,
-                  alpha: float = stats.ALPHA) -> list[ChangeEvidence]:
+                  alpha: float = stats.ALPHA, metric: str = "test_accuracy") -> list[ChangeEvidence]:
     """Each (step, against) pair tested on the seeds both have, as one family (stats.with_verdicts).
 
-    A pair with one common seed gets no verdict (one seed says nothing of training noise); McNemar's test on its
-    test images is kept beside it as a diagnostic of test-set sampling, Holm-adjusted over those pairs.
+    `metric`: the records' value compared (a record without it is not counted). A pair with one common seed
+    gets no verdict (one seed says nothing of training noise); McNemar's test on its test images (right or
+    wrong: top-1, so only for test_accuracy) is kept beside it as a diagnostic of test-set sampling,
+    Holm-adjusted over those pairs.
     """
     by_step = {}
     for record in records:
-        by_step.setdefault(record["step"], {})[record["seed"]] = record
+        if record.get(metric) is not None and record[metric] == record[metric]:  # not None, not NaN
+            by_step.setdefault(record["step"], {})[record["seed"]] = record
     tested = []
     for step, against in pairs:
         a, b = by_step.get(against, {}), by_step.get(step, {})
         seeds = tuple(sorted(a.keys() & b.keys()))
         if not seeds:
             continue
-        change = stats.paired_change([a[s]["test_accuracy"] for s in seeds], [b[s]["test_accuracy"] for s in seeds])
+        change = stats.paired_change([a[s][metric] for s in seeds], [b[s][metric] for s in seeds])
         mcnemar = None
-        if len(seeds) == 1 and a[seeds[0]].get("correct") is not None and b[seeds[0]].get("correct") is not None:
+        if (len(seeds) == 1 and metric == "test_accuracy" and a[seeds[0]].get("correct") is not None
+                and b[seeds[0]].get("correct") is not None):
             mcnemar = stats.mcnemar_exact(np.asarray(a[seeds[0]]["correct"]), np.asarray(b[seeds[0]]["correct"]))
         tested.append((step, against, seeds, change, mcnemar))
     judged = stats.with_verdicts([change for *_, change, _ in tested], rope=rope, alpha=alpha)

@@ -131,7 +131,8 @@ def format_changes(summary: dict) -> str:
     """Per change: the paired difference over seeds, its interval, the tests and the verdict in words."""
     with_mcnemar = any(item["mcnemar"] is not None for item in summary["changes"])
     width = max([36] + [len(f"{i['step']} vs {i['against']}") + 1 for i in summary["changes"]])
-    header = (f"{'change':<{width}}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
+    what = f"change ({summary.get('metric', 'test_accuracy').replace('_', ' ')})"
+    header = (f"{what:<{width}}{'n':>3}{'diff':>7}{'95% interval':>16}{'p (t)':>8}{'p (flip)':>9}{'p (Holm)':>9}"
               f"{'detectable':>11}" + (f"{'McNemar (Holm)':>15}" if with_mcnemar else "") + "  verdict")
     lines = [header, "-" * len(header)]
     number = lambda v, w: f"{'':>{w}}" if v != v else f"{v:>{w}.3f}"  # noqa: E731  (NaN: not defined here)
@@ -154,7 +155,8 @@ def _change_notes(summary: dict, with_mcnemar: bool) -> list[str]:
     if tested:
         rope, fewest = 100 * tested[0]["rope"], min(c["n"] for c in tested)
         alpha = summary.get("sequential", {}).get("alpha", 0.05)
-        notes.append(f"diff, interval, detectable: points of test accuracy, paired by training seed. p (t): t-test with "
+        metric = summary.get("metric", "test_accuracy").replace("_", " ")
+        notes.append(f"diff, interval, detectable: points of {metric}, paired by training seed. p (t): t-test with "
                      f"the seed-to-seed SD pooled over these changes where that is larger than a change's own "
                      f"({int(max(c['df'] for c in tested))} df); p (flip): exact sign-flip test of each change alone "
                      f"(cannot go below {2 / 2 ** fewest:.3g} with {fewest} seeds); p (Holm): adjusted over the "
@@ -249,7 +251,7 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
         for row in train(args, grown, profile, runner.resolve_steps(grown, profile, None, needed, args.vary_split),
                          alpha):
             rows[row["step"], row["seed"]] = row
-        summary = runner.ladder_evidence(list(rows.values()), steps, rope=args.rope / 100, alpha=alpha)
+        summary = runner.ladder_evidence(list(rows.values()), steps, args.rope / 100, alpha, study.metric)
         undecided = evidence.still_open(summary["changes"], decided)
         print(f"\nlook {look}/{len(schedule)} at {seeds} seeds (alpha {alpha:.4f} a look): "
               f"{len(decided)} decided, {len(undecided)} undecided")
@@ -270,7 +272,7 @@ def measure(args, study, profile, steps) -> tuple[list[dict], dict]:
     if args.until_decided:
         return run_until_decided(args, study, profile, steps)
     rows = train(args, study, profile, steps)
-    return rows, runner.ladder_evidence(rows, steps, rope=args.rope / 100)
+    return rows, runner.ladder_evidence(rows, steps, rope=args.rope / 100, metric=study.metric)
 
 
 def run(args) -> int:

@@ -172,14 +172,14 @@ def run_ladder(study, profile, steps, data_path=None, force=False, say=print, ke
     split_seeds = sorted({step.config.split_seed for step in steps})
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.SEEDS: seeds,
                    Tag.OVERRIDES: study.overrides_json(), Tag.NOTE: f"{study.title}: {profile.name} profile",
-                   Tag.ROPE: rope, Tag.ALPHA: alpha}
+                   Tag.ROPE: rope, Tag.ALPHA: alpha, Tag.METRIC: study.metric}
     units = ladder_units(study, profile, steps, log_models)
     say(f"study {study.name!r} ({study.path.name}), profile {profile.name}: {profile.description}")
     if study.overrides:
         say(f"overrides (every step): {study.overrides_json()}")
     say(f"training seeds {seeds}, split seed(s) {split_seeds}")
     return (queue or run_units)(study, f"{study.name}-{profile.name}", parent_tags, units, data_path, force, say,
-                                summarize=lambda rows: ladder_evidence(rows, steps, rope, alpha),
+                                summarize=lambda rows: ladder_evidence(rows, steps, rope, alpha, study.metric),
                                 keep_checkpoints=keep_checkpoints, stop_on_failure=stop_on_failure)
 
 
@@ -351,7 +351,8 @@ def predicted_correctly(run_id: str) -> list | None:
     return correct or None
 
 
-ROW_METRICS = ("test_accuracy", "best_val_accuracy", "train_seconds", "train_cpu_seconds", "seconds_per_epoch")
+ROW_METRICS = ("test_accuracy", "test_top5_accuracy", "best_val_accuracy", "train_seconds", "train_cpu_seconds",
+               "seconds_per_epoch")
 ROW_COUNTS = ("epochs_run", "num_params", "flops")
 
 
@@ -364,13 +365,15 @@ def unit_row(unit: Unit, key: str, metrics: dict, correct, reused: bool, error: 
     }
 
 
-def ladder_evidence(rows: list[dict], steps, rope: float = evidence.stats.ROPE, alpha: float = evidence.stats.ALPHA) -> dict:
-    """Per-step summaries, the paired changes judged as one family, the variance split and the failed rows, as plain data."""
+def ladder_evidence(rows: list[dict], steps, rope: float = evidence.stats.ROPE, alpha: float = evidence.stats.ALPHA,
+                    metric: str = "test_accuracy") -> dict:
+    """Per-step summaries, the paired changes (of `metric`) judged as one family, the variance split and the failed
+    rows, as plain data."""
     order = list(dict.fromkeys((s.name, s.is_baseline) for s in steps))
     unique = list({s.name: s for s in steps}.values())
     finished = [row for row in rows if row["status"] == "finished"]
-    changes = evidence.compare_steps(finished, evidence.ladder_pairs(unique), rope, alpha)
-    return {"steps": [dataclasses.asdict(s) for s in evidence.summarize_steps(finished, order)],
+    changes = evidence.compare_steps(finished, evidence.ladder_pairs(unique), rope, alpha, metric)
+    return {"metric": metric, "steps": [dataclasses.asdict(s) for s in evidence.summarize_steps(finished, order)],
             "changes": [dataclasses.asdict(c) for c in changes],
             "variance": dataclasses.asdict(evidence.variance_split(finished, changes)),
             "failed": [{"step": r["step"], "seed": r["seed"], "error": r["error"]} for r in rows if r["status"] == "failed"]}

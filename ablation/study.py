@@ -72,6 +72,7 @@ class Study:
     # The command line's --set values, already put into every step: recorded with the runs.
     overrides: Mapping[str, Any] = field(default_factory=dict, compare=False)
     model_rules: Mapping[str, Rule] = field(default_factory=dict, compare=False)  # [model_rules], checked on --set too
+    metric: str = "test_accuracy"  # what the verdicts compare, paired by seed ([study] metric)
 
     def overrides_json(self) -> str:
         """The --set values as recorded in a run's tag: JSON, "{}" for none."""
@@ -85,7 +86,9 @@ class Study:
 
 
 STEP_META_KEYS = {"name", "description", "reported_test_accuracy", "from_step"}
-STUDY_KEYS = {"name", "title", "source", "cumulative", "seeds"}
+STUDY_KEYS = {"name", "title", "source", "cumulative", "seeds", "metric"}
+# What the verdicts compare ([study] metric): a test fraction every run logs (top-5: with more than 5 classes).
+VERDICT_METRIC = Rule("test_accuracy or test_top5_accuracy", lambda v: v in ("test_accuracy", "test_top5_accuracy"))
 SEARCH_KEYS = {"base_step", "monitor", "direction", "params"}
 SEARCH_PARAM_KEYS = {"type", "low", "high", "log", "choices"}
 # A study's name is an MLflow experiment and a folder under reports/; a step's name is a run name and a
@@ -147,7 +150,8 @@ def load_study(name_or_path: str | Path) -> Study:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StudyError(f"{where}: step names must be unique; repeated: {duplicates}")
-    study = Study(name, title, source, path, all_steps, seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"))
+    study = Study(name, title, source, path, all_steps, seeds=parse_seeds(meta.get("seeds", 1), f"{where}: [study] seeds"),
+                  metric=checked(VERDICT_METRIC, "metric", meta.get("metric", "test_accuracy"), f"{where}: [study]"))
     if "search" in data:
         study = dataclasses.replace(study, search=_make_search(data["search"], study, where))
     if "attribution" in data:

@@ -139,6 +139,37 @@ def test_a_100_class_48px_rgb_image_folder_trains_through_the_ladder(tmp_path):
     assert set(predictions["labels"]) == set(range(100))  # smoke's 100 test images: one of each class
 
 
+def test_a_study_judges_its_changes_on_the_metric_it_names(tmp_path):
+    """[study] metric = "test_top5_accuracy": the ladder's summary (and its printed notes) compare top-5 accuracy."""
+    tree = _image_tree(tmp_path / "tree", classes=100, size=32, mode="RGB")
+    study = STUDY.format(name="topfive", base='data = "images"\nmodel = "vgg_like"\n'
+                         'model_args = { filters = [4, 8], convs_per_group = 1, dense_units = 8 }')
+    study = study.replace('source = "tests"', 'source = "tests"\nmetric = "test_top5_accuracy"')
+    (tmp_path / "study.toml").write_text(study + '[[steps]]\nname = "faster"\nlearning_rate = 0.01\n')
+    done = run_command("ladder", ["--study", str(tmp_path / "study.toml"), "--profile", "smoke", "--no-report",
+                                  "--data", str(tree)], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("topfive").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("ablation.kind") == "ladder"]
+    top5 = {r.data.tags["mlflow.runName"]: r.data.metrics["test_top5_accuracy"] for r in runs if r is not parent}
+    summary = json.loads(open(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path))).read())
+    [change] = summary["changes"]
+    assert parent.data.tags["ablation.metric"] == summary["metric"] == "test_top5_accuracy"
+    assert change["change"]["mean"] == pytest.approx(top5["faster"] - top5["only"])
+    assert change["mcnemar"] is None  # McNemar pairs top-1 right/wrong per image: not this metric's test
+    assert "change (test top5 accuracy)" in done.stdout
+
+
+def test_a_verdict_metric_that_is_not_a_logged_test_fraction_is_refused_in_one_line(tmp_path):
+    from ablation.study import load_study
+
+    study = STUDY.format(name="bad", base="").replace('source = "tests"', 'source = "tests"\nmetric = "val_loss"')
+    (tmp_path / "study.toml").write_text(study)
+    with pytest.raises(StudyError, match=r"study.toml: \[study\].*metric.*test_accuracy or test_top5_accuracy"):
+        load_study(tmp_path / "study.toml")
+
+
 def test_a_28px_grayscale_image_folder_trains_through_the_ladder_on_one_channel(tmp_path):
     tree = _image_tree(tmp_path / "tree", classes=10, size=28, mode="L", per_class=(16, 10))
     base = 'data = "images"\nmodel = "resnet_v1"\nmodel_args = { depth = 8 }'

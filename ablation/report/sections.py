@@ -102,7 +102,7 @@ def unfinished_notes(ladder: Ladder) -> list[str]:
             for _, run in ladder.unfinished.iterrows()]
 
 
-def changes_section(changes: pd.DataFrame, rope: float, alpha: float) -> Section:
+def changes_section(changes: pd.DataFrame, rope: float, alpha: float, metric: str = "test_accuracy") -> Section:
     """Which steps helped: each change tested over the seeds both steps ran with, at the ladder's margin and level."""
     section = Section("Which steps helped", table=tables.show_changes(changes))
     if changes.empty:
@@ -111,7 +111,8 @@ def changes_section(changes: pd.DataFrame, rope: float, alpha: float) -> Section
     ns = sorted(set(changes["n"]))
     section.text = (f"Each step against the step before it (a baseline against the step it is compared with), "
                     f"paired by training seed over the n seeds both ran (n = {', '.join(map(str, ns))}). Mean "
-                    "difference and its 95% interval in percentage points of test accuracy; p (t, pooled SD): the "
+                    f"difference and its 95% interval in percentage points of {metric.replace('_', ' ')}; "
+                    "p (t, pooled SD): the "
                     "t-test of the mean difference, its seed-to-seed SD pooled over this table's changes where that "
                     "is larger than the change's own (with the degrees of freedom of all of them); p (sign-flip): "
                     "the per-seed differences' sign flips, no pooling, which cannot go below 2/2^n; p (Holm): "

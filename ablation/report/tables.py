@@ -29,7 +29,9 @@ def records(ladder: Ladder) -> list[dict]:
     for _, run in ladder.replicates.iterrows():
         if isna(run.get("test_accuracy")) or isna(run.get("best_val_accuracy")):
             continue  # a run without its final numbers says nothing about the step
+        top5 = run.get("test_top5_accuracy")
         out.append({"step": run["step"], "seed": int(run["seed"]), "test_accuracy": float(run["test_accuracy"]),
+                    "test_top5_accuracy": None if isna(top5) else float(top5),
                     "best_val_accuracy": float(run["best_val_accuracy"]),
                     "correct": ladder.correct.get(run["run_id"])})
     return out
@@ -45,11 +47,12 @@ def ladder_evidence(ladder: Ladder) -> tuple[list[evidence.StepEvidence], list[e
     return evidence.summarize_steps(found, order), evidence.compare_steps(found, ladder.pairs, *verdict_settings(ladder))
 
 
-def verdict_settings(ladder: Ladder) -> tuple[float, float]:
-    """(rope, alpha) of the ladder's parent run: its --rope and its level; the defaults for a ladder that predates them."""
-    recorded = [ladder.parent.get(col(tag)) for tag in (Tag.ROPE, Tag.ALPHA)]
-    return tuple(default if isna(value) else float(value)
-                 for value, default in zip(recorded, (stats.ROPE, stats.ALPHA), strict=True))
+def verdict_settings(ladder: Ladder) -> tuple[float, float, str]:
+    """(rope, alpha, metric) of the ladder's parent run: its --rope, its level and its study's metric; the
+    defaults for a ladder that predates them."""
+    rope, alpha, metric = (ladder.parent.get(col(tag)) for tag in (Tag.ROPE, Tag.ALPHA, Tag.METRIC))
+    return (stats.ROPE if isna(rope) else float(rope), stats.ALPHA if isna(alpha) else float(alpha),
+            metric if isinstance(metric, str) and metric else "test_accuracy")
 
 
 def step_summary(ladder: Ladder, steps: list[evidence.StepEvidence]) -> pd.DataFrame:

@@ -30,6 +30,7 @@ class Tag:
     # verdicts used, so that the report judges the changes as the ladder did.
     ROPE = PREFIX + "rope"
     ALPHA = PREFIX + "alpha"
+    METRIC = PREFIX + "metric"  # on a ladder parent: what its verdicts compared ([study] metric)
     REUSED_FROM = PREFIX + "reused_from"
     MIGRATED_FROM = PREFIX + "migrated_from"  # on a run copied by python -m ablation.migrate: its id in the source
     PLAN_KEY = PREFIX + "plan_key"  # on a parent: its units' work, so that the same command resumes it
