@@ -1,0 +1,113 @@
+"""Direct tests of the modules that need no store and no Keras: checkpoints on disk and stop requests."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from ablation import checkpoint, interrupt
+
+
+def _weights(path):
+    path.write_bytes(b"w" * 1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint
+
+
+def test_a_save_reads_back_with_its_history_state_and_best_weights(tmp_path):
+    best = [np.arange(6.0).reshape(2, 3), np.ones(4)]
+    checkpoint.write(tmp_path, 1, {"loss": [2.0]}, {"rng": [1, 2]}, _weights, None)
+    saved = checkpoint.write(tmp_path, 2, {"loss": [2.0, 1.5]}, {"rng": [3, 4]}, _weights, best)
+    read = checkpoint.read(tmp_path)
+    assert (read.epoch, read.history, read.state["rng"]) == (2, {"loss": [2.0, 1.5]}, [3, 4])
+    assert read.folder == saved.folder and read.weights_path.is_file()
+    assert all(np.array_equal(a, b) for a, b in zip(read.best_weights(), best, strict=True))
+    assert [p.name for p in tmp_path.glob("epoch-*")] == [saved.folder.name]  # the older save is gone
+
+
+@pytest.mark.parametrize("damage", ["no latest", "latest names nothing", "state not json", "no weights"])
+def test_an_unreadable_save_means_start_over(tmp_path, damage):
+    saved = checkpoint.write(tmp_path, 3, {"loss": [1.0] * 3}, {}, _weights, None)
+    if damage == "no latest":
+        (tmp_path / checkpoint.LATEST).unlink()
+    elif damage == "latest names nothing":
+        (tmp_path / checkpoint.LATEST).write_text("epoch-00009-1")
+    elif damage == "state not json":
+        (saved.folder / checkpoint.STATE).write_text("{half")
+    else:
+        (saved.folder / checkpoint.WEIGHTS).unlink()
+    assert checkpoint.read(tmp_path) is None
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from ablation import checkpoint
+    root = Path(sys.argv[1])
+    for epoch in range(1, 100000):
+        history = {"loss": [1.0 / e for e in range(1, epoch + 1)]}
+        checkpoint.write(root, epoch, history, {"epoch_seen": epoch}, lambda p: p.write_bytes(b"w" * 65536), None)
+        print(epoch, flush=True)
+""")
+
+
+def test_sigkill_at_any_moment_leaves_a_complete_save(tmp_path):
+    """A real writer killed with SIGKILL five times, at moments of its own: each time the newest save is whole."""
+    epochs = []
+    for kill in range(5):
+        root = tmp_path / f"kill{kill}"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3 + 7 * kill):  # let it save a few epochs, then kill it wherever it is
+            writer.stdout.readline()
+        time.sleep(0.003 * kill)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        saved = checkpoint.read(root)
+        assert saved is not None and saved.weights_path.stat().st_size == 65536
+        assert len(saved.history["loss"]) == saved.epoch == saved.state["epoch_seen"]
+        epochs.append(saved.epoch)
+    assert len(set(epochs)) >= 2, epochs  # the kills landed at different points of the writing
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupt: real signals to this process
+
+
+def test_a_signal_is_a_request_that_check_raises_and_the_old_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with interrupt.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run: it only recorded the request
+        with pytest.raises(interrupt.Interrupted) as stop:
+            interrupt.check()
+        assert stop.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    interrupt.check()  # the request ended with the block
+
+
+def test_inside_raising_a_signal_stops_long_python_work_at_once():
+    with interrupt.stop_on_signals():
+        started = time.monotonic()
+        with pytest.raises(interrupt.Interrupted):
+            with interrupt.raising():
+                os.kill(os.getpid(), signal.SIGTERM)
+                while time.monotonic() - started < 30:  # a long build, in Python
+                    sum(range(1000))
+        assert time.monotonic() - started < 5
+
+
+def test_a_second_ctrl_c_raises_at_once():
+    with interrupt.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt) as second:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert not isinstance(second.value, interrupt.Interrupted)  # Python's own, for a user who will not wait
