@@ -11,8 +11,9 @@ import re
 import signal
 
 from ablation.config import PROFILES, SEED
-from ablation.study import MAX_SEEDS, STUDY_NAME
+from ablation.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
 
+SHIPPED_NAMES = sorted(path.stem for path in SHIPPED_STUDIES.glob("*.toml"))
 DEFAULT_STUDY = "assignment"  # a shipped study, found by name from any folder (study.find_study)
 EXIT_FAILED = 1  # the command ran, but a unit of its work failed (its run says why)
 EXIT_INPUT_ERROR = 2  # a bad study file, option, data source or store: one line on stderr, nothing written
@@ -67,23 +68,22 @@ def positive_count(text: str) -> int:
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
+    """A duration in seconds: finite, above 0."""
+    return _seconds(text, "> 0", lambda value: value > 0)
 
 
 def idle_seconds(text: str) -> float:
     """A wait in seconds that may be 0: finite, not negative."""
+    return _seconds(text, ">= 0", lambda value: value >= 0)
+
+
+def _seconds(text: str, bound: str, accepts) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    if not (math.isfinite(value) and accepts(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, got {text!r}")
     return value
 
 
@@ -105,7 +105,7 @@ def _integer(text: str) -> int:
 def add_common_arguments(parser: argparse.ArgumentParser):
     """--study, --profile, --data, --seed, --set, --verbose, --no-system-metrics: shared by every command that trains."""
     parser.add_argument("--study", default=DEFAULT_STUDY,
-                        help=f"study file, or a shipped study's name (assignment, architectures, keras_resnet; "
+                        help=f"study file, or a shipped study's name ({', '.join(SHIPPED_NAMES)}; "
                              f"default: {DEFAULT_STUDY})")
     parser.add_argument("--profile", default="quick", choices=tuple(PROFILES),
                         help="smoke: seconds (tests); quick: a reduced real run for a CPU (default); "

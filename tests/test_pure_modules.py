@@ -111,3 +111,31 @@ def test_a_second_ctrl_c_raises_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
         assert not isinstance(second.value, interrupt.Interrupted)  # Python's own, for a user who will not wait
+
+
+# ---------------------------------------------------------------------------------------------
+# cli: what every command shares on the command line
+
+
+def test_a_bad_option_is_one_line_naming_it_and_exits_2(capsys):
+    from ablation import cli
+
+    parser = cli.ArgumentParser(prog="python -m ablation.x")
+    parser.add_argument("--timeout", type=cli.positive_seconds)
+    parser.add_argument("--idle", type=cli.idle_seconds)
+    parser.add_argument("--seed", type=cli.seed_value)
+    for argv, needle in ((["--timeout", "0"], "seconds > 0, got '0'"), (["--timeout", "nan"], "finite"),
+                         (["--idle", "-1"], "seconds >= 0, got '-1'"), (["--seed", "x\ny"], "integer")):
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args(argv)
+        message = capsys.readouterr().err
+        assert done.value.code == cli.EXIT_INPUT_ERROR and message.count("\n") == 1, message
+        assert argv[0] in message and needle in message, message
+    assert parser.parse_args(["--idle", "0", "--timeout", "2.5"]).idle == 0.0
+
+
+def test_one_line_escapes_the_line_breaks_a_value_brought():
+    from ablation import cli
+
+    assert cli.one_line("bad value 'a\nb\r\u2028c'") == "bad value 'a\\nb\\r\\u2028c'"
+    assert cli.exit_code_of(interrupt.Interrupted(signal.SIGTERM)) == 143 and cli.exit_code_of(KeyboardInterrupt()) == 130
