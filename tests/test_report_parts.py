@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from ablation import stats
 from ablation.report import figures, gather, search_figures, sections, tables
-from ablation.report.gather import Ladder, Search
+from ablation.report import predictions as predictions_module
+from ablation.report.found import Ladder, Search
 from ablation.tracking import Kind, Tag
 
 
@@ -194,7 +195,7 @@ def test_the_best_run_is_chosen_by_validation_accuracy():
         asked.append(run_id)
         return None if run_id == "b" else payload
 
-    chosen = gather.read_confusion(candidates, None, predictions)
+    chosen = predictions_module.read_confusion(candidates, None, predictions)
     assert asked == ["b", "c"] and chosen.run["run_id"] == "c"  # b logged no predictions; never a, the test's pick
 
 

@@ -10,7 +10,8 @@ and runs.csv (one row per run of the experiment, columns named as the config and
 
 The package, data flowing one way:
     gather   reads the stores (MLflow through `ablation.tracking`, the search's Optuna storage) into
-             plain DataFrames and dataclasses; the only part that reads, and it never writes;
+             plain DataFrames and the records of `found`; with `predictions` (the runs' test predictions)
+             the only part that reads, and it never writes;
     tables   numbers first (tested against the store), display strings second;
     figures  matplotlib charts, rendered to PNG bytes;
     sections what the report shows, in order: tables and charts from what gather read;

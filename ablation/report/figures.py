@@ -17,7 +17,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from matplotlib.transforms import offset_copy
 
 from ablation import stats
-from ablation.report.gather import col, isna
+from ablation.report.found import col, isna
 from ablation.tracking import Tag
 from ablation.report.tables import eng
 

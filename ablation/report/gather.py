@@ -9,102 +9,21 @@ per seed (see `replicates`).
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 
 from ablation import evidence, tracking
-from ablation.config import EPOCH_METRICS, StudyError
-from ablation.data import DataError, load_cifar10, make_splits, resolve_data_path
 from ablation.cli import DEFAULT_STUDY
+from ablation.config import EPOCH_METRICS, StudyError
 from ablation.report.errors import ReportError
-from ablation.study import SearchSpace, find_study, load_study
+from ablation.report.found import (BASELINE, COMPARE_TO, COUNT_METRICS, KIND, NUMERIC_TAGS, PROFILE, STEP, STEP_INDEX,
+                                   WORK_KEY, Gathered, Ladder, Search, StudyInfo, col, isna)
+from ablation.report.predictions import Predictions, confusion_candidates, read_confusion, read_correct
+from ablation.study import find_study, load_study
 from ablation.tracking import Kind, Tag
-
-
-def col(tag: str) -> str:
-    """The runs frame's column of a project tag: its name without the prefix (`Tag.STEP` -> `step`)."""
-    return tag[len(Tag.PREFIX):] if tag.startswith(Tag.PREFIX) else tag
-
-
-KIND, STEP, STEP_INDEX, PROFILE, WORK_KEY, BASELINE, COMPARE_TO = (
-    col(t) for t in (Tag.KIND, Tag.STEP, Tag.STEP_INDEX, Tag.PROFILE, Tag.WORK_KEY, Tag.BASELINE, Tag.COMPARE_TO))
-COUNT_METRICS = ("epochs_run", "num_params", "flops")  # whole numbers that MLflow stores as floats
-# Tags holding numbers; other tags stay text (a hex digest such as '12e4...' must not become a float).
-NUMERIC_TAGS = tuple(col(t) for t in (Tag.STEP_INDEX, Tag.REPORTED_TEST_ACCURACY, Tag.OPTUNA_TRIAL,
-                                      Tag.PRUNED_AT_EPOCH))
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """What the report needs of a study: its name (the MLflow experiment), title and file."""
-
-    name: str
-    title: str
-    source: str = ""
-    path: Path | None = None
-    search: SearchSpace | None = None
-
-
-@dataclass
-class Ladder:
-    """The latest ladder: its parent run, its steps, their replicates over seeds and the curves drawn."""
-
-    parent: pd.Series
-    runs: pd.DataFrame  # the parent's finished step runs (every training seed), by step then seed
-    steps: pd.DataFrame  # one row per step, in order: its run at `curve_seed`
-    replicates: pd.DataFrame  # the runs the evidence counts, one per step and seed (see `replicates`)
-    pairs: list[tuple[str, str]]  # (step, the step it is compared with)
-    seeds: list[int]  # the parent's training seeds
-    curve_seed: int | None  # the training seed whose epochs are drawn
-    histories: dict[str, pd.DataFrame]  # run id -> per-epoch metrics, indexed by epoch (from 1), for `steps`
-    correct: dict[str, np.ndarray] = field(default_factory=dict)  # run id -> right/wrong per test image
-    unfinished: pd.DataFrame = field(default_factory=pd.DataFrame)  # its step runs that failed, were killed or run
-
-
-@dataclass
-class Search:
-    """The trials of the latest search's Optuna study, one row per trial number."""
-
-    name: str  # the Optuna study
-    parent: pd.Series  # the latest search parent run
-    trials: pd.DataFrame  # number, state, value, test_accuracy, epochs_run, epochs, run_id, run_name, params
-    params: list[str]
-    log_params: set[str]
-    monitor: str
-    direction: str
-    space: SearchSpace | None = None  # the study file's search space, when the report was given the file
-    importances: dict | None = None
-    importance_note: str = ""
-
-
-@dataclass
-class Confusion:
-    """The best run's test predictions and labels; a note instead when they cannot be had."""
-
-    run: pd.Series | None = None
-    labels: np.ndarray | None = None
-    predictions: list | None = None
-    class_names: list | None = None
-    note: str = ""
-
-
-@dataclass
-class Gathered:
-    """Everything the report shows, as read from the store."""
-
-    study: StudyInfo
-    experiment: str
-    uri: str
-    runs: pd.DataFrame  # every run of the experiment, tidy
-    config_columns: list[str]
-    ladder: Ladder | None
-    search: Search | None
-    confusion: Confusion = field(default_factory=Confusion)
-    log_run_id: str | None = None  # the study's latest parent run
 
 
 def gather(study_name_or_path=DEFAULT_STUDY, experiment=None, data=None) -> Gathered:
@@ -243,9 +162,6 @@ def _maybe_numeric(column: pd.Series) -> pd.Series:
     return numbers
 
 
-def isna(value) -> bool:
-    """None, NaN or pandas' NA: a value a run does not have."""
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,96 +336,3 @@ def importances(search: Search) -> tuple[dict | None, str]:
     # importances are one figure of many, so their failure is a note in the report, not a crash.
     except Exception as error:  # noqa: BLE001
         return None, f"parameter importances skipped ({type(error).__name__}: {error})"
-
-
-# ---------------------------------------------------------------------------------------------
-# Test predictions: for the one-seed McNemar test and the confusion matrix of the best run.
-
-
-class Predictions:
-    """The test_predictions.json of runs, each downloaded at most once."""
-
-    def __init__(self):
-        self.payloads = {}
-
-    def __call__(self, run_id: str) -> dict | None:
-        if run_id not in self.payloads:
-            self.payloads[run_id] = tracking.load_json_artifact(run_id, "test_predictions.json")
-        return self.payloads[run_id]
-
-
-def read_correct(ladder: Ladder, predictions: Predictions) -> dict[str, np.ndarray]:
-    """Right or wrong per test image, for the runs of the changes whose steps share exactly one seed.
-
-    Only runs that logged their labels, and only those scored on the same test images as the first
-    such run: McNemar's test pairs the two runs image by image.
-    """
-    run_of = {(r[STEP], int(r["seed"])): r["run_id"] for _, r in ladder.replicates.iterrows()}
-    seeds_of = {}
-    for step, seed in run_of:
-        seeds_of.setdefault(step, set()).add(seed)
-    needed = []
-    for step, against in ladder.pairs:
-        common = seeds_of.get(step, set()) & seeds_of.get(against, set())
-        if len(common) == 1:
-            needed += [run_of[(step, *common)], run_of[(against, *common)]]
-    out, reference = {}, None
-    for run_id in dict.fromkeys(needed):
-        payload = predictions(run_id) or {}
-        if "labels" not in payload or len(payload["labels"]) != len(payload.get("predictions", ())):
-            continue
-        labels = np.asarray(payload["labels"])
-        reference = labels if reference is None else reference
-        if np.array_equal(labels, reference):
-            out[run_id] = np.asarray(payload["predictions"]) == labels
-    return out
-
-
-def confusion_candidates(runs: pd.DataFrame, ladder: Ladder | None, search: Search | None) -> pd.DataFrame:
-    """The report's runs that may be shown as the best: the latest ladder's runs and the complete trials."""
-    ids = list(ladder.runs["run_id"]) if ladder is not None else []
-    if search is not None:
-        ids += list(search.trials[search.trials["state"].eq("complete")]["run_id"])
-    return runs[runs["run_id"].isin(ids)]
-
-
-def read_confusion(candidates: pd.DataFrame, data, predictions: Predictions, tries: int = 3) -> Confusion:
-    """The best run by best validation accuracy (the test set never chooses) that logged its predictions."""
-    column = "best_val_accuracy" if "best_val_accuracy" in candidates.columns else "test_accuracy"
-    ranked = candidates.sort_values(column, ascending=False, na_position="last")
-    for _, run in ranked.head(tries).iterrows():
-        payload = predictions(run["run_id"])
-        if payload is not None:
-            break
-    else:
-        return Confusion(note="none of the best runs of this report (by best validation accuracy) logged "
-                              "test_predictions.json; nothing to draw")
-    labels, note = test_labels(run, payload, data)
-    if labels is not None and len(labels) != len(payload["predictions"]):
-        labels, note = None, (f"no confusion matrix: {len(labels)} test labels for {len(payload['predictions'])} "
-                              f"predictions of run {run['run_name']}")
-    if labels is None:
-        return Confusion(note=note)
-    return Confusion(run, labels, payload["predictions"], payload["class_names"])
-
-
-def test_labels(run: pd.Series, payload: dict, data) -> tuple[np.ndarray | None, str]:
-    """The run's true test labels: logged beside its predictions, else re-drawn from the data it recorded."""
-    if "labels" in payload:
-        return np.asarray(payload["labels"]), ""
-    path = resolve_data_path(data)
-    if path is None:
-        return None, ("the run did not log its test labels and no data was given: pass --data PATH "
-                      "(or set ABLATION_DATA) to draw the confusion matrix")
-    whole = lambda value: None if isna(value) else int(value)  # noqa: E731
-    try:
-        splits = make_splits(load_cifar10(path), validation_split=float(run["validation_split"]),
-                             seed=int(run["split_seed"]), train_subset=whole(run["train_subset"]),
-                             test_subset=whole(run["test_subset"]))
-    except DataError as error:
-        return None, f"no confusion matrix: {error}"
-    recorded = run.get(Tag.DATA_PREFIX + "digest")
-    if splits.fingerprint["digest"] != recorded:
-        return None, (f"no confusion matrix: the data at {path} is not the data run {run['run_name']} used "
-                      f"(digest {splits.fingerprint['digest']}, the run recorded {recorded})")
-    return splits.y_test, ""

@@ -15,7 +15,7 @@ from matplotlib import pyplot
 from matplotlib.ticker import MaxNLocator
 
 from ablation.report.figures import DPI, Chart
-from ablation.report.gather import Search, isna
+from ablation.report.found import Search, isna
 
 FEW_TRIALS = 10  # below this many complete trials, importances are shown with a caveat
 PARAM_UNITS = {"dropout_rate": "fraction of units dropped", "learning_rate": "initial, Adam",

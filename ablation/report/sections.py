@@ -8,7 +8,8 @@ import pandas as pd
 from ablation.report import figures, search_figures, tables
 from ablation.report.bn_chart import bn_chart
 from ablation.report.figures import Chart
-from ablation.report.gather import PROFILE, Gathered, Ladder, Search, col, how_to_make_runs, isna
+from ablation.report.found import PROFILE, Gathered, Ladder, Search, col, isna
+from ablation.report.gather import how_to_make_runs
 from ablation.tracking import Tag
 
 

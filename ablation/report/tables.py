@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ablation import evidence, stats
-from ablation.report.gather import PROFILE, Ladder, Search, col, isna
+from ablation.report.found import PROFILE, Ladder, Search, col, isna
 from ablation.tracking import Tag
 
 REUSED_FROM = col(Tag.REUSED_FROM)
