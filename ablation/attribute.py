@@ -17,7 +17,8 @@ import sys
 import time
 
 from ablation import interrupt
-from ablation.cli import EXIT_FAILED, EXIT_INPUT_ERROR, add_common_arguments, configure, describe_stop, exit_code_of, one_line
+from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
+                          exit_code_of, one_line, positive_count, seed_count)
 from ablation.config import StoreError, StudyError, get_profile
 from ablation.data import DataError
 from ablation.study import apply_overrides, load_study, parse_overrides
@@ -28,7 +29,7 @@ DEFAULT_REPORTS = "reports"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.attribute",
         description="Credit each of a ladder's changes without the ladder's order: leave-one-out, add-one-in or "
                     "Shapley values over training seeds, every subset a nested MLflow run (finished ones reused).",
@@ -38,10 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="leave-one-out: the last step without each component, and the last step; add-one-in: "
                              "the first step with each component alone, and the first step; shapley: every subset "
                              "(exact) when 2^k fits in --budget, else antithetic random orders within it")
-    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    parser.add_argument("--budget", type=positive_count, default=DEFAULT_BUDGET,
                         help=f"most subsets (each trained once per seed) the shapley design may use (default "
                              f"{DEFAULT_BUDGET}: exact up to 5 components)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=seed_count, default=None,
                         help="training seeds 0..N-1, paired across subsets (default: the study's [study] seeds)")
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow's op determinism (as the ladder's flag: reuses runs made with it)")
@@ -64,10 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seed is not None:
         parser.error("give --seed (one seed) or --seeds (a count), not both")
-    if args.seeds is not None and args.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    if args.budget < 1:
-        parser.error("--budget must be at least 1")
     if args.study_name and not args.from_search:
         parser.error("--study-name goes with --from-search")
     if args.storage and not (args.from_search or args.workers):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ablation import evidence, stats
+from ablation.cli import ArgumentParser, positive_count
 
 TEST_IMAGES = 2000
 CHANGES = 6  # the README ladder's changes
@@ -165,10 +166,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = ArgumentParser(prog="python -m ablation.calibration", description=__doc__.splitlines()[0])
+    parser.add_argument("--ladders", type=positive_count, default=2000, help="simulated ladders per cell (default: 2000)")
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ablation.calibration", description=__doc__.splitlines()[0])
-    parser.add_argument("--ladders", type=int, default=2000, help="simulated ladders per cell (default: 2000)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     print(markdown(calibration_table(args.ladders)))
     print("\n--until-decided, looks at 3, 5, 7, 8 seeds:\n")
     print(markdown(sequential_table(args.ladders)))

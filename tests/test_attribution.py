@@ -400,12 +400,13 @@ def test_a_diverging_subset_is_failed_and_missing_never_a_nan(tmp_path, cifar_pa
     (["--design", "shapley", "--budget", "5"], "--budget 5 is below the 6 subsets"),
     (["--design", "leave-one-out", "--steps", "a"], "unrecognized arguments"),
     (["--design", "wrong"], "invalid choice"),
-    (["--design", "shapley", "--budget", "0"], "--budget must be at least 1"),
+    (["--design", "shapley", "--budget", "0"], "--budget: must be a positive integer, got '0'"),
+    (["--design", "shapley", "--seeds", "0"], "--seeds: must be a count of seeds from 1 to"),
 ])
 def test_bad_input_is_an_error_before_anything_runs(tmp_path, args, message):
     (tmp_path / "tiny.toml").write_text(TINY)
     done = attribute_command([*args, "--study", str(tmp_path / "tiny.toml")], tmp_path)
-    assert done.returncode == 2 and message in done.stderr
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 

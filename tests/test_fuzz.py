@@ -8,12 +8,15 @@ and one `error:` line; nothing else (no other exception, no traceback) is allowe
 
 import json
 import math
+import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablation import ladder, search
+from ablation import attribute, calibration, ladder, migrate, search, worker
+from ablation.report import __main__ as report_command
 from ablation.cli import one_line
 from ablation.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule
 from ablation.data import DataError
@@ -112,21 +115,29 @@ def test_a_generated_study_loads_and_passes_the_rules_or_is_one_line(tmp_path, c
         assert passes_every_rule(loaded)
 
 
-OPTIONS = {
-    "ladder": ["--study", "--profile", "--data", "--seed", "--seeds", "--steps", "--force", "--vary-split",
-               "--deterministic", "--no-report", "--keep-checkpoints", "--stop-on-failure", "--set", "--bogus"],
-    "search": ["--study", "--profile", "--data", "--seed", "--trials", "--storage", "--study-name", "--timeout",
-               "--pruner", "--top", "--bogus"],
-}
+# Every command, by the function that parses its command line.
+COMMANDS = {"ladder": ladder.parse_args, "search": search.parse_args, "attribute": attribute.parse_args,
+            "worker": worker.parse_args, "migrate": migrate.parse_args, "report": report_command.parse_args,
+            "calibration": calibration.parse_args}
 words = st.one_of(st.text(max_size=10), st.sampled_from(
-    ["studies/assignment.toml", "studies/nope.toml", "smoke", "quick", "-1", "0", "3", "4294967296", "nan", "inf",
-     "1e9", "template,augmentation", "template,,", "median", "x.journal", "foo://x", "../x", "",
+    ["studies/assignment.toml", "assignment", "studies/nope.toml", "smoke", "quick", "-1", "0", "3", "4294967296",
+     "nan", "inf", "1e9", "template,augmentation", "template,,", "median", "x.journal", "foo://x", "../x", "",
      "epochs=3", "epochs=0", "dropout_rate=1.5", "learning_rate=inf", "lr_schedule=[[2, 0.1]]", "stage2_blocks=x",
-     "train_subset=none", "model_args={}", "=", "nope=1"]))
+     "train_subset=none", "model_args={}", "=", "nope=1", "0,1", "0,0", "all", "final", "shapley"]))
+
+
+def options_of(command: str) -> list[str]:
+    """Every option the command's --help lists, and one it does not know: an option is fuzzed the day it is added."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as text, pytest.raises(SystemExit):
+        COMMANDS[command](["--help"])
+    return sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text.getvalue())) - {"--help"}) + ["--bogus"]
 
 
 def command_lines(command: str):
-    return st.lists(st.tuples(st.sampled_from(OPTIONS[command]), words), max_size=4).map(
+    return st.lists(st.tuples(st.sampled_from(options_of(command)), words), max_size=4).map(
         lambda pairs: [part for option, word in pairs for part in (option, word)])
 
 
@@ -162,6 +173,18 @@ def test_a_generated_ladder_command_line_passes_its_checks_or_is_one_line(tmp_pa
 def test_a_generated_search_command_line_parses_or_is_one_line(capsys, argv):
     args = expect_clean_exit(search.parse_args, argv, capsys)
     assert args is None or (args.trials >= 1 and args.top >= 1 and (args.timeout is None or args.timeout > 0))
+
+
+@pytest.mark.parametrize("command", ["attribute", "worker", "migrate", "report", "calibration"])
+def test_every_other_commands_generated_command_line_parses_or_is_one_line(command, capsys):
+    assert len(options_of(command)) >= 2  # what --help lists was read (one option at least, and --bogus)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(argv=command_lines(command))
+    def parses_or_is_one_line(argv):
+        expect_clean_exit(COMMANDS[command], argv, capsys)
+
+    parses_or_is_one_line()
 
 
 def test_the_generators_reach_both_outcomes(tmp_path):

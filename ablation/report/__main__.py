@@ -3,12 +3,13 @@
 import argparse
 import sys
 
+from ablation.cli import ArgumentParser
 from ablation.config import StoreError, StudyError
 from ablation.report import DEFAULT_STUDY, ReportError, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m ablation.report",
         description="Write a comparison report (HTML, Markdown with PNGs, CSV) of a study's ladder and search "
                     "runs from MLflow; it never trains.",
