@@ -289,7 +289,8 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key in EPOCH_METRICS:
             if key in (logs or {}) or key in self.history:  # top-5 only where there are more than 5 classes
-                self.history.setdefault(key, []).append(float((logs or {}).get(key, float("nan"))))
+                # A metric the save lacks (written by an older version) is NaN for the epochs before.
+                self.history.setdefault(key, [math.nan] * epoch).append(float((logs or {}).get(key, math.nan)))
         wall, cpu = self.clock()
         state = {"counters": [{name: _plain(getattr(c, name)) for name in COUNTERS if hasattr(c, name)}
                               for c in self.schedule],
@@ -405,10 +406,13 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
     history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
                for key in EPOCH_METRICS}
+    epochs_run = len(history["loss"])
+    # One value an epoch for every metric logged: one a save from an older version lacks is NaN before it.
+    history = {key: [math.nan] * (epochs_run - len(values)) + values if values else []
+               for key, values in history.items()}
     bn_check.before_test()
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
-    epochs_run = len(history["loss"])
     return Result(
         history=history, test_loss=float(test_loss), test_accuracy=float(test_accuracy), epochs_run=epochs_run,
         train_seconds=wall, train_cpu_seconds=cpu, num_params=network.count_params(), flops=count_flops(network),

@@ -140,6 +140,24 @@ def test_a_resumed_run_mixes_as_an_unbroken_one(splits, mixed, tmp_path):
     assert resumed.history["loss"] == mixed.history["loss"]  # epoch 2: the same batches, the same mixes
 
 
+def test_a_save_from_an_older_version_resumes_with_one_value_an_epoch_for_every_metric(splits, tmp_path):
+    """A checkpoint whose history lacks metrics added since (the BatchNorm check, top-5) goes on; those are NaN before."""
+    import json
+
+    train(dataclasses.replace(TINY, epochs=1), splits, checkpoint_folder=tmp_path)
+    state_file = next(tmp_path.glob("epoch-*/state.json"))
+    state = json.loads(state_file.read_text())
+    added = ["val_accuracy_moving_bn", "val_accuracy_recomputed_bn", "top5_accuracy", "val_top5_accuracy"]
+    state["history"] = {key: values for key, values in state["history"].items() if key not in added}
+    state_file.write_text(json.dumps(state))
+    resumed = train(TINY, splits, checkpoint_folder=tmp_path)
+    assert resumed.epochs_run == 2
+    assert {key: len(values) for key, values in resumed.history.items() if values} == \
+        {key: 2 for key, values in resumed.history.items() if values}  # what history.csv writes row by row
+    for key in added:
+        assert math.isnan(resumed.history[key][0]) and not math.isnan(resumed.history[key][1]), key
+
+
 def test_top5_accuracy_is_logged_each_epoch_and_at_test(splits, plain):
     for top5, top1 in ((plain.history["top5_accuracy"], plain.history["accuracy"]),
                        (plain.history["val_top5_accuracy"], plain.history["val_accuracy"])):
