@@ -404,12 +404,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     wall, cpu = clock()
 
     # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
-    history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fit.history.get(key, [])]
-               for key in EPOCH_METRICS}
+    history = merged_history(saved, fit.history)
     epochs_run = len(history["loss"])
-    # One value an epoch for every metric logged: one a save from an older version lacks is NaN before it.
-    history = {key: [math.nan] * (epochs_run - len(values)) + values if values else []
-               for key, values in history.items()}
     bn_check.before_test()
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
     test_loss, test_accuracy, predictions = test_scores(probabilities, splits.y_test)
@@ -420,6 +416,15 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         network=network, input_mean=input_mean,
         test_top5_accuracy=top_k_accuracy(probabilities, splits.y_test, 5) if num_classes > 5 else None,
     )
+
+
+def merged_history(saved, fitted: dict) -> dict[str, list[float]]:
+    """The save's epochs then this fit's, one value an epoch for every metric logged; a metric that a save from
+    an older version lacks (the BatchNorm check, top-5) is NaN for the epochs before it."""
+    history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fitted.get(key, [])]
+               for key in EPOCH_METRICS}
+    epochs = len(history["loss"])
+    return {key: [math.nan] * (epochs - len(values)) + values if values else [] for key, values in history.items()}
 
 
 def soft_targets(config: Config) -> bool:
