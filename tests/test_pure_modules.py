@@ -1,4 +1,5 @@
-"""Direct tests of the modules that need no store and no Keras: checkpoints on disk and stop requests."""
+"""Direct tests of the modules that need no store and no Keras: checkpoints, stop requests, the command line,
+the evidence over seeds and the console."""
 
 import os
 import signal
@@ -139,3 +140,89 @@ def test_one_line_escapes_the_line_breaks_a_value_brought():
 
     assert cli.one_line("bad value 'a\nb\r\u2028c'") == "bad value 'a\\nb\\r\\u2028c'"
     assert cli.exit_code_of(interrupt.Interrupted(signal.SIGTERM)) == 143 and cli.exit_code_of(KeyboardInterrupt()) == 130
+
+
+# ---------------------------------------------------------------------------------------------
+# evidence: a ladder's replicates in, steps and changes out
+
+
+def _records(values: dict) -> list[dict]:
+    """{(step, seed): accuracy} as the records a ladder's runs give."""
+    return [{"step": step, "seed": seed, "test_accuracy": value, "best_val_accuracy": value}
+            for (step, seed), value in values.items()]
+
+
+def test_changes_pair_by_seed_and_count_only_the_seeds_both_steps_have():
+    from ablation import evidence
+
+    records = _records({("a", 0): 0.50, ("a", 1): 0.52, ("a", 2): 0.51, ("b", 0): 0.55, ("b", 2): 0.58})
+    [change] = evidence.compare_steps(records, [("b", "a")])
+    assert change.seeds == (0, 2) and change.change.n == 2
+    assert change.change.mean == pytest.approx(((0.55 - 0.50) + (0.58 - 0.51)) / 2)
+    [step_a, step_b] = evidence.summarize_steps(records, [("a", False), ("b", False)])
+    assert (step_a.seeds, step_b.seeds) == ((0, 1, 2), (0, 2)) and step_a.test.mean == pytest.approx(0.51)
+
+
+def test_a_run_without_the_compared_metric_is_not_counted():
+    from ablation import evidence
+
+    records = _records({("a", 0): 0.5, ("a", 1): 0.5, ("b", 0): 0.6, ("b", 1): 0.6})
+    for record, top5 in zip(records, (0.8, None, 0.9, float("nan")), strict=True):
+        record["test_top5_accuracy"] = top5
+    [change] = evidence.compare_steps(records, [("b", "a")], metric="test_top5_accuracy")
+    assert change.seeds == (0,) and change.change.mean == pytest.approx(0.1) and change.mcnemar is None
+
+
+def test_ladder_pairs_compare_each_step_with_the_one_before_and_a_baseline_with_its_own():
+    from types import SimpleNamespace
+
+    from ablation import evidence
+
+    def step(name, is_baseline, compare_to=None):
+        return SimpleNamespace(name=name, is_baseline=is_baseline, compare_to=compare_to)
+
+    steps = [step("t", False), step("aug", False), step("deep", False), step("vgg", True), step("resnet", True, "aug")]
+    assert evidence.ladder_pairs(steps) == [("aug", "t"), ("deep", "aug"), ("vgg", "deep"), ("resnet", "aug")]
+
+
+def test_a_decided_change_keeps_its_first_verdict():
+    from ablation import evidence, stats
+
+    def item(step, verdict):
+        return {"step": step, "against": "a", "change": {"verdict": verdict}}
+
+    decided = {}
+    assert [i["step"] for i in evidence.still_open([item("b", stats.HELPED), item("c", stats.UNDECIDED)], decided)] == ["c"]
+    assert [i["step"] for i in evidence.still_open([item("b", stats.UNDECIDED), item("c", stats.HURT)], decided)] == []
+    assert decided[("b", "a")]["change"]["verdict"] == stats.HELPED  # the later look does not undo it
+    assert evidence.looks(3, 8) == [3, 5, 7, 8] and evidence.looks(8, 8) == [8]
+
+
+# ---------------------------------------------------------------------------------------------
+# console: what a command shows
+
+
+def test_in_a_pipe_a_display_prints_plain_lines_and_draws_no_bars():
+    from ablation.console import Display
+
+    lines = []
+    with Display(live=False, out=lines.append) as display:
+        display.start_overall("ladder", total=3, unit="epochs")
+        with display.epoch_bar(3, 10) as (begin, batch):
+            assert begin == () and batch == ()  # no hooks: nothing to draw
+        display("step 1")
+        display.update_overall(advance=1)
+    assert lines == ["step 1"] and display.bars is None
+
+
+def test_hidden_native_stderr_swallows_fd_2_and_gives_it_back():
+    code = textwrap.dedent("""
+        import os
+        from ablation import console
+        console.configure(verbose=False)
+        with console.native_stderr_hidden():
+            os.write(2, b"native chatter\\n")
+        os.write(2, b"after\\n")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "after\n", done.stderr
