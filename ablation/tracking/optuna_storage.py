@@ -14,20 +14,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from ablation.config import StoreError, StudyError
-from ablation.tracking.store import DATABASE_SCHEMES, DEFAULT_STORE, _first_line, _safe, _sqlite_dir, check_database, check_writable_folder, existing_ancestor, tracking_uri
+from ablation.tracking.store import (DATABASE_SCHEMES, _first_line, _safe, check_database, check_writable_folder,
+                                     existing_ancestor, store_folder)
 
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180  # Optuna RDB storages only; $ABLATION_HEARTBEAT / $ABLATION_GRACE
 MAX_RETRIES = 2  # times a trial whose worker died is queued again
-
-
-def store_folder() -> Path:
-    """Folder of a SQLite tracking store (./mlruns by default); ./mlruns for any other store.
-
-    The search keeps its embedded Optuna storage here, so a temp MLFLOW_TRACKING_URI keeps both together.
-    """
-    folder = _sqlite_dir(tracking_uri())
-    return folder if folder is not None else DEFAULT_STORE
 
 
 def check_storage(spec: str | None):

@@ -11,9 +11,8 @@ import mlflow
 import psutil
 
 import ablation
-from ablation.tracking.optuna_storage import store_folder
 from ablation.tracking.record import has_logged_model
-from ablation.tracking.store import connect
+from ablation.tracking.store import connect, store_folder
 from ablation.tracking.tags import Tag
 
 

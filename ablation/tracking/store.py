@@ -46,6 +46,16 @@ def _sqlite_dir(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]).parent
 
 
+def store_folder() -> Path:
+    """Folder of a SQLite tracking store (./mlruns by default); ./mlruns for any other store.
+
+    The search keeps its embedded Optuna storage here, and training its checkpoints, so a temp
+    MLFLOW_TRACKING_URI keeps them all together.
+    """
+    folder = _sqlite_dir(tracking_uri())
+    return folder if folder is not None else DEFAULT_STORE
+
+
 def connect() -> MlflowClient:
     """Point MLflow at the store, creating a SQLite one (tables included) under a file lock.
 
