@@ -436,9 +436,9 @@ class Profile:
         if self.epoch_scale == 1.0 and self.train_subset is None and self.test_subset is None:
             return config
         scale = lambda n: max(1, math.ceil(n * self.epoch_scale))  # noqa: E731
-        # Patience shrinks with the epochs, but not below 5 (or the recipe's own value): on a
-        # subset the first epochs' validation numbers swing while BatchNorm's moving statistics
-        # catch up, and a quick run with patience 2 stopped the LR-schedule step at epoch 3.
+        # Patience shrinks with the epochs, but not below 5 (or the recipe's own value): on a few
+        # hundred validation images an epoch's numbers swing by more than a shrunk run gains per
+        # epoch, and patiences of 1-2 fire on that noise (docs/recipe.md, the patience floor).
         patience = lambda n: max(min(n, MIN_SCALED_PATIENCE), scale(n))  # noqa: E731
         stopping, lowering = patience(config.early_stopping_patience), patience(config.reduce_lr_patience)
         if (config.early_stopping_monitor and config.reduce_lr_monitor
