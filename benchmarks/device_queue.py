@@ -1,6 +1,6 @@
 """A study's ladder over seeds through the shared work queue on one machine (a GPU or the CPU), K workers, in a budget.
 
-    python -m benchmarks.device_queue --data ARCHIVE --store DIR --profile full --seeds 5 --gpu 0 --per-gpu 4 --minutes 60
+    python -m benchmarks.device_queue --data ARCHIVE --store DIR --profile full --seeds 5 --gpu 0 --per-gpu K --minutes 60
     python -m benchmarks.device_queue --data ARCHIVE --store DIR --profile smoke --seeds 2 --processes 2 --minutes 1
 
 It runs the project's own commands, as subprocesses, on an embedded store in one folder (DIR: the
@@ -25,7 +25,8 @@ unit in hand back in the queue (its MLflow run KILLED, its checkpoint kept). Fin
 store. Running the same command again joins the same queue and goes on: finished units are not
 trained again, an interrupted one resumes from its last finished epoch. The queue retries a unit at
 most twice (a budget stop counts as one), so a unit longer than the budget can be carried over two
-budgets, not three: give a budget longer than one unit. A later command with more seeds reuses the
+budgets, not three (the fourth command reports it failed, "its worker died"): give a budget longer
+than one unit. A stopped unit goes back at the end of the queue, behind the units not yet started. A later command with more seeds reuses the
 finished ones (the ladder's reuse by work key) and trains only the new seeds.
 
 Exit codes: 0 every unit finished; 1 a unit failed (the planner names it; its run says why);
@@ -56,7 +57,8 @@ REPORT_SECONDS = 5.0  # how often finished units are looked up in the store
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_queue", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.device_queue", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="CIFAR-10 (default: $ABLATION_DATA)")
     parser.add_argument("--store", required=True,
                         help="the folder of the embedded store (MLflow database, Optuna journal, checkpoints, logs)")
@@ -321,7 +323,8 @@ def finish(reason, planner, workers, store, planned, sampler, seconds, stop_sign
     if done == len(planned):
         return 0
     how = "the budget ran out" if reason == "budget" else "stopped"
-    print(f"{how}: {len(planned) - done} unit(s) left, back in the queue; run the same command again to go on")
+    print(f"{how}: {len(planned) - done} unit(s) left, back in the queue; run the same command again to go on "
+          "(the queue takes a unit back after two stops, not three: see --help)")
     if reason == "signal":
         return 128 + stop_signal[0]
     return EXIT_BUDGET
