@@ -11,6 +11,11 @@ and appends one JSON line per finished unit to RESULTS. After --minutes no new u
 units already running finish. Run it again to go on: finished units (same step, seed and config hash)
 are skipped. Per unit it prints the wall time, training images per second, the test accuracy and,
 where `nvidia-smi` answers, the GPU's mean utilisation while the unit ran.
+
+The same work with MLflow and the shared queue (runs, checkpoints, resumption and the report as every
+command has them) is `benchmarks/device_queue.py`, the one to use where the project is installed. This
+one is kept for a device image that lacks the tracking stack (MLflow, Optuna; the H200 measurement in
+docs/results.md ran so, on Keras' JAX backend), and to repeat that measurement with its commands.
 """
 
 import argparse
