@@ -16,12 +16,12 @@ import os
 import sys
 import time
 
-from ablation import interrupt
 from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
                           exit_code_of, one_line, positive_count, seed_count)
-from ablation.config import StoreError, StudyError, get_profile
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
-from ablation.study import apply_overrides, load_study, parse_overrides
 
 DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
 DEFAULT_BUDGET = 32
@@ -81,18 +81,19 @@ def prepare(args) -> tuple:
 
 def attribute(args, study, profile) -> dict | None:
     """Phase 2: the store checked, the design run (every finished run reused); its result, None on a dry run."""
-    from ablation import attribution, runner, tracking, workqueue
-    from ablation.console import Display
+    from ablation import tracking
+    from ablation.core.console import Display
+    from ablation.engine import designs, queue, units
 
     tracking.check_store()
     search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
-    run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
-        else runner.run_units
+    run_units = functools.partial(queue.run_units_shared, storage=args.storage) if args.workers \
+        else units.run_units
     with Display() as display:
-        return attribution.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
-                                      data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                      search=search, reports=args.reports, dry_run=args.dry_run,
-                                      say=display, run_units=run_units)
+        return designs.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
+                                  data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                  search=search, reports=args.reports, dry_run=args.dry_run,
+                                  say=display, run_units=run_units)
 
 
 def main(argv=None) -> int:
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             study, profile = prepare(args)
-            from ablation import attribution_output, workqueue  # the table; the queue (MLflow), for its error below
+            from ablation.engine import queue  # the queue (MLflow), for its error below
+            from ablation.report import attribution_tables  # the table
 
             result = attribute(args, study, profile)
         except (StudyError, DataError, StoreError) as error:
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
             print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "
                   "marked KILLED with its checkpoint kept, and a re-run resumes it", file=sys.stderr)
             return exit_code_of(stop)
-        except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+        except queue.WorkError as error:  # last: the name exists once the engines are imported
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
     if result is None:
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     cpu = ended.user + ended.system - cpu_started.user - cpu_started.system
     print(f"\n{study.title}: {args.design} ({profile.name} profile), {time.perf_counter() - started:.0f} s wall, "
           f"{cpu:.0f} CPU-s\n")
-    print(attribution_output.format_table(result))
+    print(attribution_tables.format_table(result))
     print("\nwritten: " + ", ".join(result["files"]))
     for failed in result["failed"]:  # its subsets count as missing in the table above
         print(f"FAILED: base + {failed['components']} seed {failed['seed']}: {failed['error']}", file=sys.stderr)

@@ -10,8 +10,8 @@ import os
 import re
 import signal
 
-from ablation.config import PROFILES, SEED
-from ablation.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
+from ablation.core.config import PROFILES, SEED
+from ablation.core.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
 
 SHIPPED_NAMES = sorted(path.stem for path in SHIPPED_STUDIES.glob("*.toml"))
 DEFAULT_STUDY = "assignment"  # a shipped study, found by name from any folder (study.find_study)
@@ -132,7 +132,7 @@ def add_output_arguments(parser: argparse.ArgumentParser):
 
 def configure(args: argparse.Namespace):
     """The process-wide choices of the common arguments, made before the engines are imported."""
-    from ablation import console  # the terminal's side (rich): after --help
+    from ablation.core import console  # the terminal's side (rich): after --help
 
     console.configure(args.verbose)
     os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false" if args.no_system_metrics else "true"

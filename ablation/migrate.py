@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ablation.cli import EXIT_INPUT_ERROR, ArgumentParser, one_line
-from ablation.config import StoreError, StudyError
+from ablation.core.config import StoreError, StudyError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -50,7 +50,7 @@ RetryHeartbeatStaleTrialCallback (two retries), which also covers workers on oth
 Shared queue. With --workers the invocation queues its --trials trials in the study (WAITING trials
 whose params TPE samples when a worker runs them) and works on them beside every `python -m
 ablation.worker` on the same stores (with --plan-only it only waits for them), then records the
-outcome as above (ablation/workqueue.py). It is the same search: the queue carries it resolved (the
+outcome as above (ablation/engine/queue.py). It is the same search: the queue carries it resolved (the
 base config with --set and --seed in, the space, the profile, the pruner), so a worker trains what a
 local search would; --timeout stops trials from starting after that many seconds wherever they run.
 
@@ -75,13 +75,13 @@ import functools
 import sys
 import time
 
-from ablation import interrupt
 from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
                           check_plan_only, configure, describe_stop, exit_code_of, one_line, plain_name,
                           positive_count, positive_seconds)
-from ablation.config import StoreError, StudyError, get_profile
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
-from ablation.study import apply_overrides, load_study, parse_overrides
 
 DEFAULT_TRIALS = 10
 DEFAULT_REPORTS = "reports"
@@ -122,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def format_table(summary: dict, monitor: str, top: int = 10) -> str:
     """The top trials as a text table, and a line on pruning."""
-    from ablation.searcher import format_params  # the engine: loaded by then
+    from ablation.engine.trials import format_params  # the engine: loaded by then
     header = f"{'trial':>6}  {'state':<9}{monitor:>13}{'test acc':>10}{'epochs':>8}  params"
     lines = [header, "-" * len(header)]
     for row in summary["rows"][:top]:
@@ -141,9 +141,9 @@ def search(args) -> tuple:
     study = apply_overrides(load_study(args.study), parse_overrides(args.set))
     profile = get_profile(args.profile)
     from ablation import tracking
-    from ablation.console import Display
-    from ablation.searcher import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
-    from ablation.workqueue import queue_trials
+    from ablation.core.console import Display
+    from ablation.engine.queue import queue_trials
+    from ablation.engine.trials import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
 
     tracking.check_store()
     # One search either way: its trials run here, or go through the shared queue to every worker.

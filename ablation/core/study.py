@@ -2,7 +2,7 @@
 
 A study file (`studies/*.toml`) holds a base config, the steps as deltas, baselines, the numbers the
 source reported, an optional search space and attribution components. The loader rejects unknown
-keys and bad values, naming the file, the key and what is allowed (the rules of `ablation.config`).
+keys and bad values, naming the file, the key and what is allowed (the rules of `ablation.core.config`).
 """
 
 import dataclasses
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ablation.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError, check_combination,
-                             check_field, check_knob, check_setting, checked, finite, inferred_rule, knob_rule, number, shown, whole)
+from ablation.core.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError,
+                                  check_combination, check_field, check_knob, check_setting, checked, finite,
+                                  inferred_rule, knob_rule, number, shown, whole)
 from ablation.models import MODELS, model_defaults
 from ablation.models.imported import ModelError, is_import_path, read_source
 
