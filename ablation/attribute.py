@@ -16,8 +16,9 @@ import os
 import sys
 import time
 
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
-                          exit_code_of, one_line, positive_count, seed_count)
+from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_replicate_arguments,
+                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by,
+                          positive_count)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError, get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
@@ -42,10 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=positive_count, default=DEFAULT_BUDGET,
                         help=f"most subsets (each trained once per seed) the shapley design may use (default "
                              f"{DEFAULT_BUDGET}: exact up to 5 components)")
-    parser.add_argument("--seeds", type=seed_count, default=None,
-                        help="training seeds 0..N-1, paired across subsets (default: the study's [study] seeds)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="TensorFlow's op determinism (as the ladder's flag: reuses runs made with it)")
+    add_replicate_arguments(parser, "subset")
     parser.add_argument("--force", action="store_true", help="train every subset again, even finished ones")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the components, conflicts and what would train, then stop")
@@ -54,17 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--from-search", action="store_true",
                         help="attribute the search's best trial against its base step, one component per knob it "
                              "changed, beside Optuna's parameter importances")
-    parser.add_argument("--workers", action="store_true",
-                        help="put the subsets' units in the shared work queue at --storage and work on them with "
-                             "every `python -m ablation.worker` on the same stores; ends when all are done")
-    parser.add_argument("--storage", default=None,
-                        help="with --from-search: the Optuna storage (as the search's); with --workers: the queue's "
-                             "(default: optuna.journal beside the MLflow store)")
+    add_workers_argument(parser, "the subsets' units")
+    add_storage_argument(parser, "with --from-search: the search's Optuna storage; with --workers: the queue's")
     parser.add_argument("--study-name", default=None,
                         help="with --from-search: the Optuna study (default <study>-<profile>)")
     args = parser.parse_args(argv)
-    if args.seeds is not None and args.seed is not None:
-        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    check_replicates(parser, args)
     if args.study_name and not args.from_search:
         parser.error("--study-name goes with --from-search")
     if args.storage and not (args.from_search or args.workers):
@@ -84,6 +77,7 @@ def attribute(args, study, profile) -> dict | None:
     from ablation import tracking
     from ablation.core.console import Display
     from ablation.engine import designs, queue, units
+    from ablation.report import attribution_tables
 
     tracking.check_store()
     search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
@@ -93,7 +87,7 @@ def attribute(args, study, profile) -> dict | None:
         return designs.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
                                   data_path=args.data, force=args.force, deterministic=args.deterministic,
                                   search=search, reports=args.reports, dry_run=args.dry_run,
-                                  say=display, run_units=run_units)
+                                  say=display, run_units=run_units, write_files=attribution_tables.write_outputs)
 
 
 def main(argv=None) -> int:
@@ -108,13 +102,9 @@ def main(argv=None) -> int:
             from ablation.report import attribution_tables  # the table
 
             result = attribute(args, study, profile)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "
-                  "marked KILLED with its checkpoint kept, and a re-run resumes it", file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished subsets are kept (a re-run reuses them); the running one is marked "
+                                   "KILLED with its checkpoint kept, and a re-run resumes it")
         except queue.WorkError as error:  # last: the name exists once the engines are imported
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED

@@ -10,8 +10,9 @@ import dataclasses
 import sys
 import time
 
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
-                          check_plan_only, configure, describe_stop, exit_code_of, one_line, seed_count)
+from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_plan_only_argument,
+                          add_replicate_arguments, add_storage_argument, add_workers_argument, check_plan_only,
+                          check_replicates, configure, ended_by)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError, get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
@@ -31,14 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train every step again, even one already finished with the same config and data")
     parser.add_argument("--steps", default=None,
                         help="comma-separated step names to run (default: every step and baseline)")
-    parser.add_argument("--seeds", type=seed_count, default=None,
-                        help="train every step with the training seeds 0..N-1 (a paired design; default: the "
-                             "study's [study] seeds, else 1); finished replicates are reused")
+    add_replicate_arguments(parser, "step")
     parser.add_argument("--vary-split", action="store_true",
                         help="vary the split seed with the training seed too (default: every replicate is scored "
                              "on the same train/validation/test images)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--rope", type=float, default=ROPE_POINTS,
                         help="equivalence margin in points of test accuracy: a change whose interval lies within "
                              "±ROPE is 'equivalent' (default: 1.0, about the SE of one accuracy on 2,000 test images)")
@@ -52,12 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
                         help="log trained networks as MLflow models (Keras format): final: the study's last step "
                              "(default); all: every step; none")
-    parser.add_argument("--workers", action="store_true",
-                        help="put the units in the shared work queue at --storage and work on them with every "
-                             "`python -m ablation.worker` on the same stores; ends when all are done")
-    parser.add_argument("--storage", default=None,
-                        help="with --workers: the queue's Optuna storage, a URL (postgresql://user@host/db) or a "
-                             "journal file (default: optuna.journal beside the MLflow store, one machine only)")
+    add_workers_argument(parser, "the units")
+    add_storage_argument(parser, "with --workers: the queue's Optuna storage")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each step's checkpoints (<store>/checkpoints/) after it ends (default: removed "
                              "once it finishes or fails; an interrupted step's are always kept, to resume it)")
@@ -76,8 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"--max-seeds {args.max_seeds}")
     if args.storage is not None and not args.workers:
         parser.error("--storage is the work queue's: give it with --workers")
-    if args.seeds is not None and args.seed is not None:
-        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    check_replicates(parser, args)
     return args
 
 
@@ -184,14 +176,10 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             return run(args)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished steps are kept; the interrupted step's run is KILLED with its "
-                  "checkpoint kept. Run the same command again to resume it from its last finished epoch",
-                  file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished steps are kept; the interrupted step's run is KILLED with its "
+                                   "checkpoint kept. Run the same command again to resume it from its last finished "
+                                   "epoch")
 
 
 def prepare(args):

@@ -75,9 +75,9 @@ import functools
 import sys
 import time
 
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
-                          check_plan_only, configure, describe_stop, exit_code_of, one_line, plain_name,
-                          positive_count, positive_seconds)
+from ablation.cli import (ArgumentParser, add_common_arguments, add_plan_only_argument, add_storage_argument,
+                          add_workers_argument, check_plan_only, configure, ended_by, plain_name, positive_count,
+                          positive_seconds)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError, get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
@@ -96,9 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials", type=positive_count, default=DEFAULT_TRIALS,
                         help=f"trials this invocation adds to the study (default {DEFAULT_TRIALS}); "
                              "each worker on the same storage adds its own")
-    parser.add_argument("--storage", default=None,
-                        help="Optuna storage: a URL (sqlite:///search.db, postgresql://...) or a journal file "
-                             "(*.journal, *.log); default: optuna.journal beside the MLflow store (./mlruns)")
+    add_storage_argument(parser, "the Optuna storage of the search's study (with --workers, the queue's too)")
     parser.add_argument("--study-name", type=plain_name, default=None,
                         help="Optuna study name (default: <study>-<profile>, -seed<N> added with --seed)")
     parser.add_argument("--timeout", type=positive_seconds, default=None,
@@ -111,9 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
     parser.add_argument("--epoch-lines", action="store_true",
                         help="also print one line per epoch of every trial (default: one line per trial)")
-    parser.add_argument("--workers", action="store_true",
-                        help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
-                             "same stores and work on them too; ends when they are done")
+    add_workers_argument(parser, "the --trials trials")
     add_plan_only_argument(parser)
     args = parser.parse_args(argv)
     check_plan_only(parser, args)
@@ -163,13 +159,9 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             study, profile, summary = search(args)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished trials are kept; the running one is marked failed (Optuna) "
-                  "and KILLED (MLflow); run the same command again to go on", file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished trials are kept; the running one is marked failed (Optuna) and KILLED "
+                                   "(MLflow); run the same command again to go on")
     print(f"\n{study.title}: Optuna study {summary['optuna_study']!r} ({profile.name} profile), "
           f"{summary['added']} trial(s) added in {time.perf_counter() - started:.0f} s\n")
     print(format_table(summary, study.search.monitor, args.top))

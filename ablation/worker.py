@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, configure, describe_stop,
-                          exit_code_of, idle_seconds, one_line, positive_count)
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, add_storage_argument, configure,
+                          ended_by, idle_seconds, positive_count)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.data import DataError
@@ -51,9 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m ablation.worker",
         description="Take units of the shared work queue (ladder steps, seeds, search trials), train and record them.",
     )
-    parser.add_argument("--storage", default=None,
-                        help="the planners' Optuna storage: a URL (postgresql://user@host/db) or a journal file "
-                             "(default: optuna.journal beside the MLflow store, one machine only)")
+    add_storage_argument(parser, "the planners' Optuna storage (the shared queue)")
     parser.add_argument("--data", default=None,
                         help="the data on this machine, as the planner's --data (default: $ABLATION_DATA); it must "
                              "give the planner's splits, digest for digest")
@@ -110,13 +108,8 @@ def run_worker(args) -> int:
             print(f"worker {tracking.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}"
                   + (f", GPU {gpu}" if gpu is not None else ""))
             ran = queue.work(storage, data, print, names=args.queue, idle_seconds=args.idle)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: the unit in hand went back to the queue (its run is marked KILLED)",
-                  file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "the unit in hand went back to the queue (its run is marked KILLED)")
     print(f"no work left: this worker ran {ran} unit(s)")
     return 0  # a unit that failed is recorded (its run says why); its planner reports it
 
@@ -154,8 +147,7 @@ def run_children(args, slots: list[dict]) -> int:
                 time.sleep(0.2)
         except KeyboardInterrupt as stop:
             stop_children(children, getattr(stop, "signum", signal.SIGINT))
-            print(f"\n{describe_stop(stop)}: every worker put its unit in hand back in the queue", file=sys.stderr)
-            return exit_code_of(stop)
+            return ended_by(stop, "every worker put its unit in hand back in the queue")
     failed = [child.returncode for child in children if child.returncode != 0]
     return failed[0] if failed else 0
 

@@ -103,7 +103,7 @@ MAX_SEEDS = 1000
 
 # The shipped studies: inside the package once installed (setup.py ships studies/ as ablation/studies/), beside
 # it in a source checkout or an editable install.
-SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"
+SHIPPED_STUDIES = Path(__file__).resolve().parents[1] / "studies"  # ablation/studies/
 if not SHIPPED_STUDIES.is_dir():
     SHIPPED_STUDIES = SHIPPED_STUDIES.parents[1] / "studies"
 
