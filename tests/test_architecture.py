@@ -1,7 +1,9 @@
-"""The package's shape, read from the source: layers that import only downwards, one MLflow module, one tag schema.
+"""The package's shape, read from the source: folders as layers that import only downwards, one MLflow module,
+one tag schema.
 
 Reading the imports (with `ast`, function-level ones included) keeps the structure true as the code grows:
-a new module must be placed in a layer here before it can be imported by anything.
+a new module goes into the sub-package that says what it is (its layer comes with it); a new sub-package
+must be placed in a layer here before it can be imported by anything.
 """
 
 import ast
