@@ -51,7 +51,7 @@ name = "regularize"
 model_args = { dropout_rate = 0.2 }
 learning_rate = 3e-3
 
-[designs.components]
+[attribution.components]
 flip = { step = "flip" }
 dropout = { step = "regularize", fields = ["dropout_rate"] }
 faster_lr = { step = "regularize", fields = ["learning_rate"] }
@@ -125,20 +125,20 @@ def test_conflicting_settings_are_resolved_by_ladder_order_and_listed():
 
 
 @pytest.mark.parametrize("table, message", [
-    ('[designs.components]\na = { step = "augmentation" }', "not covered"),
-    ('[designs.components]\na = { step = "template" }', "after the first"),
-    ('[designs.components]\na = { step = "augmentation", fields = ["epochs"] }', "not set by step 'augmentation'"),
-    ('[designs.components]\na = { step = "augmentation", fieds = ["zoom_range"] }', "fieds"),
-    ('[designs.components]\na = { step = "augmentation", fields = [] }', "non-empty list"),
-    ('[designs.components]\nA = { step = "augmentation" }', "snake_case"),
+    ('[attribution.components]\na = { step = "augmentation" }', "not covered"),
+    ('[attribution.components]\na = { step = "template" }', "after the first"),
+    ('[attribution.components]\na = { step = "augmentation", fields = ["epochs"] }', "not set by step 'augmentation'"),
+    ('[attribution.components]\na = { step = "augmentation", fieds = ["zoom_range"] }', "fieds"),
+    ('[attribution.components]\na = { step = "augmentation", fields = [] }', "non-empty list"),
+    ('[attribution.components]\nA = { step = "augmentation" }', "snake_case"),
     ('[attribution]\nparts = 1', "parts"),
-    ('[designs.components]\na = { step = "augmentation" }\nb = { step = "augmentation", fields = ["zoom_range"] }',
+    ('[attribution.components]\na = { step = "augmentation" }\nb = { step = "augmentation", fields = ["zoom_range"] }',
      "already in component 'a'"),
 ])
 def test_a_bad_attribution_table_names_the_file_and_key(tmp_path, table, message):
     path = tmp_path / "bad.toml"
     text = open(ASSIGNMENT).read()
-    path.write_text(text[:text.index("[designs.components]")] + table + "\n")
+    path.write_text(text[:text.index("[attribution.components]")] + table + "\n")
     with pytest.raises(StudyError, match="bad.toml") as error:
         load_study(path)
     assert message in str(error.value)
