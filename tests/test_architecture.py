@@ -85,6 +85,22 @@ def ablation_imports(path: Path) -> set[str]:
 
 def test_the_package_has_its_modules():
     assert {"ablation.core.config", "ablation.tracking", "ablation.engine.units", "ablation.ladder"} <= set(MODULES)
+    assert {"ablation.core", "ablation.training", "ablation.analysis", "ablation.engine"} <= SUBPACKAGES
+
+
+def test_every_module_sits_in_a_subpackage_but_the_commands_and_the_api():
+    top_level = {module_name(p) for p in SOURCES if p.parent == ROOT / "ablation"}
+    assert top_level == TOP_LEVEL, \
+        f"only {sorted(TOP_LEVEL)} belong directly in ablation/: move {sorted(top_level - TOP_LEVEL)} into a sub-package"
+
+
+def test_every_subpackage_is_one_layered_unit():
+    units = set().union(*LAYERS)
+    nested = sorted(name for name in SUBPACKAGES if name.count(".") > 1)
+    assert not nested, f"sub-packages one folder deep only (a unit is ablation.NAME): {nested}"
+    assert SUBPACKAGES <= units, f"place {sorted(SUBPACKAGES - units)} in LAYERS"
+    stray = sorted(units - SUBPACKAGES - TOP_LEVEL)
+    assert not stray, f"LAYERS names what is neither a sub-package nor a top-level module: {stray}"
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
