@@ -2,7 +2,7 @@
 
 The studies stay at the repository's root (studies/, the project's layout) and ship inside the package
 as ablation/studies/, so that `--study NAME` finds them after a plain `pip install .`, from any folder
-(ablation.study.SHIPPED_STUDIES). Subpackages are found, not listed: a new one ships without an edit here.
+(ablation.core.study.SHIPPED_STUDIES). Subpackages are found, not listed: a new one ships without an edit here.
 """
 
 from setuptools import find_packages, setup

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ablation import attribute as attribute_command
-from ablation import interrupt, ladder, search
+from ablation import ladder, search
 from ablation.cli import DEFAULT_STUDY, configure
-from ablation.study import load_study  # noqa: F401  (part of the API: a study file read and checked)
+from ablation.core import interrupt
+from ablation.core.study import load_study  # noqa: F401  (part of the API: a study file read and checked)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ import os
 import sys
 import time
 
-from ablation import interrupt
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, configure, describe_stop,
-                          exit_code_of, one_line, positive_count, seed_count)
-from ablation.config import StoreError, StudyError, get_profile
+from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_replicate_arguments,
+                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by,
+                          positive_count)
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
-from ablation.study import apply_overrides, load_study, parse_overrides
 
 DESIGNS = ("leave-one-out", "add-one-in", "shapley")  # the engine's, kept here so --help imports no engine
 DEFAULT_BUDGET = 32
@@ -42,10 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=positive_count, default=DEFAULT_BUDGET,
                         help=f"most subsets (each trained once per seed) the shapley design may use (default "
                              f"{DEFAULT_BUDGET}: exact up to 5 components)")
-    parser.add_argument("--seeds", type=seed_count, default=None,
-                        help="training seeds 0..N-1, paired across subsets (default: the study's [study] seeds)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="TensorFlow's op determinism (as the ladder's flag: reuses runs made with it)")
+    add_replicate_arguments(parser, "subset")
     parser.add_argument("--force", action="store_true", help="train every subset again, even finished ones")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the components, conflicts and what would train, then stop")
@@ -54,17 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--from-search", action="store_true",
                         help="attribute the search's best trial against its base step, one component per knob it "
                              "changed, beside Optuna's parameter importances")
-    parser.add_argument("--workers", action="store_true",
-                        help="put the subsets' units in the shared work queue at --storage and work on them with "
-                             "every `python -m ablation.worker` on the same stores; ends when all are done")
-    parser.add_argument("--storage", default=None,
-                        help="with --from-search: the Optuna storage (as the search's); with --workers: the queue's "
-                             "(default: optuna.journal beside the MLflow store)")
+    add_workers_argument(parser, "the subsets' units")
+    add_storage_argument(parser, "with --from-search: the search's Optuna storage; with --workers: the queue's")
     parser.add_argument("--study-name", default=None,
                         help="with --from-search: the Optuna study (default <study>-<profile>)")
     args = parser.parse_args(argv)
-    if args.seeds is not None and args.seed is not None:
-        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    check_replicates(parser, args)
     if args.study_name and not args.from_search:
         parser.error("--study-name goes with --from-search")
     if args.storage and not (args.from_search or args.workers):
@@ -81,18 +74,20 @@ def prepare(args) -> tuple:
 
 def attribute(args, study, profile) -> dict | None:
     """Phase 2: the store checked, the design run (every finished run reused); its result, None on a dry run."""
-    from ablation import attribution, runner, tracking, workqueue
-    from ablation.console import Display
+    from ablation import tracking
+    from ablation.core.console import Display
+    from ablation.engine import designs, queue, units
+    from ablation.report import attribution_tables
 
     tracking.check_store()
     search = {"storage": args.storage, "optuna_name": args.study_name} if args.from_search else None
-    run_units = functools.partial(workqueue.run_units_shared, storage=args.storage) if args.workers \
-        else runner.run_units
+    run_units = functools.partial(queue.run_units_shared, storage=args.storage) if args.workers \
+        else units.run_units
     with Display() as display:
-        return attribution.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
-                                      data_path=args.data, force=args.force, deterministic=args.deterministic,
-                                      search=search, reports=args.reports, dry_run=args.dry_run,
-                                      say=display, run_units=run_units)
+        return designs.run_design(study, profile, args.design, seeds=study.seeds, budget=args.budget,
+                                  data_path=args.data, force=args.force, deterministic=args.deterministic,
+                                  search=search, reports=args.reports, dry_run=args.dry_run,
+                                  say=display, run_units=run_units, write_files=attribution_tables.write_outputs)
 
 
 def main(argv=None) -> int:
@@ -103,17 +98,14 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             study, profile = prepare(args)
-            from ablation import attribution_output, workqueue  # the table; the queue (MLflow), for its error below
+            from ablation.engine import queue  # the queue (MLflow), for its error below
+            from ablation.report import attribution_tables  # the table
 
             result = attribute(args, study, profile)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished subsets are kept (a re-run reuses them); the running one is "
-                  "marked KILLED with its checkpoint kept, and a re-run resumes it", file=sys.stderr)
-            return exit_code_of(stop)
-        except workqueue.WorkError as error:  # last: the name exists once the engines are imported
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished subsets are kept (a re-run reuses them); the running one is marked "
+                                   "KILLED with its checkpoint kept, and a re-run resumes it")
+        except queue.WorkError as error:  # last: the name exists once the engines are imported
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
     if result is None:
@@ -123,7 +115,7 @@ def main(argv=None) -> int:
     cpu = ended.user + ended.system - cpu_started.user - cpu_started.system
     print(f"\n{study.title}: {args.design} ({profile.name} profile), {time.perf_counter() - started:.0f} s wall, "
           f"{cpu:.0f} CPU-s\n")
-    print(attribution_output.format_table(result))
+    print(attribution_tables.format_table(result))
     print("\nwritten: " + ", ".join(result["files"]))
     for failed in result["failed"]:  # its subsets count as missing in the table above
         print(f"FAILED: base + {failed['components']} seed {failed['seed']}: {failed['error']}", file=sys.stderr)

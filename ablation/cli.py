@@ -9,9 +9,10 @@ import math
 import os
 import re
 import signal
+import sys
 
-from ablation.config import PROFILES, SEED
-from ablation.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
+from ablation.core.config import PROFILES, SEED
+from ablation.core.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
 
 SHIPPED_NAMES = sorted(path.stem for path in SHIPPED_STUDIES.glob("*.toml"))
 DEFAULT_STUDY = "assignment"  # a shipped study, found by name from any folder (study.find_study)
@@ -27,6 +28,16 @@ def exit_code_of(stop: KeyboardInterrupt) -> int:
 
 def describe_stop(stop: KeyboardInterrupt) -> str:
     return f"interrupted by {signal.Signals(getattr(stop, 'signum', signal.SIGINT)).name}"
+
+
+def ended_by(error: BaseException, kept: str = "") -> int:
+    """How a command ends on an input error (its one line on stderr) or on a stop asked for by a signal (`kept`:
+    what is kept, and how to go on): the exit code, EXIT_INPUT_ERROR or 130/143."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"\n{describe_stop(error)}: {kept}", file=sys.stderr)
+        return exit_code_of(error)
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return EXIT_INPUT_ERROR
 
 
 LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines() breaks on
@@ -122,6 +133,21 @@ def add_common_arguments(parser: argparse.ArgumentParser):
     add_output_arguments(parser)
 
 
+def add_replicate_arguments(parser: argparse.ArgumentParser, each: str):
+    """--seeds N and --deterministic: how many training seeds every `each` (a step, a subset) is trained with."""
+    parser.add_argument("--seeds", type=seed_count, default=None,
+                        help=f"train every {each} with the training seeds 0..N-1, paired across them (default: the "
+                             "study's [study] seeds, else 1); finished replicates are reused")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed "
+                             "(a finished run is reused only by a command with the same flag)")
+
+
+def check_replicates(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    if args.seeds is not None and args.seed is not None:
+        parser.error("give --seed (one seed) or --seeds (a count), not both")
+
+
 def add_output_arguments(parser: argparse.ArgumentParser):
     """--verbose, --no-system-metrics: every command that trains (the worker too)."""
     parser.add_argument("--verbose", action="store_true",
@@ -132,10 +158,26 @@ def add_output_arguments(parser: argparse.ArgumentParser):
 
 def configure(args: argparse.Namespace):
     """The process-wide choices of the common arguments, made before the engines are imported."""
-    from ablation import console  # the terminal's side (rich): after --help
+    from ablation.core import console  # the terminal's side (rich): after --help
 
     console.configure(args.verbose)
     os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false" if args.no_system_metrics else "true"
+
+
+STORAGES = ("a URL (postgresql://user@host/db, sqlite:///search.db) or a journal file (default: optuna.journal "
+            "beside the MLflow store; a journal serves the processes of one machine only)")
+
+
+def add_storage_argument(parser: argparse.ArgumentParser, whose: str):
+    """--storage: an Optuna storage; `whose` says what it holds (the search's study, the shared queue)."""
+    parser.add_argument("--storage", default=None, help=f"{whose}: {STORAGES}")
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, work: str):
+    """--workers: a planner that puts its `work` in the shared queue and works on it beside the workers."""
+    parser.add_argument("--workers", action="store_true",
+                        help=f"put {work} in the shared work queue at --storage and work on them with every "
+                             "`python -m ablation.worker` on the same stores; ends when all are done")
 
 
 def add_plan_only_argument(parser: argparse.ArgumentParser):

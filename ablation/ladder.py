@@ -10,12 +10,13 @@ import dataclasses
 import sys
 import time
 
-from ablation import interrupt
-from ablation.cli import (EXIT_FAILED, EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
-                          check_plan_only, configure, describe_stop, exit_code_of, one_line, seed_count)
-from ablation.config import StoreError, StudyError, get_profile
+from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_plan_only_argument,
+                          add_replicate_arguments, add_storage_argument, add_workers_argument, check_plan_only,
+                          check_replicates, configure, ended_by)
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError, check_data_path
-from ablation.study import apply_overrides, load_study, parse_overrides
 
 
 ROPE_POINTS = 1.0  # stats.ROPE in points; stats (scipy) is imported only once a ladder has run: --help stays light
@@ -31,14 +32,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train every step again, even one already finished with the same config and data")
     parser.add_argument("--steps", default=None,
                         help="comma-separated step names to run (default: every step and baseline)")
-    parser.add_argument("--seeds", type=seed_count, default=None,
-                        help="train every step with the training seeds 0..N-1 (a paired design; default: the "
-                             "study's [study] seeds, else 1); finished replicates are reused")
+    add_replicate_arguments(parser, "step")
     parser.add_argument("--vary-split", action="store_true",
                         help="vary the split seed with the training seed too (default: every replicate is scored "
                              "on the same train/validation/test images)")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="TensorFlow's op determinism: the same seed repeats bit for bit, at a cost in speed")
     parser.add_argument("--rope", type=float, default=ROPE_POINTS,
                         help="equivalence margin in points of test accuracy: a change whose interval lies within "
                              "±ROPE is 'equivalent' (default: 1.0, about the SE of one accuracy on 2,000 test images)")
@@ -52,12 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-models", default="final", choices=("final", "all", "none"),
                         help="log trained networks as MLflow models (Keras format): final: the study's last step "
                              "(default); all: every step; none")
-    parser.add_argument("--workers", action="store_true",
-                        help="put the units in the shared work queue at --storage and work on them with every "
-                             "`python -m ablation.worker` on the same stores; ends when all are done")
-    parser.add_argument("--storage", default=None,
-                        help="with --workers: the queue's Optuna storage, a URL (postgresql://user@host/db) or a "
-                             "journal file (default: optuna.journal beside the MLflow store, one machine only)")
+    add_workers_argument(parser, "the units")
+    add_storage_argument(parser, "with --workers: the queue's Optuna storage")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each step's checkpoints (<store>/checkpoints/) after it ends (default: removed "
                              "once it finishes or fails; an interrupted step's are always kept, to resume it)")
@@ -76,8 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"--max-seeds {args.max_seeds}")
     if args.storage is not None and not args.workers:
         parser.error("--storage is the work queue's: give it with --workers")
-    if args.seeds is not None and args.seed is not None:
-        parser.error("give --seed (one seed) or --seeds (a count), not both")
+    check_replicates(parser, args)
     return args
 
 
@@ -116,7 +108,7 @@ def format_steps(rows: list[dict], summary: dict) -> str:
 
 def _verdict_words(change: dict) -> str:
     """The verdict, with the margin of an equivalence and the seeds that would likely decide an undecided one."""
-    from ablation import stats
+    from ablation.analysis import stats
 
     if change["verdict"] == stats.EQUIVALENT:
         return f"equivalent (within ±{100 * change['rope']:.1f})"
@@ -184,14 +176,10 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             return run(args)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished steps are kept; the interrupted step's run is KILLED with its "
-                  "checkpoint kept. Run the same command again to resume it from its last finished epoch",
-                  file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished steps are kept; the interrupted step's run is KILLED with its "
+                                   "checkpoint kept. Run the same command again to resume it from its last finished "
+                                   "epoch")
 
 
 def prepare(args):
@@ -209,9 +197,10 @@ def prepare(args):
     profile = get_profile(args.profile)
     only = [name.strip() for name in args.steps.split(",")] if args.steps else None
     check_data_path(args.data)  # before the engines' imports: a wrong path is said at once
-    from ablation import runner, tracking  # the engines (MLflow; Keras when a step trains): after --help
+    from ablation import tracking  # the engines (MLflow; Keras when a step trains): after --help
+    from ablation.engine import units
 
-    steps = runner.resolve_steps(study, profile, args.seed, only, args.vary_split)
+    steps = units.resolve_steps(study, profile, args.seed, only, args.vary_split)
     tracking.check_store()
     return study, profile, steps
 
@@ -221,17 +210,18 @@ def train(args, study, profile, steps, alpha=None) -> list[dict]:
 
     `alpha`: the level the verdicts use (default: stats.ALPHA), recorded on the parent with --rope.
     """
-    from ablation import runner, stats, workqueue
-    from ablation.console import Display
+    from ablation.analysis import stats
+    from ablation.core.console import Display
+    from ablation.engine import queue, units
 
     verdicts = {"rope": args.rope / 100, "alpha": stats.ALPHA if alpha is None else alpha}
     if args.workers:
-        return workqueue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
-                                           log_models=args.log_models, plan_only=args.plan_only, **verdicts)
+        return queue.run_ladder_shared(study, profile, steps, args.data, args.force, args.storage,
+                                       log_models=args.log_models, plan_only=args.plan_only, **verdicts)
     with Display() as display:
-        return runner.run_ladder(study, profile, steps, args.data, args.force, display,
-                                 keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
-                                 log_models=args.log_models, **verdicts)
+        return units.run_ladder(study, profile, steps, args.data, args.force, display,
+                                keep_checkpoints=args.keep_checkpoints, stop_on_failure=args.stop_on_failure,
+                                log_models=args.log_models, **verdicts)
 
 
 def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
@@ -240,7 +230,8 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
     Each look judges the family at alpha / (number of looks), so the family-wise error stays at alpha however
     the looks end; a change keeps its first verdict (evidence.still_open). Finished replicates are reused.
     """
-    from ablation import evidence, runner, stats
+    from ablation.analysis import evidence, stats
+    from ablation.engine import units
 
     schedule = evidence.looks(max(3, len(study.seeds)), args.max_seeds)
     alpha = stats.ALPHA / len(schedule)
@@ -248,10 +239,10 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
     rows, decided, needed = {}, {}, only
     for look, seeds in enumerate(schedule, start=1):
         grown = dataclasses.replace(study, seeds=tuple(range(seeds)))
-        for row in train(args, grown, profile, runner.resolve_steps(grown, profile, None, needed, args.vary_split),
+        for row in train(args, grown, profile, units.resolve_steps(grown, profile, None, needed, args.vary_split),
                          alpha):
             rows[row["step"], row["seed"]] = row
-        summary = runner.ladder_evidence(list(rows.values()), steps, args.rope / 100, alpha, study.metric)
+        summary = units.ladder_evidence(list(rows.values()), steps, args.rope / 100, alpha, study.metric)
         undecided = evidence.still_open(summary["changes"], decided)
         print(f"\nlook {look}/{len(schedule)} at {seeds} seeds (alpha {alpha:.4f} a look): "
               f"{len(decided)} decided, {len(undecided)} undecided")
@@ -267,26 +258,27 @@ def run_until_decided(args, study, profile, steps) -> tuple[list[dict], dict]:
 
 def measure(args, study, profile, steps) -> tuple[list[dict], dict]:
     """Phase 2 and its evidence: the steps trained (or reused), a row per step and seed, and their summary."""
-    from ablation import runner
+    from ablation.engine import units
 
     if args.until_decided:
         return run_until_decided(args, study, profile, steps)
     rows = train(args, study, profile, steps)
-    return rows, runner.ladder_evidence(rows, steps, rope=args.rope / 100, metric=study.metric)
+    return rows, units.ladder_evidence(rows, steps, rope=args.rope / 100, metric=study.metric)
 
 
 def run(args) -> int:
     """The ladder in phases: inputs and store checked, steps run, summary and report; 1 if a step failed."""
     started = time.perf_counter()
     study, profile, steps = prepare(args)
-    from ablation import report, runner, workqueue
+    from ablation import report
+    from ablation.engine import queue, units
 
     try:
         rows, summary = measure(args, study, profile, steps)
-    except runner.UnitFailed as error:
+    except units.UnitFailed as error:
         print(f"error: {error}; the ladder stopped there (--stop-on-failure)", file=sys.stderr)
         return EXIT_FAILED
-    except workqueue.WorkError as error:
+    except queue.WorkError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\n{study.title} ({profile.name} profile, {time.perf_counter() - started:.0f} s)\n")

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation.cli import EXIT_INPUT_ERROR, ArgumentParser, one_line
-from ablation.config import StoreError, StudyError
+from ablation.cli import ArgumentParser, ended_by
+from ablation.core.config import StoreError, StudyError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
         if args.to_storage is not None:
             copy_studies(tracking, args.from_storage, args.to_storage, source_uri)
     except (StudyError, StoreError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+        return ended_by(error)
     return 0
 
 

@@ -50,7 +50,7 @@ RetryHeartbeatStaleTrialCallback (two retries), which also covers workers on oth
 Shared queue. With --workers the invocation queues its --trials trials in the study (WAITING trials
 whose params TPE samples when a worker runs them) and works on them beside every `python -m
 ablation.worker` on the same stores (with --plan-only it only waits for them), then records the
-outcome as above (ablation/workqueue.py). It is the same search: the queue carries it resolved (the
+outcome as above (ablation/engine/queue.py). It is the same search: the queue carries it resolved (the
 base config with --set and --seed in, the space, the profile, the pruner), so a worker trains what a
 local search would; --timeout stops trials from starting after that many seconds wherever they run.
 
@@ -75,13 +75,13 @@ import functools
 import sys
 import time
 
-from ablation import interrupt
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_common_arguments, add_plan_only_argument,
-                          check_plan_only, configure, describe_stop, exit_code_of, one_line, plain_name,
-                          positive_count, positive_seconds)
-from ablation.config import StoreError, StudyError, get_profile
+from ablation.cli import (ArgumentParser, add_common_arguments, add_plan_only_argument, add_storage_argument,
+                          add_workers_argument, check_plan_only, configure, ended_by, plain_name, positive_count,
+                          positive_seconds)
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
-from ablation.study import apply_overrides, load_study, parse_overrides
 
 DEFAULT_TRIALS = 10
 DEFAULT_REPORTS = "reports"
@@ -96,9 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials", type=positive_count, default=DEFAULT_TRIALS,
                         help=f"trials this invocation adds to the study (default {DEFAULT_TRIALS}); "
                              "each worker on the same storage adds its own")
-    parser.add_argument("--storage", default=None,
-                        help="Optuna storage: a URL (sqlite:///search.db, postgresql://...) or a journal file "
-                             "(*.journal, *.log); default: optuna.journal beside the MLflow store (./mlruns)")
+    add_storage_argument(parser, "the Optuna storage of the search's study (with --workers, the queue's too)")
     parser.add_argument("--study-name", type=plain_name, default=None,
                         help="Optuna study name (default: <study>-<profile>, -seed<N> added with --seed)")
     parser.add_argument("--timeout", type=positive_seconds, default=None,
@@ -111,9 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"folder for best_step-<study>.toml (default {DEFAULT_REPORTS}/<study>/)")
     parser.add_argument("--epoch-lines", action="store_true",
                         help="also print one line per epoch of every trial (default: one line per trial)")
-    parser.add_argument("--workers", action="store_true",
-                        help="queue the --trials trials in the study for `python -m ablation.worker` processes on the "
-                             "same stores and work on them too; ends when they are done")
+    add_workers_argument(parser, "the --trials trials")
     add_plan_only_argument(parser)
     args = parser.parse_args(argv)
     check_plan_only(parser, args)
@@ -122,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def format_table(summary: dict, monitor: str, top: int = 10) -> str:
     """The top trials as a text table, and a line on pruning."""
-    from ablation.searcher import format_params  # the engine: loaded by then
+    from ablation.engine.trials import format_params  # the engine: loaded by then
     header = f"{'trial':>6}  {'state':<9}{monitor:>13}{'test acc':>10}{'epochs':>8}  params"
     lines = [header, "-" * len(header)]
     for row in summary["rows"][:top]:
@@ -141,9 +137,9 @@ def search(args) -> tuple:
     study = apply_overrides(load_study(args.study), parse_overrides(args.set))
     profile = get_profile(args.profile)
     from ablation import tracking
-    from ablation.console import Display
-    from ablation.searcher import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
-    from ablation.workqueue import queue_trials
+    from ablation.core.console import Display
+    from ablation.engine.queue import queue_trials
+    from ablation.engine.trials import run_search  # the engine (Optuna, MLflow; Keras per trial): after --help
 
     tracking.check_store()
     # One search either way: its trials run here, or go through the shared queue to every worker.
@@ -163,13 +159,9 @@ def main(argv=None) -> int:
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
             study, profile, summary = search(args)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: finished trials are kept; the running one is marked failed (Optuna) "
-                  "and KILLED (MLflow); run the same command again to go on", file=sys.stderr)
-            return exit_code_of(stop)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "finished trials are kept; the running one is marked failed (Optuna) and KILLED "
+                                   "(MLflow); run the same command again to go on")
     print(f"\n{study.title}: Optuna study {summary['optuna_study']!r} ({profile.name} profile), "
           f"{summary['added']} trial(s) added in {time.perf_counter() - started:.0f} s\n")
     print(format_table(summary, study.search.monitor, args.top))

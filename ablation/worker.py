@@ -9,7 +9,7 @@ The planners (`python -m ablation.ladder --workers`, `python -m ablation.search 
 work; every worker on the same stores takes units until none is waiting or running, then waits
 `--idle` seconds for new work before it exits. A worker needs the code (the same version), the data
 (checked against the planner's fingerprint) and the two store URLs; nothing else from the planner's
-machine. See ablation/workqueue.py for how the queue works and docs/several-machines.md.
+machine. See ablation/engine/queue.py for how the queue works and docs/several-machines.md.
 
 Many workers per machine. A small network trains on a fraction of a modern GPU, so `--gpus IDS
 --per-gpu K` starts K worker processes per listed GPU, each with CUDA_VISIBLE_DEVICES set to its GPU
@@ -28,10 +28,10 @@ import subprocess
 import sys
 import time
 
-from ablation import interrupt
-from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, configure, describe_stop,
-                          exit_code_of, idle_seconds, one_line, positive_count)
-from ablation.config import StoreError, StudyError
+from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, add_storage_argument, configure,
+                          ended_by, idle_seconds, positive_count)
+from ablation.core import interrupt
+from ablation.core.config import StoreError, StudyError
 from ablation.data import DataError
 
 DEFAULT_IDLE_SECONDS = 60.0
@@ -51,9 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m ablation.worker",
         description="Take units of the shared work queue (ladder steps, seeds, search trials), train and record them.",
     )
-    parser.add_argument("--storage", default=None,
-                        help="the planners' Optuna storage: a URL (postgresql://user@host/db) or a journal file "
-                             "(default: optuna.journal beside the MLflow store, one machine only)")
+    add_storage_argument(parser, "the planners' Optuna storage (the shared queue)")
     parser.add_argument("--data", default=None,
                         help="the data on this machine, as the planner's --data (default: $ABLATION_DATA); it must "
                              "give the planner's splits, digest for digest")
@@ -99,8 +97,9 @@ def run_worker(args) -> int:
     """Work in this process until no work is left; the exit code."""
     with interrupt.stop_on_signals():  # from here on a signal is a request, honoured where it is safe
         try:
-            from ablation import tracking, workqueue  # the engines: after --help
+            from ablation import tracking  # the engines: after --help
             from ablation.data import LazySplits
+            from ablation.engine import queue
 
             tracking.check_store()
             storage, kind, where = tracking.open_storage(args.storage)
@@ -108,14 +107,9 @@ def run_worker(args) -> int:
             gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
             print(f"worker {tracking.worker_id()}: queue {where} ({kind}), tracking {tracking.tracking_uri()}"
                   + (f", GPU {gpu}" if gpu is not None else ""))
-            ran = workqueue.work(storage, data, print, names=args.queue, idle_seconds=args.idle)
-        except (StudyError, DataError, StoreError) as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
-            return EXIT_INPUT_ERROR
-        except KeyboardInterrupt as stop:
-            print(f"\n{describe_stop(stop)}: the unit in hand went back to the queue (its run is marked KILLED)",
-                  file=sys.stderr)
-            return exit_code_of(stop)
+            ran = queue.work(storage, data, print, names=args.queue, idle_seconds=args.idle)
+        except (StudyError, DataError, StoreError, KeyboardInterrupt) as error:
+            return ended_by(error, "the unit in hand went back to the queue (its run is marked KILLED)")
     print(f"no work left: this worker ran {ran} unit(s)")
     return 0  # a unit that failed is recorded (its run says why); its planner reports it
 
@@ -153,8 +147,7 @@ def run_children(args, slots: list[dict]) -> int:
                 time.sleep(0.2)
         except KeyboardInterrupt as stop:
             stop_children(children, getattr(stop, "signum", signal.SIGINT))
-            print(f"\n{describe_stop(stop)}: every worker put its unit in hand back in the queue", file=sys.stderr)
-            return exit_code_of(stop)
+            return ended_by(stop, "every worker put its unit in hand back in the queue")
     failed = [child.returncode for child in children if child.returncode != 0]
     return failed[0] if failed else 0
 

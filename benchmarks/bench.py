@@ -13,7 +13,7 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 
 1. ladder step vs the source's code (goal >= 1.0): the source's CPU-s per training image divided by
    the project's, for the template (+ augmentation) and for the final ladder network. Project: the
-   ladder's path for one step (`ablation.runner`: a nested run tagged as a ladder step under a ladder
+   ladder's path for one step (`ablation.engine.units`: a nested run tagged as a ladder step under a ladder
    parent, `train_in_run` with the ladder's progress hooks; augmentation layers, MLflow tracking into
    a temp store). Source: the same network written in `tf_keras` (Keras 2, fused BatchNormalization)
    trained with `model.fit(ImageDataGenerator(...).flow(x, y, batch_size=32))`, as the assignment did;
@@ -22,7 +22,7 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
    included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
    tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
 3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data),
-   `ablation.searcher.run_search` with no pruner, with the median pruner (the default) and with
+   `ablation.engine.trials.run_search` with no pruner, with the median pruner (the default) and with
    Hyperband, on a small search sized for a CPU (SEARCH_STUDY below); for each pruner, epochs trained
    until a trial first reaches the best value both searches reached, pruned / unpruned.
 4. re-run of a finished smoke study (goal <= 5 s wall): `python -m ablation.ladder --profile smoke`
@@ -30,7 +30,7 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
 5. `python -m ablation.ladder --help` (goal <= 1 s wall).
 6. `python -m ablation.report` over a store of 1,000 runs shaped like ladder and search runs (goal <= 10 s).
 7. the allocator settings (goal >= 1.0): the project's CPU per training image with glibc's malloc defaults
-   (`ABLATION_MALLOC=system`) divided by its cost with `ablation.memory.keep_freed_memory` (the default),
+   (`ABLATION_MALLOC=system`) divided by its cost with `ablation.core.memory.keep_freed_memory` (the default),
    on the first network; the note gives each worker's peak resident memory. The bare path of ratio 2
    applies the same settings, so ratio 2 still measures the project's own overhead.
 
@@ -67,12 +67,14 @@ import keras
 import numpy as np
 import optuna
 
-from ablation import memory, runner, searcher, tracking
-from ablation.config import Profile, get_profile, with_values
+from ablation import tracking
+from ablation.core import memory
+from ablation.core.config import Profile, get_profile, with_values
+from ablation.core.study import load_study
 from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
-from ablation.study import load_study
+from ablation.engine import trials, units
 from ablation.tracking import Kind, Tag
-from ablation.train import build, make_optimizer, prepare_inputs
+from ablation.training.fit import build, make_optimizer, prepare_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "benchmarks.bench"  # what the workers run: `python -m benchmarks.bench --worker SPEC`
@@ -149,7 +151,7 @@ class Turns:
         self.resumed, self.warm = _clock(), None
 
     def epoch_end(self, epoch=None, logs=None):
-        """Mark the epoch's end and wait for the next turn; an epoch hook of `ablation.train.train` too."""
+        """Mark the epoch's end and wait for the next turn; an epoch hook of `ablation.training.fit.train` too."""
         cpu, wall = _clock()
         if not self.first_turn and self.warm is None:
             self.warm = (cpu, wall)  # the turn's first epoch: not measured
@@ -186,15 +188,15 @@ def train_project(network: str, splits, epochs: int, turns: Turns):
     """The ladder's path for one step, tracking to $MLFLOW_TRACKING_URI; a turn ends after its epoch hooks."""
     study, step = project_step(network, splits, epochs)
     config = step.config
-    tags = runner.run_tags(runner.ladder_units(study, BENCH_PROFILE, [step])[0], splits.fingerprint)
+    tags = units.run_tags(units.ladder_units(study, BENCH_PROFILE, [step])[0], splits.fingerprint)
     lines = []
-    begin, end = runner.progress_printer(epochs, lines.append)
+    begin, end = units.progress_printer(epochs, lines.append)
     experiment = tracking.experiment_id("bench")
     parent_tags = {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name, Tag.PROFILE: BENCH_PROFILE.name}
     with tracking.run(experiment, "bench", parent_tags), tracking.run(experiment, step.name, tags, nested=True):
-        runner.train_in_run(config, splits, on_epoch=(end, turns.epoch_end), on_epoch_begin=(begin,))
+        units.train_in_run(config, splits, on_epoch=(end, turns.epoch_end), on_epoch_begin=(begin,))
     if len(lines) != epochs:
-        raise RuntimeError(f"expected {epochs} progress lines from runner.progress_printer, got {len(lines)}")
+        raise RuntimeError(f"expected {epochs} progress lines from units.progress_printer, got {len(lines)}")
 
 
 def train_bare(network: str, splits, epochs: int, turns: Turns):
@@ -346,12 +348,12 @@ def search_worker(spec: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(SEARCH_STUDY.format(epochs=spec["epochs"], train_subset=spec["train_images"] * 5 // 4))
     cpu, wall = _clock()
-    summary = searcher.run_search(load_study(path), BENCH_PROFILE, trials=spec["trials"], data_path=spec["data"],
-                                  storage=spec["storage"], study_name=f"bench-{spec['pruner']}",
-                                  pruner=spec["pruner"], reports=spec["reports"], out=lambda text: None)
+    summary = trials.run_search(load_study(path), BENCH_PROFILE, trials=spec["trials"], data_path=spec["data"],
+                                storage=spec["storage"], study_name=f"bench-{spec['pruner']}",
+                                pruner=spec["pruner"], reports=spec["reports"], out=lambda text: None)
     cpu1, wall1 = _clock()
-    trials = sorted((r["number"], r["value"], r["epochs_run"], r["state"]) for r in summary["rows"])
-    return {"trials": trials, "cpu_s": cpu1 - cpu, "wall_s": wall1 - wall}
+    per_trial = sorted((r["number"], r["value"], r["epochs_run"], r["state"]) for r in summary["rows"])
+    return {"trials": per_trial, "cpu_s": cpu1 - cpu, "wall_s": wall1 - wall}
 
 
 def epochs_to_reach(trials, target: float) -> int | None:
@@ -430,13 +432,13 @@ def fill_ladders(runs: SyntheticRuns, study, ladders: int):
         parent = runs.write(f"{study.name}-quick", {Tag.KIND: Kind.LADDER, Tag.STUDY: study.name,
                                                     Tag.PROFILE: profile.name})
         steps = [dataclasses.replace(step, config=dataclasses.replace(step.config, seed=seed)) for step in study.steps]
-        for unit in runner.ladder_units(study, profile, steps):
-            tags = runner.run_tags(unit, synthetic_fingerprint(unit.config))
+        for unit in units.ladder_units(study, profile, steps):
+            tags = units.run_tags(unit, synthetic_fingerprint(unit.config))
             runs.write(unit.name, tags, parent, unit.config, runs.rng.uniform(0.4, 0.9))
 
 
-def fill_search(runs: SyntheticRuns, study, journal: str, trials: int):
-    """One search of `trials` trials (every third pruned), as MLflow runs and in its Optuna journal."""
+def fill_search(runs: SyntheticRuns, study, journal: str, count: int):
+    """One search of `count` trials (every third pruned), as MLflow runs and in its Optuna journal."""
     space, base = study.search, study.step(study.search.base_step).config
     name = f"{study.name}-quick"
     storage, kind, where = tracking.open_storage(journal)
@@ -448,9 +450,9 @@ def fill_search(runs: SyntheticRuns, study, journal: str, trials: int):
         Tag.OPTUNA_STORAGE_KIND: kind, Tag.OPTUNA_STORAGE: where, Tag.BASE_STEP: space.base_step,
         Tag.PRUNER: "MedianPruner", Tag.SEED: base.seed})
     frozen = []
-    for number in range(trials):
+    for number in range(count):
         draw = draws.ask()
-        params = searcher.suggest(draw, space)
+        params = trials.suggest(draw, space)
         pruned, accuracy = number % 3 == 2, runs.rng.uniform(0.3, 0.8)
         last = runs.epochs // 3 if pruned else runs.epochs
         config = with_values(base, params)
@@ -459,7 +461,7 @@ def fill_search(runs: SyntheticRuns, study, journal: str, trials: int):
             Tag.KIND: Kind.SEARCH_TRIAL, Tag.STUDY: study.name, Tag.PROFILE: "quick", Tag.OPTUNA_STUDY: name,
             Tag.OPTUNA_TRIAL: number, Tag.BASE_STEP: space.base_step, Tag.SEED: config.seed,
             Tag.TRIAL_STATE: "pruned" if pruned else "complete", Tag.SEARCH_PARAMS: json.dumps(params, sort_keys=True),
-            Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: runner.work_key(config, fingerprint),
+            Tag.CONFIG_HASH: config.hash(), Tag.WORK_KEY: units.work_key(config, fingerprint),
             **tracking.data_tags(fingerprint)}, parent, config, accuracy, last)
         frozen.append(optuna.trial.create_trial(
             params=params, distributions=draw.distributions, value=None if pruned else accuracy,
@@ -475,7 +477,7 @@ def fill_store(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         runs = SyntheticRuns(tracking.experiment_id(study.name), spec.get("epochs", 10), Path(folder))
         fill_ladders(runs, study, ladders=max(1, min(5, spec["runs"] // 200)))
-        fill_search(runs, study, spec["journal"], trials=spec["runs"] - runs.count - 1)  # 1: the search's parent
+        fill_search(runs, study, spec["journal"], count=spec["runs"] - runs.count - 1)  # 1: the search's parent
     return {"runs": runs.count}
 
 

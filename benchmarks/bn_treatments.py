@@ -7,7 +7,7 @@ Trains the step once per seed and treatment (interleaved: seed by seed, every tr
 prints, per epoch, the logged validation accuracy and the check's accuracy with moving and with
 recomputed statistics; per run, the logged test accuracy, the test accuracy with statistics recomputed
 at the final weights (scored here, independently of the treatment), and the training CPU-seconds.
-No MLflow: `ablation.train.train` directly. Results go to stdout and, with --out, to a JSON file.
+No MLflow: `ablation.training.fit.train` directly. Results go to stdout and, with --out, to a JSON file.
 """
 
 import argparse
@@ -17,9 +17,9 @@ import sys
 
 import numpy as np
 
-from ablation.config import get_profile
+from ablation.core.config import get_profile
+from ablation.core.study import load_study
 from ablation.data import LazySplits
-from ablation.study import load_study
 
 
 def parse_args(argv=None):
@@ -36,8 +36,8 @@ def parse_args(argv=None):
 
 def measure(config, splits) -> dict:
     """One training: its per-epoch numbers, its test accuracy as logged and with recomputed statistics."""
-    from ablation import bn_statistics
-    from ablation.train import prepare_inputs, train
+    from ablation.training import bn_statistics
+    from ablation.training.fit import prepare_inputs, train
 
     result = train(config, splits)
     x_train, _, x_test, _ = prepare_inputs(splits, config)

@@ -6,7 +6,7 @@
 
 `prepare` cuts the profile's split once (its arrays are small enough to carry to a machine that has
 no copy of the archive); `run` trains every step of the study for seeds 0..N-1, seed 0 of every
-step first, through `ablation.train.train` (no MLflow: for a machine without the tracking stack),
+step first, through `ablation.training.fit.train` (no MLflow: for a machine without the tracking stack),
 and appends one JSON line per finished unit to RESULTS. After --minutes no new unit starts; the
 units already running finish. Run it again to go on: finished units (same step, seed and config hash)
 are skipped. Per unit it prints the wall time, training images per second, the test accuracy and,
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import get_profile
-from ablation.study import load_study
+from ablation.core.config import get_profile
+from ablation.core.study import load_study
 
 
 def parse_args(argv=None):
@@ -93,9 +93,9 @@ def train_unit(splits_path: str, name: str, fields: dict, deadline: float) -> di
     global _SPLITS
     if time.time() > deadline:
         return None
-    from ablation.config import Config
+    from ablation.core.config import Config
     from ablation.data import Splits
-    from ablation.train import train
+    from ablation.training.fit import train
 
     config = Config(**fields)
     if _SPLITS is None:
@@ -184,7 +184,7 @@ def step_rows(rows: list[dict], steps: list[str]) -> list[str]:
 
 def change_rows(rows: list[dict], study) -> list[str]:
     """The ladder's changes over the seeds both steps have, through the tracker's own verdicts."""
-    from ablation import evidence, stats
+    from ablation.analysis import evidence, stats
 
     accuracy = {(r["step"], r["seed"]): r["test_accuracy"] for r in rows}
     pairs = evidence.ladder_pairs(study.steps)

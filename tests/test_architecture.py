@@ -1,7 +1,9 @@
-"""The package's shape, read from the source: layers that import only downwards, one MLflow module, one tag schema.
+"""The package's shape, read from the source: folders as layers that import only downwards, one MLflow module,
+one tag schema.
 
 Reading the imports (with `ast`, function-level ones included) keeps the structure true as the code grows:
-a new module must be placed in a layer here before it can be imported by anything.
+a new module goes into the sub-package that says what it is (its layer comes with it); a new sub-package
+must be placed in a layer here before it can be imported by anything.
 """
 
 import ast
@@ -12,24 +14,25 @@ import pytest
 from ablation.tracking import Tag
 
 ROOT = Path(__file__).resolve().parents[1]
-# Lowest first. A module may import ablation modules of lower layers only, and of its own package.
+# Lowest first, by folder: each sub-package of ablation/ is one unit, whose modules may import each other;
+# a unit may import ablation modules of lower layers only.
 LAYERS = [
-    {"ablation", "ablation.models", "ablation.interrupt", "ablation.memory", "ablation.optuna_adapter"},
-    {"ablation.config", "ablation.console"},
-    {"ablation.study"},
-    {"ablation.cli", "ablation.data", "ablation.stats", "ablation.augment", "ablation.attribution_output",
-     "ablation.checkpoint", "ablation.bn_statistics"},
-    {"ablation.evidence"},
-    {"ablation.calibration"},
-    {"ablation.train"},
+    {"ablation", "ablation.models"},
+    {"ablation.core"},
+    {"ablation.cli"},  # the command line every command shares, the report's included
+    {"ablation.data"},
+    {"ablation.analysis"},
+    {"ablation.training"},
     {"ablation.tracking"},
-    {"ablation.runner"},
-    {"ablation.searcher", "ablation.attribution"},
-    {"ablation.workqueue"},
+    {"ablation.engine"},
     {"ablation.report"},
-    {"ablation.ladder", "ablation.search", "ablation.attribute", "ablation.worker", "ablation.migrate"},
+    COMMANDS := {"ablation.ladder", "ablation.search", "ablation.attribute", "ablation.worker", "ablation.migrate",
+                 "ablation.calibration"},
     {"ablation.api"},
 ]
+# The only modules directly in ablation/: the commands (python -m ablation.NAME), the shared command line,
+# the Python API and the package itself; everything else sits in the sub-package that says what it is.
+TOP_LEVEL = COMMANDS | {"ablation.cli", "ablation.api", "ablation"}
 # The package's lazy re-export of the API: `ablation.__getattr__` imports it on first use, never at `import ablation`.
 LAZY_EXPORTS = {("ablation", "ablation.api")}
 
@@ -40,10 +43,9 @@ def module_name(path: Path) -> str:
 
 
 def unit_of(module: str) -> str:
-    """The layered unit a module belongs to: a subpackage counts as one (ablation.report.gather -> ablation.report)."""
+    """The layered unit a module belongs to: a sub-package counts as one (ablation.report.gather -> ablation.report)."""
     parts = module.split(".")
-    packages = ("ablation.models", "ablation.report", "ablation.tracking", "ablation.data")
-    return ".".join(parts[:2]) if len(parts) > 2 or module in packages else module
+    return ".".join(parts[:2]) if len(parts) > 2 or module in SUBPACKAGES else module
 
 
 def layer_of(module: str) -> int:
@@ -74,6 +76,7 @@ def imported(path: Path) -> set[str]:
 
 SOURCES = sorted((ROOT / "ablation").rglob("*.py"))
 MODULES = {module_name(p): p for p in SOURCES}
+SUBPACKAGES = {module_name(p) for p in SOURCES if p.name == "__init__.py" and p.parent != ROOT / "ablation"}
 
 
 def ablation_imports(path: Path) -> set[str]:
@@ -81,7 +84,23 @@ def ablation_imports(path: Path) -> set[str]:
 
 
 def test_the_package_has_its_modules():
-    assert {"ablation.config", "ablation.tracking", "ablation.runner", "ablation.ladder"} <= set(MODULES)
+    assert {"ablation.core.config", "ablation.tracking", "ablation.engine.units", "ablation.ladder"} <= set(MODULES)
+    assert {"ablation.core", "ablation.training", "ablation.analysis", "ablation.engine"} <= SUBPACKAGES
+
+
+def test_every_module_sits_in_a_subpackage_but_the_commands_and_the_api():
+    top_level = {module_name(p) for p in SOURCES if p.parent == ROOT / "ablation"}
+    stray = sorted(top_level - TOP_LEVEL)
+    assert top_level == TOP_LEVEL, f"only {sorted(TOP_LEVEL)} belong directly in ablation/: move {stray} into a folder"
+
+
+def test_every_subpackage_is_one_layered_unit():
+    units = set().union(*LAYERS)
+    nested = sorted(name for name in SUBPACKAGES if name.count(".") > 1)
+    assert not nested, f"sub-packages one folder deep only (a unit is ablation.NAME): {nested}"
+    assert SUBPACKAGES <= units, f"place {sorted(SUBPACKAGES - units)} in LAYERS"
+    stray = sorted(units - SUBPACKAGES - TOP_LEVEL)
+    assert not stray, f"LAYERS names what is neither a sub-package nor a top-level module: {stray}"
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation import attribute, attribution, runner, stats
-from ablation.config import StudyError, get_profile
-from ablation.study import load_study
+from ablation import attribute
+from ablation.analysis import stats
+from ablation.core.config import StudyError, get_profile
+from ablation.core.study import load_study
+from ablation.engine import designs, units
 from ablation.tracking import Kind, Tag
 from conftest import run_command
 
@@ -72,28 +74,28 @@ choices = [0.01, 0.02]
 
 def test_the_assignments_five_components_rebuild_its_last_step_to_the_byte():
     study = load_study(ASSIGNMENT)
-    game = attribution.ladder_game(study)
+    game = designs.ladder_game(study)
     assert [c.name for c in game.components] == [
         "augmentation", "stage2_depth", "early_stopping", "lr_schedule", "deeper_dropout"]
     steps = {step.name: step.config for step in study.steps}
-    assert attribution.compose(game, frozenset()).hash() == steps["template"].hash()
-    assert attribution.compose(game, frozenset(range(5))).hash() == steps["deeper_dropout"].hash()
+    assert designs.compose(game, frozenset()).hash() == steps["template"].hash()
+    assert designs.compose(game, frozenset(range(5))).hash() == steps["deeper_dropout"].hash()
     # As trained: the design's full config per seed is the ladder's last step's unit, so its run is reused.
     profile, seeds = get_profile("quick"), (0, 1)
-    ladder = runner.ladder_units(study, profile, runner.resolve_steps(
+    ladder = units.ladder_units(study, profile, units.resolve_steps(
         dataclasses.replace(study, seeds=seeds), profile, only=["deeper_dropout", "template"]))
-    plan = attribution.make_plan("leave-one-out", 5, 32)
-    units = attribution.design_units(study, profile, game, plan, seeds)
+    plan = designs.make_plan("leave-one-out", 5, 32)
+    design = designs.design_units(study, profile, game, plan, seeds)
     ladder_keys = {(u.row["step"], u.config.seed): u.config.hash() for u in ladder}
-    full = [u for u in units if len(u.row["subset"]) == 5]
+    full = [u for u in design if len(u.row["subset"]) == 5]
     assert len(full) == 2
     assert {u.config.hash() for u in full} == {ladder_keys["deeper_dropout", s] for s in seeds}
-    assert len(units) == 12 and len({u.config.hash() for u in units}) == 12
+    assert len(design) == 12 and len({u.config.hash() for u in design}) == 12
 
 
 def test_default_components_are_each_steps_changes():
     study = dataclasses.replace(load_study(ASSIGNMENT), attribution=())
-    game = attribution.ladder_game(study)
+    game = designs.ladder_game(study)
     assert [c.name for c in game.components] == ["augmentation", "deeper_early_stopping", "lr_schedule",
                                                  "deeper_dropout"]
     by_name = {c.name: dict(c.settings) for c in game.components}
@@ -101,14 +103,14 @@ def test_default_components_are_each_steps_changes():
     assert by_name["deeper_early_stopping"] == {"early_stopping_monitor": "val_accuracy",
                                                 "restore_best_weights": "on_stop", "stage2_blocks": 7}
     assert by_name["deeper_dropout"] == {"epochs": 75, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}
-    assert attribution.compose(game, frozenset(range(4))).hash() == study.step("deeper_dropout").config.hash()
+    assert designs.compose(game, frozenset(range(4))).hash() == study.step("deeper_dropout").config.hash()
 
 
 def test_conflicting_settings_are_resolved_by_ladder_order_and_listed():
-    game = attribution.ladder_game(load_study(ASSIGNMENT))
+    game = designs.ladder_game(load_study(ASSIGNMENT))
     index = {c.name: i for i, c in enumerate(game.components)}
-    compose = lambda *names: attribution.compose(game, frozenset(index[n] for n in names))  # noqa: E731
-    assert {c["setting"]: c["values"] for c in attribution.conflicts(game)} == {
+    compose = lambda *names: designs.compose(game, frozenset(index[n] for n in names))  # noqa: E731
+    assert {c["setting"]: c["values"] for c in designs.conflicts(game)} == {
         "early_stopping_monitor": [["early_stopping", "val_accuracy"], ["lr_schedule", "val_loss"]],
         "epochs": [["lr_schedule", 50], ["deeper_dropout", 75]]}
     assert compose("early_stopping").early_stopping_monitor == "val_accuracy"
@@ -154,23 +156,23 @@ def test_attribution_needs_a_cumulative_ladder(tmp_path):
 
 def test_leave_one_out_and_add_one_in_plans():
     full = frozenset(range(4))
-    assert attribution.make_plan("leave-one-out", 4, 32).subsets == (full, *(full - {i} for i in range(4)))
-    assert attribution.make_plan("add-one-in", 4, 32).subsets == (frozenset(), *(frozenset({i}) for i in range(4)))
+    assert designs.make_plan("leave-one-out", 4, 32).subsets == (full, *(full - {i} for i in range(4)))
+    assert designs.make_plan("add-one-in", 4, 32).subsets == (frozenset(), *(frozenset({i}) for i in range(4)))
 
 
 def test_shapley_is_exact_within_the_budget_and_sampled_beyond_it():
-    exact = attribution.make_plan("shapley", 5, 32)
+    exact = designs.make_plan("shapley", 5, 32)
     assert set(exact.subsets) == set(stats.subsets(5)) and exact.orders == ()
-    sampled = attribution.make_plan("shapley", 6, 30)
+    sampled = designs.make_plan("shapley", 6, 30)
     assert sampled.orders and len(sampled.orders) % 2 == 0
     assert all(sampled.orders[i + 1] == sampled.orders[i][::-1] for i in range(0, len(sampled.orders), 2))
     assert set(sampled.subsets) == stats.subsets_of_orders(sampled.orders) and len(sampled.subsets) <= 30
     # The next antithetic pair would not have fit: the budget is used, not wasted.
-    more = stats.permutation_orders(6, len(sampled.orders) + 2, attribution.ORDERS_SEED)
+    more = stats.permutation_orders(6, len(sampled.orders) + 2, designs.ORDERS_SEED)
     assert len(stats.subsets_of_orders(more)) > 30
-    assert attribution.make_plan("shapley", 6, 30) == sampled  # the same orders every time: re-runs reuse
+    assert designs.make_plan("shapley", 6, 30) == sampled  # the same orders every time: re-runs reuse
     with pytest.raises(StudyError, match="--budget 11 is below the 12 subsets"):
-        attribution.make_plan("shapley", 6, 11)
+        designs.make_plan("shapley", 6, 11)
 
 
 # --- Measures from per-(subset, seed) accuracies ------------------------------------------------------
@@ -183,7 +185,7 @@ def table_of(k, value, seeds):
 def test_an_additive_metric_gets_each_components_own_effect_from_every_measure():
     effects, seeds = [0.05, -0.02, 0.10], [0, 1, 2]
     value = lambda subset, seed: 0.5 + 0.01 * seed + sum(effects[i] * (1 + 0.1 * seed) for i in subset)  # noqa: E731
-    measured = attribution.measure(3, table_of(3, value, seeds), seeds)
+    measured = designs.measure(3, table_of(3, value, seeds), seeds)
     own = np.array([[e * (1 + 0.1 * s) for s in seeds] for e in effects])
     for name in ("leave_one_out", "add_one_in", "shapley"):
         assert measured[name][0] == seeds
@@ -194,22 +196,22 @@ def test_an_additive_metric_gets_each_components_own_effect_from_every_measure()
 def test_a_pairwise_interaction_is_split_as_the_textbook_says():
     # v(S) = 0.04 [0 in S] + 0.02 [1 in S] + 0.06 [0 and 1 in S]; component 2 does nothing.
     value = lambda subset, seed: 0.5 + 0.04 * (0 in subset) + 0.02 * (1 in subset) + 0.06 * ({0, 1} <= subset)  # noqa: E731
-    measured = attribution.measure(3, table_of(3, value, [0, 1]), [0, 1])
+    measured = designs.measure(3, table_of(3, value, [0, 1]), [0, 1])
     np.testing.assert_allclose(measured["shapley"][1][:, 0], [0.07, 0.05, 0.0], atol=1e-12)  # the interaction halved
     np.testing.assert_allclose(measured["leave_one_out"][1][:, 0], [0.10, 0.08, 0.0], atol=1e-12)  # all of it, twice
     np.testing.assert_allclose(measured["add_one_in"][1][:, 0], [0.04, 0.02, 0.0], atol=1e-12)  # none of it
-    result = attribution.summarize_measures("s", "smoke", GAME3, attribution.make_plan("shapley", 3, 32), [0, 1], measured)
+    result = designs.summarize_measures("s", "smoke", GAME3, designs.make_plan("shapley", 3, 32), [0, 1], measured)
     assert result["measures"]["shapley"]["left_over"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert result["measures"]["add_one_in"]["left_over"]["mean"] == pytest.approx(0.06)
     assert result["measures"]["leave_one_out"]["left_over"]["mean"] == pytest.approx(-0.06)
 
 
 def test_a_sampled_design_gives_shapley_values_that_add_up_with_a_sampling_error():
-    plan = attribution.make_plan("shapley", 4, 12)
+    plan = designs.make_plan("shapley", 4, 12)
     assert plan.orders and len(plan.subsets) <= 12
     value = lambda subset, seed: 0.3 + 0.05 * len(subset) + 0.03 * ({0, 3} <= subset) - 0.01 * seed  # noqa: E731
     values = {(subset, seed): value(subset, seed) for subset in plan.subsets for seed in (0, 1)}
-    measured = attribution.measure(4, values, [0, 1], plan.orders)
+    measured = designs.measure(4, values, [0, 1], plan.orders)
     assert not measured["shapley_exact"] and measured["sampling_se"].shape == (4,)
     # Every antithetic pair splits a pairwise interaction exactly: 0.05 each, and 0.03 shared by 0 and 3.
     assert measured["shapley"][0] == [0, 1]
@@ -217,20 +219,20 @@ def test_a_sampled_design_gives_shapley_values_that_add_up_with_a_sampling_error
     np.testing.assert_allclose(measured["sampling_se"], 0, atol=1e-12)
 
 
-GAME3 = attribution.Game("ladder", "a", None, "d", None, tuple(
-    attribution.Component(name, step, {}) for name, step in (("x", "b"), ("y", "c"), ("z", "c"))),
+GAME3 = designs.Game("ladder", "a", None, "d", None, tuple(
+    designs.Component(name, step, {}) for name, step in (("x", "b"), ("y", "c"), ("z", "c"))),
     steps=(("a", None), ("b", None), ("c", None)))
 
 
 def test_a_split_steps_ladder_gain_is_counted_once():
     accuracies = {("a", 0): 0.5, ("b", 0): 0.6, ("c", 0): 0.9}
-    gains = attribution.ladder_gains(GAME3, accuracies, [0, 1])
+    gains = designs.ladder_gains(GAME3, accuracies, [0, 1])
     assert gains[0] == [0]  # seed 1 has no ladder run
     np.testing.assert_allclose(gains[1][:, 0], [0.1, 0.3, 0.0])
     measured = {"ladder_gain": gains, "leave_one_out": None, "add_one_in": None, "shapley": None,
                 "shapley_exact": False, "sampling_se": None, "full_gain": ([0], np.array([[0.4]]))}
-    result = attribution.summarize_measures("s", "smoke", GAME3, attribution.make_plan("add-one-in", 3, 32), [0, 1],
-                                            measured)
+    result = designs.summarize_measures("s", "smoke", GAME3, designs.make_plan("add-one-in", 3, 32), [0, 1],
+                                        measured)
     column = result["measures"]["ladder_gain"]
     assert column["components"][2] is None and column["sum"]["mean"] == pytest.approx(0.4)
     assert column["left_over"]["mean"] == pytest.approx(0.0) and result["shared_step"] == ["y", "z"]
@@ -318,7 +320,7 @@ def test_shapley_end_to_end_trains_only_the_missing_subsets_and_writes_its_outpu
     shapley_column = summary["measures"]["shapley"]
     assert summary["shapley_exact"] and shapley_column["seeds"] == [0, 1]
     assert shapley_column["sum"]["mean"] == pytest.approx(summary["full_gain"]["mean"], abs=1e-12)
-    assert all(summary["measures"][name] is not None for name in attribution.MEASURES)  # every design's subsets are in
+    assert all(summary["measures"][name] is not None for name in designs.MEASURES)  # every design's subsets are in
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "attribution")}
     assert artifacts == {f"attribution/attribution-shapley.{suffix}" for suffix in ("csv", "md", "png")}
     folder = store / "reports" / "tiny"
@@ -421,4 +423,4 @@ def test_help_imports_no_engine():
 def test_the_commands_designs_are_the_engines():
     assert set(attribute.DESIGNS) == {"leave-one-out", "add-one-in", "shapley"}
     for design in attribute.DESIGNS:
-        assert attribution.make_plan(design, 2, attribute.DEFAULT_BUDGET).design == design
+        assert designs.make_plan(design, 2, attribute.DEFAULT_BUDGET).design == design

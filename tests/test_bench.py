@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ablation import tracking
-from ablation.study import load_study
+from ablation.core.study import load_study
 from ablation.tracking import Kind, Tag
 from benchmarks import bench
 

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from ablation import bn_statistics
-from ablation.config import get_profile
+from ablation.core.config import get_profile
+from ablation.core.study import load_study
 from ablation.data import LazySplits
 from ablation.models import build_model
-from ablation.study import load_study
+from ablation.training import bn_statistics
 
 
 def test_recomputed_statistics_are_each_layers_input_mean_and_variance_at_the_current_weights():
@@ -60,7 +60,7 @@ def test_a_shrunk_profiles_logged_test_accuracy_is_the_networks_not_the_lag(cifa
     The recipe's moving statistics ("moving") score far from the same network with recomputed ones;
     the profile's treatment logs that network's accuracy.
     """
-    from ablation.train import prepare_inputs, train
+    from ablation.training.fit import prepare_inputs, train
 
     smoke = get_profile("smoke").apply(load_study("assignment").step("template").config)
     config = dataclasses.replace(smoke, train_subset=1200, test_subset=500, epochs=1)

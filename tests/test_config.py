@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import PROFILES, Config, StudyError
-from ablation.study import apply_overrides, load_study, parse_overrides
+from ablation.core.config import PROFILES, Config, StudyError
+from ablation.core.study import apply_overrides, load_study, parse_overrides
 
 BASE = """
 [study]
@@ -281,7 +281,7 @@ def test_an_empty_base_is_the_config_defaults(tmp_path):
 
 
 def test_every_default_passes_its_own_rule_and_every_knob_has_one():
-    from ablation.config import FIELD_RULES, check_field, check_knob, check_rules
+    from ablation.core.config import FIELD_RULES, check_field, check_knob, check_rules
     from ablation.models import MODELS
 
     check_rules(MODELS)  # raises for a knob without a rule or a default its rule refuses

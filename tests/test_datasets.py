@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import Config, StudyError, check_field
+from ablation.core.config import Config, StudyError, check_field
 from ablation.data import DataError, LazySplits, load_data
 from conftest import run_command
 
@@ -162,7 +162,7 @@ def test_a_study_judges_its_changes_on_the_metric_it_names(tmp_path):
 
 
 def test_a_verdict_metric_that_is_not_a_logged_test_fraction_is_refused_in_one_line(tmp_path):
-    from ablation.study import load_study
+    from ablation.core.study import load_study
 
     study = STUDY.format(name="bad", base="").replace('source = "tests"', 'source = "tests"\nmetric = "val_loss"')
     (tmp_path / "study.toml").write_text(study)
@@ -182,7 +182,7 @@ def test_a_28px_grayscale_image_folder_trains_through_the_ladder_on_one_channel(
 def test_augmentation_shifts_are_fractions_of_the_image_size():
     import keras
 
-    from ablation.augment import draw
+    from ablation.training.augment import draw
 
     config = Config(width_shift_range=0.1, height_shift_range=0.1)
     params = draw(512, config, keras.random.SeedGenerator(0), height=20, width=100)
@@ -271,7 +271,7 @@ def test_the_dataset_is_recorded_and_tells_runs_apart(tmp_path):
 
 
 def test_a_queue_worker_rebuilds_the_planners_dataset_from_the_fingerprint(tmp_path):
-    from ablation.workqueue import split_args_of
+    from ablation.engine.queue import split_args_of
 
     tree = _image_tree(tmp_path / "tree", classes=4, size=16, mode="L", per_class=(5, 2))
     config = Config(data="images", image_size=12, train_subset=16)

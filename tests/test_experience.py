@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import Config
+from ablation.core.config import Config
+from ablation.core.study import load_study
 from ablation.data import load_cifar10, make_splits
-from ablation.study import load_study
 from ablation.tracking import Kind, Tag
 from conftest import run_command
 

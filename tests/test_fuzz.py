@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ablation import attribute, calibration, ladder, migrate, search, worker
-from ablation.report import __main__ as report_command
 from ablation.cli import one_line
-from ablation.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule
+from ablation.core.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule
+from ablation.core.study import load_study
 from ablation.data import DataError
 from ablation.models import MODELS
-from ablation.study import load_study
+from ablation.report import __main__ as report_command
 
 VALID = {
     "study": {"name": "fuzz", "title": "generated", "seeds": 1},

@@ -72,7 +72,7 @@ def test_an_installed_package_runs_a_shipped_study_by_name_from_any_folder(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/store/mlflow.db"
     (tmp_path / "store").mkdir()
-    where = succeed([python, "-c", "import ablation.study as s; print(s.SHIPPED_STUDIES)"], cwd=elsewhere, env=env)
+    where = succeed([python, "-c", "import ablation.core.study as s; print(s.SHIPPED_STUDIES)"], cwd=elsewhere, env=env)
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
     done = subprocess.run([python, "-m", "ablation.ladder", "--study", "assignment", "--profile", "smoke",
                            "--steps", "template", "--data", str(cifar_path)],

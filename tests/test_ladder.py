@@ -10,8 +10,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ablation.config import CONFIG_FIELDS
-from ablation.study import load_study
+from ablation.core.config import CONFIG_FIELDS
+from ablation.core.study import load_study
 from ablation.tracking import Kind, Tag
 from conftest import run_command
 
@@ -234,20 +234,22 @@ def test_the_verdict_table_of_one_seed_says_no_verdict_and_of_three_says_which()
     table must not say helped; with three seeds each change gets helped, hurt, equivalent or undecided."""
     import numpy as np
 
-    from ablation import ladder as ladder_command, runner, stats
-    from ablation.config import get_profile
+    from ablation import ladder as ladder_command
+    from ablation.analysis import stats
+    from ablation.core.config import get_profile
+    from ablation.engine import units
 
     study = load_study("studies/assignment.toml")
-    steps = runner.resolve_steps(study, get_profile("smoke"), only=["template", "augmentation", "deeper_early_stopping"])
+    steps = units.resolve_steps(study, get_profile("smoke"), only=["template", "augmentation", "deeper_early_stopping"])
     draws = np.random.default_rng(0).random((3, 2000))
     accuracy = {"template": 0.40, "augmentation": 0.52, "deeper_early_stopping": 0.521}
     rows = [{"step": step, "seed": seed, "status": "finished", "test_accuracy": float(np.mean(draws[seed] < p + shift)),
              "best_val_accuracy": p, "correct": (draws[seed] < p + shift).tolist()}
             for seed, shift in enumerate((0.0, 0.004, -0.003)) for step, p in accuracy.items()]
-    one = ladder_command.format_changes(runner.ladder_evidence([r for r in rows if r["seed"] == 0], steps))
+    one = ladder_command.format_changes(units.ladder_evidence([r for r in rows if r["seed"] == 0], steps))
     assert "helped" not in one and one.count(stats.ONE_SEED) == 2 and "McNemar (Holm)" in one
-    three = ladder_command.format_changes(runner.ladder_evidence(rows, steps, rope=0.02))
+    three = ladder_command.format_changes(units.ladder_evidence(rows, steps, rope=0.02))
     assert re.search(r"^augmentation vs template +3 +\+11\.9 .* helped$", three, re.MULTILINE)
     assert re.search(r"^deeper_early_stopping vs augmentation +3 .* equivalent \(within ±2\.0\)$", three, re.MULTILINE)
-    assert re.search(r"undecided: ~\d+ more seeds?$", ladder_command.format_changes(runner.ladder_evidence(rows, steps)),
+    assert re.search(r"undecided: ~\d+ more seeds?$", ladder_command.format_changes(units.ladder_evidence(rows, steps)),
                      re.MULTILINE)

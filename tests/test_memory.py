@@ -1,4 +1,4 @@
-"""ablation.memory: freed blocks stay in the process, so re-allocating them costs no page faults."""
+"""ablation.core.memory: freed blocks stay in the process, so re-allocating them costs no page faults."""
 
 import os
 import subprocess
@@ -43,9 +43,9 @@ def test_reallocating_a_freed_block_costs_no_page_faults():
 TRAINING = """
 import resource, sys, threading
 import numpy as np
-from ablation.config import Config
+from ablation.core.config import Config
 from ablation.data import load_cifar10, make_splits
-from ablation.train import train
+from ablation.training.fit import train
 
 def churn():  # in a thread of its own, as TensorFlow's kernels allocate (a malloc arena of their own)
     faults = []

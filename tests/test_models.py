@@ -151,7 +151,7 @@ def test_knobs_read_from_source_match_the_builder(name):
 
 def test_study_files_load_without_keras():
     # Checking a study (and re-running a finished one) must not pay for TensorFlow's start-up.
-    code = ("import sys, pathlib; from ablation.study import load_study; "
+    code = ("import sys, pathlib; from ablation.core.study import load_study; "
             "[load_study(p) for p in sorted(pathlib.Path('studies').glob('*.toml'))]; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

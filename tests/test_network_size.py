@@ -44,7 +44,7 @@ DEEPEST = {"template_resnet": ("stage2_blocks", "stage3_blocks", "stage4_blocks"
 
 @pytest.mark.slow
 def test_the_deepest_allowed_networks_build_and_reload_at_pythons_default_recursion_limit(tmp_path):
-    from ablation.config import knob_rule
+    from ablation.core.config import knob_rule
     from ablation.models import build_model
 
     paths = []

@@ -188,8 +188,8 @@ def none_default(input_shape, num_classes, *, activation=None):
 
 
 def test_knob_rules_come_from_the_defaults_and_model_rules_narrow_them(tmp_path, monkeypatch):
-    from ablation.config import StudyError
-    from ablation.study import apply_overrides, check_model, load_study
+    from ablation.core.config import StudyError
+    from ablation.core.study import apply_overrides, check_model, load_study
 
     package = tmp_path / "code" / "ownrules"  # a name of its own: this process keeps the packages it imported
     package.mkdir(parents=True)
@@ -200,7 +200,7 @@ def test_knob_rules_come_from_the_defaults_and_model_rules_narrow_them(tmp_path,
     path = tmp_path / "own.toml"
     path.write_text(STUDY.format(model="ownrules.tiny:small") + RULES)
     # Checking the study reads the model's source: no Keras (a fresh process, so nothing imported it before).
-    probe = (f"import sys; from ablation.study import load_study; load_study({str(path)!r}); "
+    probe = (f"import sys; from ablation.core.study import load_study; load_study({str(path)!r}); "
              "print('keras' in sys.modules)")
     checked = subprocess.run([sys.executable, "-c", probe], env=environment(tmp_path, tmp_path / "code"), cwd=REPO,
                              capture_output=True, text=True, timeout=120)

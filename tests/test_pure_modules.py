@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from ablation import checkpoint, interrupt
+from ablation.core import interrupt
+from ablation.training import checkpoint
 
 
 def _weights(path):
@@ -153,7 +154,7 @@ def _records(values: dict) -> list[dict]:
 
 
 def test_changes_pair_by_seed_and_count_only_the_seeds_both_steps_have():
-    from ablation import evidence
+    from ablation.analysis import evidence
 
     records = _records({("a", 0): 0.50, ("a", 1): 0.52, ("a", 2): 0.51, ("b", 0): 0.55, ("b", 2): 0.58})
     [change] = evidence.compare_steps(records, [("b", "a")])
@@ -164,7 +165,7 @@ def test_changes_pair_by_seed_and_count_only_the_seeds_both_steps_have():
 
 
 def test_a_run_without_the_compared_metric_is_not_counted():
-    from ablation import evidence
+    from ablation.analysis import evidence
 
     records = _records({("a", 0): 0.5, ("a", 1): 0.5, ("b", 0): 0.6, ("b", 1): 0.6})
     for record, top5 in zip(records, (0.8, None, 0.9, float("nan")), strict=True):
@@ -176,7 +177,7 @@ def test_a_run_without_the_compared_metric_is_not_counted():
 def test_ladder_pairs_compare_each_step_with_the_one_before_and_a_baseline_with_its_own():
     from types import SimpleNamespace
 
-    from ablation import evidence
+    from ablation.analysis import evidence
 
     def step(name, is_baseline, compare_to=None):
         return SimpleNamespace(name=name, is_baseline=is_baseline, compare_to=compare_to)
@@ -186,7 +187,7 @@ def test_ladder_pairs_compare_each_step_with_the_one_before_and_a_baseline_with_
 
 
 def test_a_decided_change_keeps_its_first_verdict():
-    from ablation import evidence, stats
+    from ablation.analysis import evidence, stats
 
     def item(step, verdict):
         return {"step": step, "against": "a", "change": {"verdict": verdict}}
@@ -203,7 +204,7 @@ def test_a_decided_change_keeps_its_first_verdict():
 
 
 def test_in_a_pipe_a_display_prints_plain_lines_and_draws_no_bars():
-    from ablation.console import Display
+    from ablation.core.console import Display
 
     lines = []
     with Display(live=False, out=lines.append) as display:

@@ -22,7 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ablation import report, stats, tracking
+from ablation import report, tracking
+from ablation.analysis import stats
 from ablation.report import gather
 from ablation.tracking import Kind, Tag
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ablation import stats
+from ablation.analysis import stats
 from ablation.report import figures, gather, search_figures, sections, tables
 from ablation.report import predictions as predictions_module
 from ablation.report.found import Ladder, Search

@@ -17,9 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from ablation import search, searcher, tracking
-from ablation.config import StudyError, get_profile, with_values
-from ablation.study import apply_overrides, load_study
+from ablation import search, tracking
+from ablation.core.config import StudyError, get_profile, with_values
+from ablation.core.study import apply_overrides, load_study
+from ablation.engine import trials
 from ablation.tracking import Kind, Tag
 
 TINY = """
@@ -126,7 +127,7 @@ def test_misspelled_monitor_is_an_error_before_anything_runs(tmp_path, store, ca
     study = load_study(write_study(tmp_path))
     study = dataclasses.replace(study, search=dataclasses.replace(study.search, monitor="val_acuracy"))
     with pytest.raises(StudyError, match="val_acuracy.*allowed: loss, accuracy, val_loss, val_accuracy"):
-        searcher.run_search(study, get_profile("smoke"), trials=1, data_path="/nonexistent")
+        trials.run_search(study, get_profile("smoke"), trials=1, data_path="/nonexistent")
     assert not store.exists()  # no MLflow store, no Optuna journal
 
 
@@ -143,7 +144,7 @@ def test_storage_option(tmp_path, store):
 
 def test_sampler_is_reproducible_and_never_repeats_across_trials():
     def draws(n):
-        study = optuna.create_study(sampler=searcher.TrialSeededTPE(7))
+        study = optuna.create_study(sampler=trials.TrialSeededTPE(7))
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
         return [t.params["x"] for t in study.trials]
 
@@ -169,13 +170,13 @@ def test_stale_trial_of_a_dead_worker_is_failed_and_queued_again(tmp_path):
     # Another process (a new worker) opens the same journal and sweeps.
     storage, _, _ = tracking.open_storage(str(tmp_path / "optuna.journal"))
     again = optuna.load_study(study_name="s", storage=storage)
-    assert searcher.sweep_stale_trials(again) == [(0, "abc")]
+    assert trials.sweep_stale_trials(again) == [(0, "abc")]
     states = [t.state for t in again.get_trials()]
     assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
     retry = again.trials[3]  # a copy, as the queue's workers and Optuna's heartbeat retry make it
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == {"x": stale.params["x"]}
     assert retry.user_attrs == {"worker": f"{host}:{dead.pid}", "mlflow_run_id": "abc"}
-    assert searcher.sweep_stale_trials(again) == []  # swept once only
+    assert trials.sweep_stale_trials(again) == []  # swept once only
 
 
 def test_resuming_with_another_search_is_refused(tmp_path, store):
@@ -184,8 +185,8 @@ def test_resuming_with_another_search_is_refused(tmp_path, store):
     storage, _, where = tracking.open_storage(None)
 
     def open_with(base, space):
-        return searcher.open_study(storage, where, "s", "maximize", searcher.study_identity(study, space, base, smoke),
-                                 searcher.TrialSeededTPE(0), None)
+        return trials.open_study(storage, where, "s", "maximize", trials.study_identity(study, space, base, smoke),
+                                 trials.TrialSeededTPE(0), None)
 
     open_with(base, space)
     open_with(base, space)  # the same search resumes
@@ -211,12 +212,12 @@ def test_pruned_and_failed_trials_are_recorded_and_the_search_goes_on(tmp_path, 
         queued.enqueue_trial(params)
     # A real pruner that prunes every trial from the second epoch on: no accuracy exceeds 1.1.
     pruner = optuna.pruners.ThresholdPruner(lower=1.1, n_warmup_steps=1)
-    summary = searcher.run_search(study, get_profile("full"), trials=3, data_path=cifar_path, pruner=pruner)
+    summary = trials.run_search(study, get_profile("full"), trials=3, data_path=cifar_path, pruner=pruner)
 
-    trials = optuna_study(store / "optuna.journal", "tiny-full").trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
-    assert "diverged" in trials[1].user_attrs["error"]
-    assert trials[2].user_attrs["epochs_run"] == 2 and sorted(trials[2].intermediate_values) == [0, 1]
+    recorded = optuna_study(store / "optuna.journal", "tiny-full").trials
+    assert [t.state for t in recorded] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
+    assert "diverged" in recorded[1].user_attrs["error"]
+    assert recorded[2].user_attrs["epochs_run"] == 2 and sorted(recorded[2].intermediate_values) == [0, 1]
     assert (summary["complete"], summary["pruned"], summary["failed"], summary["epochs_saved"]) == (1, 1, 1, 1)
 
     client, _, runs = trial_runs(store)
@@ -321,7 +322,7 @@ def test_a_queued_search_trains_every_trial_with_the_set_values(tmp_path, store,
     assert [r.data.params["batch_size"] for r in runs] == ["16", "16"], "\n\n".join(outputs)
     assert {r.data.tags[Tag.PID] for r in runs}.isdisjoint({str(planner.pid), str(worker.pid)})  # the children's
     assert all("system/cpu_utilization_percentage" in r.data.metrics for r in runs)
-    name = searcher.default_study_name(apply_overrides(load_study(path), {"batch_size": 16}), get_profile("smoke"), None)
+    name = trials.default_study_name(apply_overrides(load_study(path), {"batch_size": 16}), get_profile("smoke"), None)
     assert name != "tiny-smoke" and name.startswith("tiny-smoke-set")  # as a local search with --set names it
     assert {r.data.tags[Tag.OPTUNA_STUDY] for r in runs} == {parent.data.tags[Tag.OPTUNA_STUDY]} == {name}
     assert parent.data.tags[Tag.PRUNER] == "MedianPruner" and parent.data.tags[Tag.OVERRIDES] == '{"batch_size": 16}'

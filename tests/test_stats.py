@@ -1,4 +1,4 @@
-"""ablation.stats: paired tests over seeds, Holm, McNemar, and Shapley attribution of the ablation game."""
+"""ablation.analysis.stats: paired tests over seeds, Holm, McNemar, and Shapley attribution of the ablation game."""
 
 import itertools
 import math
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from ablation import evidence, stats
+from ablation.analysis import evidence, stats
 
 
 # --- Summaries and paired changes -------------------------------------------------------------------

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from ablation.augment import RandomAffine, draw, resample, transform_vectors
-from ablation.config import Config
+from ablation.core.config import Config
 from ablation.data import load_cifar10, make_splits
 from ablation.models.layers import BatchNormalization
-from ablation.train import AugmentedImages, EarlyStopping, make_optimizer, train
+from ablation.training.augment import RandomAffine, draw, resample, transform_vectors
+from ablation.training.fit import AugmentedImages, EarlyStopping, make_optimizer, train
 
 AUGMENTED = Config(rotation_range=15.0, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1,
                    horizontal_flip=True)

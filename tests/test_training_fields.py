@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from ablation.augment import MixedBatches
-from ablation.config import PROFILES, Config, StudyError, check_combination
+from ablation.core.config import PROFILES, Config, StudyError, check_combination
+from ablation.core.study import load_study
 from ablation.data import load_cifar10, make_splits
-from ablation.study import load_study
-from ablation.train import build, prepare_inputs, train
+from ablation.training.augment import MixedBatches
+from ablation.training.fit import build, prepare_inputs, train
 
 TINY = Config(model_args={"stage2_blocks": 0, "stage3_blocks": 0, "stage4_blocks": 0}, epochs=2, batch_size=32,
               train_subset=80, test_subset=50, run_eagerly=True)

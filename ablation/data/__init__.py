@@ -5,7 +5,7 @@ and `LazySplits` does both on demand for the runner, keyed by `Config.split_args
 """
 
 from ablation.data.cifar10 import CLASS_NAMES
-from ablation.data.core import DataError, Dataset, Splits
+from ablation.data.dataset import DataError, Dataset, Splits
 from ablation.data.sources import check_data_path, load_cifar10, load_data, resolve_data_path
 from ablation.data.splits import LazySplits, make_splits
 

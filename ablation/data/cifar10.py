@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data.core import DataError, Dataset, cache_root, require, tar_members, unpickle
+from ablation.data.dataset import DataError, Dataset, cache_root, require, tar_members, unpickle
 from ablation.data.images import load_image_folder
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

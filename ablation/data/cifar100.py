@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data.core import DataError, Dataset, label_array, require, tar_members, unpickle
+from ablation.data.dataset import DataError, Dataset, label_array, require, tar_members, unpickle
 
 ARCHIVE = "cifar-100-python.tar.gz"
 FOLDER = "cifar-100-python"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data.core import DataError, Dataset
+from ablation.data.dataset import DataError, Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TREE = "an image-folder tree ROOT/train/<class>/*.png and ROOT/test/<class>/*.png (.jpg too)"

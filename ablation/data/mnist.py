@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.data.core import DataError, Dataset
+from ablation.data.dataset import DataError, Dataset
 
 FILES = {"x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
          "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz"}

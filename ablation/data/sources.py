@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import DATASETS
+from ablation.core.config import DATASETS
 from ablation.data import cifar10, cifar100, mnist
-from ablation.data.core import DataError, Dataset
+from ablation.data.dataset import DataError, Dataset
 from ablation.data.images import TREE, load_image_folder, resize_dataset
 
 TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.config import DATASETS
-from ablation.data.core import DataError, Dataset, Splits, cache_root
+from ablation.core.config import DATASETS
+from ablation.data.dataset import DataError, Dataset, Splits, cache_root
 from ablation.data.sources import check_data_path, load_data, resolve_data_path, title
 
 DATA_DEFAULTS = {"data": "cifar10", "image_size": None}  # the split arguments that choose the dataset

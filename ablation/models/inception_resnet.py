@@ -35,7 +35,7 @@ import keras
 from keras import layers
 
 from ablation.models import register
-from ablation.models.layers import BatchNormalization
+from ablation.models.layers import BatchNormalization, classifier
 
 
 def conv_bn(x, filters, kernel, strides=1):
@@ -120,8 +120,5 @@ def inception_resnet(
     x = reduction_b(x, width)
     for _ in range(blocks_c):
         x = block_c(x, width, scale_c)
-    x = layers.GlobalAveragePooling2D()(x)
-    if dropout_rate:
-        x = layers.Dropout(dropout_rate)(x)  # the paper keeps 0.8 of the units
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="inception_resnet")
+    x = layers.GlobalAveragePooling2D()(x)  # then Dropout: the paper keeps 0.8 of the units
+    return keras.Model(inputs, classifier(x, num_classes, dropout_rate), name="inception_resnet")

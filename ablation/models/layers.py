@@ -84,6 +84,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
+def classifier(features, num_classes: int, dropout_rate: float = 0.0):
+    """The builders' head on pooled, flat features: Dropout (none at rate 0), then a softmax Dense layer."""
+    if dropout_rate:
+        features = keras.layers.Dropout(dropout_rate)(features)
+    return keras.layers.Dense(num_classes, activation="softmax")(features)
+
+
 def enable_op_determinism():
     """Bit-identical repeats of a seed on TensorFlow (slower kernels); other backends: nothing to do."""
     if keras.backend.backend() == "tensorflow":

@@ -17,7 +17,8 @@ import keras
 from keras import layers
 
 from ablation.models import register
-from ablation.models.layers import BatchNormalization
+from ablation.models.layers import BatchNormalization, classifier
+from ablation.models.template import stages
 
 
 def _bn_relu(x):
@@ -49,19 +50,9 @@ def preact_resnet(
     dropout_rate: float = 0.0,
 ):
     """The template's stages: stem 64, then (16,16,64), (32,32,128), (64,64,256) pre-activation blocks."""
-    blocks = (
-        [((16, 16, 64), 1)] * stage2_blocks
-        + [((32, 32, 128), 2)] + [((32, 32, 128), 1)] * stage3_blocks
-        + [((64, 64, 256), 2)] + [((64, 64, 256), 1)] * stage4_blocks
-    )
     inputs = keras.Input(input_shape)
     x = _bn_relu(layers.Conv2D(64, 3, padding="same")(inputs))
-    for index, (filters, strides) in enumerate(blocks):
+    for index, (filters, strides) in enumerate(stages(stage2_blocks, stage3_blocks, stage4_blocks)):
         x = preact_bottleneck_block(x, filters, strides, preactivate=index > 0)
-    x = _bn_relu(x)
-    x = layers.AveragePooling2D(2, padding="same")(x)
-    x = layers.Flatten()(x)
-    if dropout_rate:
-        x = layers.Dropout(dropout_rate)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="preact_resnet")
+    x = layers.Flatten()(layers.AveragePooling2D(2, padding="same")(_bn_relu(x)))
+    return keras.Model(inputs, classifier(x, num_classes, dropout_rate), name="preact_resnet")

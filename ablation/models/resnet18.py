@@ -14,7 +14,7 @@ import keras
 from keras import layers
 
 from ablation.models import register
-from ablation.models.layers import BatchNormalization
+from ablation.models.layers import BatchNormalization, classifier
 
 
 def basic_block(x, filters, strides=1):
@@ -39,9 +39,7 @@ def _resnet(input_shape, num_classes, blocks_per_layer, name):
         x = basic_block(x, filters, strides)
         for _ in range(1, num_blocks):
             x = basic_block(x, filters)
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, classifier(layers.GlobalAveragePooling2D()(x), num_classes), name=name)
 
 
 @register

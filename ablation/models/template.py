@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 from ablation.models import register
-from ablation.models.layers import BatchNormalization
+from ablation.models.layers import BatchNormalization, classifier
 
 
 def _conv_bn(x, filters, kernel, strides=1):
@@ -41,17 +41,15 @@ def template_resnet(
     """
     inputs = keras.Input(input_shape)
     x = layers.ReLU()(_conv_bn(inputs, 64, 3))
-    for _ in range(stage2_blocks):
-        x = bottleneck_block(x, (16, 16, 64))
-    x = bottleneck_block(x, (32, 32, 128), strides=2)
-    for _ in range(stage3_blocks):
-        x = bottleneck_block(x, (32, 32, 128))
-    x = bottleneck_block(x, (64, 64, 256), strides=2)
-    for _ in range(stage4_blocks):
-        x = bottleneck_block(x, (64, 64, 256))
-    x = layers.AveragePooling2D(2, padding="same")(x)
-    x = layers.Flatten()(x)
-    if dropout_rate:
-        x = layers.Dropout(dropout_rate)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="template_resnet")
+    for filters, strides in stages(stage2_blocks, stage3_blocks, stage4_blocks):
+        x = bottleneck_block(x, filters, strides)
+    x = layers.Flatten()(layers.AveragePooling2D(2, padding="same")(x))
+    return keras.Model(inputs, classifier(x, num_classes, dropout_rate), name="template_resnet")
+
+
+def stages(stage2_blocks: int, stage3_blocks: int, stage4_blocks: int) -> list[tuple[tuple[int, int, int], int]]:
+    """The template's blocks in order, as (filters, strides): stage 2's identity blocks, then stages 3 and 4,
+    each a strided block that halves the map and identity blocks (the template and its pre-activation twin)."""
+    return ([((16, 16, 64), 1)] * stage2_blocks
+            + [((32, 32, 128), 2)] + [((32, 32, 128), 1)] * stage3_blocks
+            + [((64, 64, 256), 2)] + [((64, 64, 256), 1)] * stage4_blocks)

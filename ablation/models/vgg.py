@@ -4,7 +4,7 @@ import keras
 from keras import layers
 
 from ablation.models import register
-from ablation.models.layers import BatchNormalization
+from ablation.models.layers import BatchNormalization, classifier
 
 
 @register
@@ -32,6 +32,4 @@ def vgg_like(
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, activation="relu")(x)
     x = layers.Dense(dense_units, activation="relu")(x)
-    x = layers.Dropout(dropout_rate)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="vgg_like")
+    return keras.Model(inputs, classifier(x, num_classes, dropout_rate), name="vgg_like")

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ablation.cli import ArgumentParser
-from ablation.config import StoreError, StudyError
+from ablation.core.config import StoreError, StudyError
 from ablation.report import DEFAULT_STUDY, ReportError, write_report
 
 

@@ -16,10 +16,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 from matplotlib.transforms import offset_copy
 
-from ablation import stats
+from ablation.analysis import stats
 from ablation.report.found import col, isna
-from ablation.tracking import Tag
 from ablation.report.tables import eng
+from ablation.tracking import Tag
 
 DPI = 110
 # The PNGs this module writes (a report folder's old ones are replaced).

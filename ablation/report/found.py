@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation.study import SearchSpace
+from ablation.core.study import SearchSpace
 from ablation.tracking import Tag
 
 

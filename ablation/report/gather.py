@@ -15,14 +15,15 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from ablation import evidence, tracking
+from ablation import tracking
+from ablation.analysis import evidence
 from ablation.cli import DEFAULT_STUDY
-from ablation.config import EPOCH_METRICS, StudyError
+from ablation.core.config import EPOCH_METRICS, StudyError
+from ablation.core.study import find_study, load_study
 from ablation.report.errors import ReportError
 from ablation.report.found import (BASELINE, COMPARE_TO, COUNT_METRICS, KIND, NUMERIC_TAGS, PROFILE, STEP, STEP_INDEX,
                                    WORK_KEY, Gathered, Ladder, Search, StudyInfo, col, isna)
 from ablation.report.predictions import Predictions, confusion_candidates, read_confusion, read_correct
-from ablation.study import find_study, load_study
 from ablation.tracking import Kind, Tag
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.config import CONFIG_FIELDS
+from ablation.core.config import CONFIG_FIELDS
 from ablation.report import figures
 from ablation.report.sections import Report
 

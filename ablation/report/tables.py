@@ -1,6 +1,6 @@
 """The report's tables: numbers first (what the tests check against the store), display strings second.
 
-The statistics come from `ablation.evidence` (summaries over seeds, paired changes, Holm, McNemar);
+The statistics come from `ablation.analysis.evidence` (summaries over seeds, paired changes, Holm, McNemar);
 this module only arranges them. Accuracies are fractions in the number tables and percent (or
 percentage points, pp, for a difference) in the display ones.
 """
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ablation import evidence, stats
+from ablation.analysis import evidence, stats
 from ablation.report.found import PROFILE, Ladder, Search, col, isna
 from ablation.tracking import Tag
 

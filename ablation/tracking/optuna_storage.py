@@ -13,7 +13,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from ablation.config import StoreError, StudyError
+from ablation.core.config import StoreError, StudyError
 from ablation.tracking.store import (DATABASE_SCHEMES, _first_line, _safe, check_database, check_writable_folder,
                                      existing_ancestor, store_folder)
 

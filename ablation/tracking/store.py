@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ablation.config import StoreError
+from ablation.core.config import StoreError
 from ablation.tracking.tags import Tag
 
 

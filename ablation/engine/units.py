@@ -16,11 +16,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ablation import checkpoint, console, evidence, interrupt, tracking
-from ablation.config import Config, StudyError
-from ablation.console import Display
+from ablation import tracking
+from ablation.analysis import evidence
+from ablation.core import console, interrupt
+from ablation.core.config import Config, StudyError
+from ablation.core.console import Display
 from ablation.data import LazySplits, resolve_data_path
 from ablation.tracking import Kind, Tag
+from ablation.training import checkpoint
 
 
 def resolve_steps(study, profile, seed=None, only=None, vary_split=False):
@@ -82,7 +85,7 @@ def train_in_run(config, splits, on_epoch=(), on_epoch_begin=(), checkpoint_fold
     """
     interrupt.check()  # a stop asked for already: spare TensorFlow's start-up
     with console.native_stderr_hidden():
-        from ablation.train import train  # Keras: imported only when something trains
+        from ablation.training.fit import train  # Keras: imported only when something trains
 
     tracking.log_config(config, {})
     tracking.log_datasets(splits, data_file)
@@ -164,7 +167,7 @@ def run_ladder(study, profile, steps, data_path=None, force=False, say=print, ke
     """Run (or reuse) every resolved step under one parent run; returns one row per step and seed.
 
     `say`: a function printing a line, or a `Display` (bars on a terminal); `log_models` as
-    `ladder_units` takes it; `queue`: `run_units` through the shared queue (`workqueue.run_units_shared`,
+    `ladder_units` takes it; `queue`: `run_units` through the shared queue (`queue.run_units_shared`,
     the same arguments), or None to run the units here; `rope`, `alpha`: the verdicts' equivalence
     margin and level, recorded on the parent run and used by its summary (and later by the report).
     """

@@ -1,4 +1,4 @@
-"""The contract `ablation.optuna_adapter` needs from the installed Optuna's private API, on real storages.
+"""The contract `ablation.engine.optuna_internals` needs from the installed Optuna's private API, on real storages.
 
 If an Optuna release renames `Study._storage`, `Study._study_id`, `FrozenTrial._trial_id` or moves
 `optuna.storages._heartbeat`, these fail here, by name, before a worker takes a unit twice.
@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 from packaging.specifiers import SpecifierSet
 
-from ablation import optuna_adapter
+from ablation.engine import optuna_internals
 
 REPO = Path(__file__).resolve().parents[1]
 X = optuna.distributions.FloatDistribution(0, 1)
@@ -35,14 +35,14 @@ def test_the_installed_optuna_is_within_the_versions_pyproject_allows():
 
 def test_take_waiting_gives_a_waiting_trial_to_one_caller_and_creates_none(tmp_path):
     study = journal_study(tmp_path)
-    assert optuna_adapter.take_waiting(study) is None and study.trials == []  # nothing made when the queue is empty
+    assert optuna_internals.take_waiting(study) is None and study.trials == []  # nothing made when the queue is empty
     study.enqueue_trial({"x": 0.25}, user_attrs={"unit": "a"})
     taken, together = [], threading.Barrier(4)
 
     def worker():
         own = journal_study(tmp_path)  # each with its own storage object, as processes have
         together.wait()
-        trial = optuna_adapter.take_waiting(own)
+        trial = optuna_internals.take_waiting(own)
         if trial is not None:
             taken.append(trial)
 
@@ -61,12 +61,12 @@ def test_fail_running_wins_once_and_requeue_copies_the_trial_up_to_max_retry(tmp
     study = journal_study(tmp_path)
     study.enqueue_trial({"x": 0.5}, user_attrs={"unit": "a"})
     for attempt in range(3):
-        trial = optuna_adapter.take_waiting(study)
+        trial = optuna_internals.take_waiting(study)
         assert trial is not None and trial.user_attrs["unit"] == "a"
         assert trial.suggest_float("x", 0, 1) == 0.5  # the enqueued value, on every copy
-        assert optuna_adapter.fail_running(study, trial) is True
-        assert optuna_adapter.fail_running(study, trial) is False  # finished: another caller gets False
-        optuna_adapter.requeue(study, trial, max_retry=2)
+        assert optuna_internals.fail_running(study, trial) is True
+        assert optuna_internals.fail_running(study, trial) is False  # finished: another caller gets False
+        optuna_internals.requeue(study, trial, max_retry=2)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL] * 3  # two copies, then no third
     copies = study.get_trials()[1:]
@@ -79,15 +79,15 @@ def test_heartbeats_keep_a_trial_alive_and_fail_stale_retries_it_once_they_stop(
             f"sqlite:///{tmp_path}/h.db", heartbeat_interval=1, grace_period=2,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     study = optuna.create_study(storage=storage, study_name="h")
-    assert optuna_adapter.has_heartbeat(study) and not optuna_adapter.has_heartbeat(journal_study(tmp_path))
+    assert optuna_internals.has_heartbeat(study) and not optuna_internals.has_heartbeat(journal_study(tmp_path))
     study.enqueue_trial({"x": 0.75})
-    trial = optuna_adapter.take_waiting(study)
-    with optuna_adapter.heartbeat(study, trial):
+    trial = optuna_internals.take_waiting(study)
+    with optuna_internals.heartbeat(study, trial):
         time.sleep(3.5)  # past the grace period: only the heartbeat keeps it alive
-        optuna_adapter.fail_stale(study)
+        optuna_internals.fail_stale(study)
         assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
     time.sleep(3)
-    optuna_adapter.fail_stale(study)
+    optuna_internals.fail_stale(study)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].system_attrs["fixed_params"] == {"x": 0.75} and trials[1].system_attrs["failed_trial"] == 0

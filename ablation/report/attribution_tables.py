@@ -1,6 +1,6 @@
 """How an attribution is shown: its table (terminal, Markdown, CSV), the notes that say what it holds, and its figure.
 
-Plain data in, text and files out: the designs (`ablation.attribution`) compute the result, this module
+Plain data in, text and files out: the designs (`ablation.engine.designs`) compute the result, this module
 only presents it, and the command prints it or the design logs the files on its parent run.
 """
 
@@ -10,16 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # Agg through a Figure object: no pyplot, no display
 
-MEASURES = ("ladder_gain", "leave_one_out", "add_one_in", "shapley")
-LADDER, SEARCH = "ladder", "search"  # what a result attributes: the ladder, or the search's best trial
-
-
-def file_stem(kind: str, design: str) -> str:
-    """attribution-<design> for the ladder, attribution-search-<design> for the search's best trial."""
-    return f"attribution-{design}" if kind == LADDER else f"attribution-search-{design}"
-
-
-
+from ablation.engine.designs import LADDER, MEASURES, SEARCH, file_stem
 
 HEADERS = {"ladder_gain": "ladder gain", "leave_one_out": "leave-one-out drop", "add_one_in": "add-one-in gain",
            "shapley": "Shapley value", "order_effect": "ladder - Shapley", "importance": "Optuna importance"}

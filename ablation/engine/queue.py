@@ -8,7 +8,7 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
 - A unit is a WAITING trial (`Study.enqueue_trial`). A unit of the runner (a ladder step and seed,
   a design's subset) carries its spec in its user attrs (config, run name, tags, data digest,
   experiment, parent run): a worker needs no study file. A search's queue carries the search resolved
-  (`searcher.Search`: the base config with the planner's --set and --seed in, the space, profile and
+  (`trials.Search`: the base config with the planner's --set and --seed in, the space, profile and
   pruner), and each planned trial its parent run and --timeout deadline: TPE samples its params when
   a worker runs it (with the constant liar, so concurrent trials spread out), through the same
   objective as a search in one process.
@@ -16,7 +16,7 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
   `Study.ask` pops Optuna's queue (a row lock in an RDB storage, the journal's file lock): two
   workers never get the same trial. It does not call `ask`, which makes a fresh trial when the
   queue is empty: taking nothing leaves nothing behind. (Optuna's private names for this, and for
-  heartbeats and retries, are in `optuna_adapter`.)
+  heartbeats and retries, are in `optuna_internals`.)
 - While a unit trains, Optuna's heartbeat thread keeps its trial alive (RDB storages). Every idle
   process of the queue runs `fail_stale_trials`: a trial whose heartbeat stopped for the grace
   period is failed and a copy queued by RetryHeartbeatStaleTrialCallback (same params and user
@@ -24,7 +24,7 @@ The storage is the queue and its only arbiter, through Optuna's own mechanisms:
   before training the unit in a new run (a live worker whose trial was judged dead, starved of
   CPU past the grace period, finds its trial finished when it reports, and marks its own run KILLED). A journal file (one machine) has no heartbeat: there a
   trial whose worker on this host is dead is failed and queued the same way.
-- A unit runs through `runner.run_unit`, the executor of a ladder in one process (reuse by content,
+- A unit runs through `units.run_unit`, the executor of a ladder in one process (reuse by content,
   the wait for a live run of the same work, checkpoints, tags, system metrics), nested under the
   planner's parent run. Its checkpoint, saved after every epoch beside the worker's store, lets a
   retry taken on the same machine go on from the dead attempt's last epoch, its run given the
@@ -47,12 +47,17 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from ablation import interrupt, optuna_adapter, runner, searcher, tracking
-from ablation.config import Config, StudyError
-from ablation.console import Display
+from ablation import tracking
+from ablation.core import interrupt
+from ablation.core.config import Config, StudyError
+from ablation.core.console import Display
 from ablation.data import DataError, LazySplits
+from ablation.engine import optuna_internals
+from ablation.engine.trials import (NOT_STARTED_ATTR, PARENT_ATTR, PRUNERS, Objective, Search, TrialSeededTPE,
+                                    sweep_stale_trials)
+from ablation.engine.units import (Unit, UnitFailed, predicted_correctly, run_ladder, run_tags, run_unit, unit_row,
+                                   work_key)
 from ablation.models.imported import ModelError
-from ablation.runner import Unit
 from ablation.tracking import Tag
 
 # Optuna attributes of a queue. Study: what it is and what its units need.
@@ -60,10 +65,10 @@ QUEUE_ATTR = "queue"  # "units" | "search": set last, once a worker has what it 
 OWNER_ATTR = "planner"  # host:pid of the planner that enqueues (only it does)
 PLANNED_ATTR = "planned"  # set once every unit is enqueued
 DATA_ATTR = "data"  # the fingerprints of the planner's data splits: a worker's data must match them
-SEARCH_ATTR = "search"  # a search resolved for its trials (`searcher.Search.to_dict`): no file to read again
+SEARCH_ATTR = "search"  # a search resolved for its trials (`trials.Search.to_dict`): no file to read again
 # Trial: the unit and its current attempt.
 UNIT_ATTR = "unit"  # a unit's spec (`unit_spec`)
-PARENT_ATTR = searcher.PARENT_ATTR  # a planned search trial's parent run (a unit's is in its spec)
+# PARENT_ATTR (the search's): a planned search trial's parent run (a unit's is in its spec)
 DEADLINE_ATTR = "deadline"  # a planned search trial's: no process starts it after this time (--timeout)
 RUN_ATTR = "mlflow_run_id"  # the MLflow run of the trial's latest attempt
 POLL_SECONDS = 2.0  # how often an idle worker looks for work again
@@ -93,7 +98,7 @@ def unit_spec(unit: Unit, fingerprint: dict, experiment_name: str, parent_run_id
     """Everything a worker needs to rebuild and run a unit, as JSON-ready data."""
     return {"name": unit.name, "config": unit.config.to_dict(), "config_hash": unit.config.hash(),
             "tags": json.loads(json.dumps(unit.tags)), "label": unit.label, "row": unit.row,
-            "work_key": runner.work_key(unit.config, fingerprint), "data_digest": fingerprint["digest"],
+            "work_key": work_key(unit.config, fingerprint), "data_digest": fingerprint["digest"],
             "experiment": experiment_name, "parent_run_id": parent_run_id, "force": force, "log_model": unit.log_model}
 
 
@@ -185,7 +190,7 @@ def work(storage, data: LazySplits, say, names=None, idle_seconds: float = 0.0, 
         took, pending = False, False
         for queue in open_queues(storage, names, opened, data, say):
             release_dead(queue.study)
-            trial = optuna_adapter.take_waiting(queue.study) if train else None
+            trial = optuna_internals.take_waiting(queue.study) if train else None
             if trial is not None:
                 run_taken(queue, trial, say)
                 ran, took = ran + 1, True
@@ -233,15 +238,15 @@ def open_search_queue(storage, summary, data: LazySplits, say) -> Queue:
     if "base" not in spec:
         raise StudyError(f"queue {summary.study_name!r} was planned by another version of ablation: run the same "
                          "version on every machine")
-    search = searcher.Search.from_dict(spec)
+    search = Search.from_dict(spec)
     study = optuna.load_study(study_name=summary.study_name, storage=storage,
-                              sampler=searcher.TrialSeededTPE(search.base.seed), pruner=search.make_pruner())
-    objective = searcher.Objective(search, data, verbose=False, display=Display(live=False, out=say))
+                              sampler=TrialSeededTPE(search.base.seed), pruner=search.make_pruner())
+    objective = Objective(search, data, verbose=False, display=Display(live=False, out=say))
 
     def execute(trial: optuna.Trial) -> float:
         deadline = trial.user_attrs.get(DEADLINE_ATTR)
         if deadline is not None and time.time() > deadline:
-            trial.set_user_attr(searcher.NOT_STARTED_ATTR, True)
+            trial.set_user_attr(NOT_STARTED_ATTR, True)
             raise NotStarted("not started: its search's --timeout had passed")
         return objective(trial)
 
@@ -254,9 +259,9 @@ def release_dead(study: optuna.Study):
     RDB storages: Optuna's heartbeat judges, on every machine. A journal file has none: a trial
     whose worker was on this host and is gone is released the same way (the search's own sweep).
     """
-    optuna_adapter.fail_stale(study)
-    if not optuna_adapter.has_heartbeat(study):
-        searcher.sweep_stale_trials(study)
+    optuna_internals.fail_stale(study)
+    if not optuna_internals.has_heartbeat(study):
+        sweep_stale_trials(study)
 
 
 def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
@@ -289,7 +294,7 @@ def run_taken(queue: Queue, trial: optuna.Trial, say) -> TrialState | None:
 def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float | None, str]:
     """(state, value, error) of running the trial under Optuna's heartbeat; state None when its trial was
     finished by another process meanwhile. Interrupted, the trial fails and goes back to the queue."""
-    with optuna_adapter.heartbeat(queue.study, trial):
+    with optuna_internals.heartbeat(queue.study, trial):
         try:
             return TrialState.COMPLETE, queue.execute(trial), ""
         except optuna.TrialPruned:
@@ -298,24 +303,24 @@ def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float
             return None, None, ""
         except KeyboardInterrupt:
             queue.study.tell(trial, state=TrialState.FAIL)
-            optuna_adapter.requeue(queue.study, trial, tracking.MAX_RETRIES)
+            optuna_internals.requeue(queue.study, trial, tracking.MAX_RETRIES)
             raise
         except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
             return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:1000]
 
 
 def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
-    """A unit's trial: `runner.run_unit` (reuse finished work, else train it, checkpointed beside this machine's
+    """A unit's trial: `units.run_unit` (reuse finished work, else train it, checkpointed beside this machine's
     store) under the planner's parent run; the trial names the unit's run as soon as it exists."""
     spec = trial.user_attrs[UNIT_ATTR]
     unit = unit_from_spec(spec)
     say(f"\n{unit.label or unit.name}  (trial {trial.number} of queue {trial.study.study_name!r})")
-    tags = runner.run_tags(unit, data.fingerprint(**unit.config.split_args()))
-    row = runner.run_unit(tracking.experiment_id(spec["experiment"]), unit, tags, data, spec["force"], say,
-                          parent_run_id=spec["parent_run_id"],
-                          on_run=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
+    tags = run_tags(unit, data.fingerprint(**unit.config.split_args()))
+    row = run_unit(tracking.experiment_id(spec["experiment"]), unit, tags, data, spec["force"], say,
+                   parent_run_id=spec["parent_run_id"],
+                   on_run=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
     if row["status"] == "failed":  # its run ended FAILED saying why; the trial fails with the same words
-        raise runner.UnitFailed(row["error"])
+        raise UnitFailed(row["error"])
     return row["test_accuracy"]
 
 
@@ -325,16 +330,16 @@ def train_unit(trial: optuna.Trial, data: LazySplits, say) -> float:
 
 def run_ladder_shared(study, profile, steps, data_path=None, force=False, storage=None, say=print,
                       log_models="final", plan_only=False, **verdicts) -> list[dict]:
-    """`runner.run_ladder` (the same parent, units and summary) through the shared queue at `storage`: plan its
+    """`units.run_ladder` (the same parent, units and summary) through the shared queue at `storage`: plan its
     units (or join the same plan), work on them (with `plan_only` only wait for the workers); its rows."""
     queue = functools.partial(run_units_shared, storage=storage, plan_only=plan_only)
-    return runner.run_ladder(study, profile, steps, data_path, force, say, log_models=log_models, queue=queue,
-                             **verdicts)  # rope, alpha
+    return run_ladder(study, profile, steps, data_path, force, say, log_models=log_models, queue=queue,
+                      **verdicts)  # rope, alpha
 
 
 def run_units_shared(study, parent_name, parent_tags, units, data_path=None, force=False, say=print, summarize=None,
                      storage=None, plan_only=False, keep_checkpoints=False, stop_on_failure=False) -> list[dict]:
-    """`runner.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
+    """`units.run_units` through the shared queue (same arguments, and the queue's `storage`): the units are
     queued (or the same plan joined), this process works on them beside the workers (with `plan_only` it
     only waits for them), and returns their rows once every one is done. Each worker removes a unit's
     checkpoint as the unit ends, and every unit is done whatever another's outcome: `keep_checkpoints` and
@@ -374,23 +379,23 @@ def queue_rows(queue: optuna.Study, units: list[Unit], fingerprints: list[dict])
               if t.state == TrialState.FAIL}
     rows = []
     for unit, fingerprint in zip(units, fingerprints, strict=True):
-        key = runner.work_key(unit.config, fingerprint)
+        key = work_key(unit.config, fingerprint)
         if key not in done:
-            rows.append(runner.unit_row(unit, key, {}, None, reused=False, error=errors.get(key, "not run")))
+            rows.append(unit_row(unit, key, {}, None, reused=False, error=errors.get(key, "not run")))
             continue
         run = tracking.get_run(done[key].user_attrs[RUN_ATTR])
-        rows.append(runner.unit_row(unit, key, run.data.metrics, runner.predicted_correctly(run.info.run_id),
-                                    reused=Tag.REUSED_FROM in run.data.tags))
+        rows.append(unit_row(unit, key, run.data.metrics, predicted_correctly(run.info.run_id),
+                             reused=Tag.REUSED_FROM in run.data.tags))
     return rows
 
 
-def queue_trials(optuna_study: optuna.Study, storage, search: searcher.Search, *, parent_run_id: str, trials: int,
+def queue_trials(optuna_study: optuna.Study, storage, search: Search, *, parent_run_id: str, trials: int,
                  timeout, data: LazySplits, display, verbose: bool, plan_only: bool = False) -> int:
-    """`searcher.run_trials_here` through the shared queue (same arguments): the search, resolved, goes into its
+    """`trials.run_trials_here` through the shared queue (same arguments): the search, resolved, goes into its
     Optuna study with `trials` planned trials; this process works on them beside the workers (with `plan_only`
     it waits for them) until all are done. Returns how many of them started before `timeout` seconds."""
-    if search.pruner not in searcher.PRUNERS:
-        raise StudyError(f"a queued search takes its pruner by name ({', '.join(searcher.PRUNERS)}), not "
+    if search.pruner not in PRUNERS:
+        raise StudyError(f"a queued search takes its pruner by name ({', '.join(PRUNERS)}), not "
                          f"{search.pruner}: its workers build it again")
     say, deadline = display.say, None if timeout is None else time.time() + timeout
     fingerprint = data.fingerprint(**search.trial_config({}).split_args())
@@ -404,5 +409,5 @@ def queue_trials(optuna_study: optuna.Study, storage, search: searcher.Search, *
         + (" (--plan-only: this process trains none)" if plan_only else ""))
     work(storage, data, say, names=[search.optuna_study], train=not plan_only)
     mine = optuna_study.get_trials(deepcopy=False)
-    return trials - sum(t.user_attrs.get(PARENT_ATTR) == parent_run_id and bool(t.user_attrs.get(searcher.NOT_STARTED_ATTR))
+    return trials - sum(t.user_attrs.get(PARENT_ATTR) == parent_run_id and bool(t.user_attrs.get(NOT_STARTED_ATTR))
                         for t in mine)

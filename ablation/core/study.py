@@ -2,7 +2,7 @@
 
 A study file (`studies/*.toml`) holds a base config, the steps as deltas, baselines, the numbers the
 source reported, an optional search space and attribution components. The loader rejects unknown
-keys and bad values, naming the file, the key and what is allowed (the rules of `ablation.config`).
+keys and bad values, naming the file, the key and what is allowed (the rules of `ablation.core.config`).
 """
 
 import dataclasses
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ablation.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError, check_combination,
-                             check_field, check_knob, check_setting, checked, finite, inferred_rule, knob_rule, number, shown, whole)
+from ablation.core.config import (CONFIG_FIELDS, FIELD_RULES, FLAG, SEED, Config, Rule, StudyError,
+                                  check_combination, check_field, check_knob, check_setting, checked, finite,
+                                  inferred_rule, knob_rule, number, shown, whole)
 from ablation.models import MODELS, model_defaults
 from ablation.models.imported import ModelError, is_import_path, read_source
 
@@ -102,7 +103,7 @@ MAX_SEEDS = 1000
 
 # The shipped studies: inside the package once installed (setup.py ships studies/ as ablation/studies/), beside
 # it in a source checkout or an editable install.
-SHIPPED_STUDIES = Path(__file__).resolve().parent / "studies"
+SHIPPED_STUDIES = Path(__file__).resolve().parents[1] / "studies"  # ablation/studies/
 if not SHIPPED_STUDIES.is_dir():
     SHIPPED_STUDIES = SHIPPED_STUDIES.parents[1] / "studies"
 

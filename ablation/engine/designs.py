@@ -5,9 +5,9 @@ in which the step differs from the step before it), or the study's `[attribution
 of components is a config: the ladder's first step (the base) with the chosen components' settings
 applied in ladder order, so a setting two components change takes the later one's value when both are
 in (a conflict, listed before anything trains). The empty subset is the first step and the full one the
-last step, to the byte (the same config hash): a design is a list of `runner.Unit`s (subset x seed)
-run through `runner.run_units`, which reuses the finished run of the same work, so nothing is trained
-twice across the ladder, the designs, seeds or invocations. The statistics are `ablation.stats`'s,
+last step, to the byte (the same config hash): a design is a list of `units.Unit`s (subset x seed)
+run through `units.run_units`, which reuses the finished run of the same work, so nothing is trained
+twice across the ladder, the designs, seeds or invocations. The statistics are `ablation.analysis.stats`'s,
 computed per training seed and summarized over seeds (docs/statistics.md). `search_game` attributes
 the search's best trial against its base step the same way, one component per knob it changed.
 """
@@ -26,13 +26,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ablation import runner, stats, tracking
-from ablation.attribution_output import LADDER, MEASURES, SEARCH, file_stem, write_outputs
-from ablation.config import CONFIG_FIELDS, Config, StudyError, with_values
+from ablation import tracking
+from ablation.analysis import stats
+from ablation.core.config import CONFIG_FIELDS, Config, StudyError, with_values
 from ablation.data import LazySplits
+from ablation.engine.units import Unit, run_units, work_key
 from ablation.models import model_defaults
 from ablation.tracking import Kind, Tag
 
+MEASURES = ("ladder_gain", "leave_one_out", "add_one_in", "shapley")
+LADDER, SEARCH = "ladder", "search"  # what a result attributes: the ladder, or the search's best trial
 MAX_ORDERS = 200  # sampled Shapley: orders drawn at most, however large the budget
 ORDERS_SEED = 0  # the sampled orders are the same on every invocation, so a re-run reuses every subset
 
@@ -230,7 +233,7 @@ def as_trained(config: Config, profile, seed: int, deterministic: bool) -> Confi
     return profile.apply(config)
 
 
-def design_units(study, profile, game: Game, plan: Plan, seeds, deterministic=False) -> list[runner.Unit]:
+def design_units(study, profile, game: Game, plan: Plan, seeds, deterministic=False) -> list[Unit]:
     """One unit per seed and subset, seed by seed (a whole design per seed), tagged with the subset."""
     units = []
     for seed in seeds:
@@ -241,8 +244,8 @@ def design_units(study, profile, game: Game, plan: Plan, seeds, deterministic=Fa
             description = f"{game.base_name} + " + (", ".join(names) if names else "nothing")
             tags = {Tag.KIND: Kind.DESIGN_UNIT, Tag.STUDY: study.name, Tag.PROFILE: profile.name,
                     Tag.DESIGN: plan.design, Tag.SUBSET: json.dumps(names), Tag.DESCRIPTION: description}
-            units.append(runner.Unit(name, as_trained(compose(game, subset), profile, seed, deterministic), tags,
-                                     f"{name}: {description}", {"subset": sorted(subset), "components": names}))
+            units.append(Unit(name, as_trained(compose(game, subset), profile, seed, deterministic), tags,
+                              f"{name}: {description}", {"subset": sorted(subset), "components": names}))
     return units
 
 
@@ -252,11 +255,13 @@ def design_units(study, profile, game: Game, plan: Plan, seeds, deterministic=Fa
 
 def run_design(study, profile, design: str, *, seeds, budget: int, data_path=None, force=False,
                deterministic=False, search=None, reports="reports", dry_run=False, say=print,
-               run_units=runner.run_units) -> dict | None:
+               run_units=run_units, write_files) -> dict | None:
     """Plan a design, say what it will train, run it (reusing finished work) and attribute; None on a dry run.
 
     `search`: None attributes the ladder; a dict (storage, optuna_name) attributes the search's best trial.
-    `run_units`: how the units run, `runner.run_units` or the shared queue's (same arguments).
+    `run_units`: how the units run, `units.run_units` or the shared queue's (same arguments).
+    `write_files(result, folder)`: writes the attribution's files into a folder and returns their paths (the
+    report's `attribution_tables.write_outputs`); they are logged on the parent run and copied under `reports`.
     """
     # Phase 1: the game and the plan; every input error is raised here, before the store is touched.
     game = ladder_game(study) if search is None else search_game(study, profile, **search)
@@ -276,7 +281,7 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
         outcome.update(attribute(study, profile, game, plan, seeds, rows, data, deterministic))
         outcome["failed"] = [{"components": row["components"], "seed": row["seed"], "error": row["error"]}
                              for row in rows if row["status"] == "failed"]
-        files.extend(_write_and_log(outcome, Path(reports) / study.name))
+        files.extend(_write_and_log(write_files, outcome, Path(reports) / study.name))
         return outcome
 
     parent_tags = {Tag.KIND: Kind.DESIGN, Tag.STUDY: study.name, Tag.PROFILE: profile.name, Tag.DESIGN: design,
@@ -287,10 +292,15 @@ def run_design(study, profile, design: str, *, seeds, budget: int, data_path=Non
     return {**outcome, "files": files}
 
 
-def _write_and_log(result: dict, folder: Path) -> list[str]:
-    """The attribution's CSV, Markdown and PNG logged on the active (parent) run and copied under `folder`."""
+def file_stem(kind: str, design: str) -> str:
+    """attribution-<design> for the ladder, attribution-search-<design> for the search's best trial."""
+    return f"attribution-{design}" if kind == LADDER else f"attribution-search-{design}"
+
+
+def _write_and_log(write_files, result: dict, folder: Path) -> list[str]:
+    """The attribution's files (CSV, Markdown, PNG) logged on the active (parent) run and copied under `folder`."""
     with tempfile.TemporaryDirectory() as scratch:
-        written = write_outputs(result, Path(scratch))
+        written = write_files(result, Path(scratch))
         tracking.log_report(Path(scratch), tracking.active_run_id(), "attribution")
         folder.mkdir(parents=True, exist_ok=True)
         return [str(shutil.copy(path, folder)) for path in written]
@@ -332,7 +342,7 @@ def finished_accuracies(study, configs: Mapping, data) -> dict:
     experiment = tracking.experiment_id(study.name)
     found = {}
     for key, config in configs.items():
-        run = tracking.find_finished(experiment, runner.work_key(config, data.fingerprint(**config.split_args())))
+        run = tracking.find_finished(experiment, work_key(config, data.fingerprint(**config.split_args())))
         accuracy = None if run is None else run.data.metrics.get("test_accuracy")
         if accuracy is not None:  # a pruned search trial finishes without a test accuracy
             found[key] = accuracy

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ablation import stats
+from ablation.analysis import stats
 
 NAN = float("nan")
 

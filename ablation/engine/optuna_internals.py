@@ -4,7 +4,7 @@ Optuna 5 has no public call for "move a WAITING trial to RUNNING for me, or give
 (`Study.ask` makes a fresh trial when its queue is empty), none to fail a trial only if it is still
 running (`Study.tell` reads, then writes), and keeps its heartbeat thread private. The functions here
 use `Study._storage`, `Study._study_id`, `FrozenTrial._trial_id`, `Trial._trial_id` and
-`optuna.storages._heartbeat` as Optuna 5 has them; tests/test_optuna_adapter.py holds them to that
+`optuna.storages._heartbeat` as Optuna 5 has them; tests/test_optuna_internals.py holds them to that
 contract against the installed Optuna, and pyproject.toml allows the major version tested (optuna<6).
 """
 

@@ -2,8 +2,8 @@
 
 A `Config` is one frozen object with every knob of a training run and the known-good defaults
 (the assignment report's recipe, docs/sources.md#the-ladder). Every field and model knob has a rule
-(`FIELD_RULES`, `KNOB_RULES`): study files (`ablation.study`), search spaces and `--set` overrides are
-checked against the same table. Study files are read in `ablation.study`.
+(`FIELD_RULES`, `KNOB_RULES`): study files (`ablation.core.study`), search spaces and `--set` overrides are
+checked against the same table. Study files are read in `ablation.core.study`.
 """
 
 import dataclasses
@@ -139,7 +139,7 @@ CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_FIELDS = frozenset({"data", "image_size",
                           "bn_statistics", "jit_compile", "precision", "label_smoothing", "weight_decay", "nesterov",
                           "lr_decay", "warmup_epochs", "mixup_alpha", "cutmix_alpha"})  # see Config.hash
-# What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.bn_statistics):
+# What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.training.bn_statistics):
 # accuracy on a fixed set of validation images with the moving and with recomputed statistics.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                  "val_accuracy_moving_bn", "val_accuracy_recomputed_bn",
@@ -350,7 +350,7 @@ def check_rules(models: Mapping[str, Mapping[str, Any]]):
     missing += sorted(f"{model}.{knob}" for model, knobs in models.items() for knob in knobs
                       if f"{model}.{knob}" not in KNOB_RULES and knob not in KNOB_RULES)
     if missing:
-        raise ValueError(f"no rule for {missing}: add one to FIELD_RULES or KNOB_RULES in ablation/config.py")
+        raise ValueError(f"no rule for {missing}: add one to FIELD_RULES or KNOB_RULES in ablation/core/config.py")
     wrong = [name for name in CONFIG_FIELDS if not FIELD_RULES[name].accepts(getattr(Config(), name))]
     wrong += [f"{model}.{knob}" for model, knobs in models.items() for knob, default in knobs.items()
               if not knob_rule(model, knob).accepts(default)]

@@ -1,6 +1,6 @@
 """Training: a config and data in, a result out. No MLflow and no printing here (see callbacks).
 
-Three guards run with every fit: a signal's stop request (see `ablation.interrupt`) is honoured at
+Three guards run with every fit: a signal's stop request (see `ablation.core.interrupt`) is honoured at
 the next batch end; a non-finite loss ends training at the batch it appears in (`Diverged`); and,
 given a checkpoint folder, the state is saved after every epoch and a saved one is continued.
 """
@@ -15,13 +15,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ablation import bn_statistics, checkpoint, interrupt, memory
-from ablation.augment import MixedBatches, RandomAffine, SetMixingEpoch, has_augmentation, has_mixing
-from ablation.config import EPOCH_METRICS, Config, check_combination
+from ablation.core import interrupt, memory
+from ablation.core.config import EPOCH_METRICS, Config, check_combination
 from ablation.data import Splits
 from ablation.models import build_model
 from ablation.models.flops import count_flops
 from ablation.models.layers import enable_op_determinism
+from ablation.training import bn_statistics, checkpoint
+from ablation.training.augment import MixedBatches, RandomAffine, SetMixingEpoch, has_augmentation, has_mixing
 
 
 class Diverged(FloatingPointError):
@@ -181,7 +182,7 @@ class _RecordLearningRate(keras.callbacks.Callback):
 
 
 class _KeepFreedMemory(keras.callbacks.Callback):
-    """ablation.memory's settings again before every epoch: the last epoch's validation may have reset them."""
+    """ablation.core.memory's settings again before every epoch: the last epoch's validation may have reset them."""
 
     def on_epoch_begin(self, epoch, logs=None):
         memory.keep_freed_memory()
@@ -261,7 +262,7 @@ COUNTERS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")  
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Saves the whole training state after every epoch (see `ablation.checkpoint`) and puts a saved one back.
+    """Saves the whole training state after every epoch (see `ablation.training.checkpoint`) and puts a saved one back.
 
     Saved: the weights with the optimizer's state (moments, iteration count, current learning rate),
     early stopping's and ReduceLROnPlateau's counters and best values (early stopping's best weights

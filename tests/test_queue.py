@@ -13,10 +13,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ablation import runner, tracking, worker, workqueue
-from ablation.config import StudyError, get_profile
+from ablation import tracking, worker
+from ablation.core.config import StudyError, get_profile
+from ablation.core.study import load_study
 from ablation.data import LazySplits
-from ablation.study import load_study
+from ablation.engine import queue, units
 
 REPO = Path(__file__).resolve().parents[1]
 FINGERPRINT = {"source": "cifar-10-python.tar.gz", "train_size": 128, "val_size": 32, "test_size": 100,
@@ -28,21 +29,21 @@ def ladder_specs(parent_run_id="parent") -> list[dict]:
     """The specs of the assignment's smoke ladder with 2 seeds, as a planner makes them (a made-up digest)."""
     study, profile = load_study(REPO / "studies" / "assignment.toml"), get_profile("smoke")
     study = dataclasses.replace(study, seeds=(0, 1))
-    units = runner.ladder_units(study, profile, runner.resolve_steps(study, profile))
-    return [workqueue.unit_spec(unit, FINGERPRINT, study.name, parent_run_id, force=False) for unit in units]
+    planned = units.ladder_units(study, profile, units.resolve_steps(study, profile))
+    return [queue.unit_spec(unit, FINGERPRINT, study.name, parent_run_id, force=False) for unit in planned]
 
 
 def test_planners_of_the_same_work_started_together_queue_it_once(postgres):
     """Four planners at once on a fresh database: one creates the queue and enqueues, three join it."""
     storage_url = postgres.create_database("plan_once")
     specs = ladder_specs()
-    name = workqueue.queue_name("assignment", "assignment-smoke", specs)
+    name = queue.queue_name("assignment", "assignment-smoke", specs)
     together, said = threading.Barrier(4), []
 
     def planner():
         storage = tracking.open_storage(storage_url)[0]
         together.wait()
-        workqueue.plan_units(storage, name, specs, [FINGERPRINT], said.append)
+        queue.plan_units(storage, name, specs, [FINGERPRINT], said.append)
 
     threads = [threading.Thread(target=planner) for _ in range(4)]
     for thread in threads:
@@ -54,8 +55,8 @@ def test_planners_of_the_same_work_started_together_queue_it_once(postgres):
     assert sorted(t.user_attrs["unit"]["work_key"] for t in trials) == sorted(s["work_key"] for s in specs)
     assert said.count(f"queue {name!r} exists: joining the planner that made it") == 3
     # A unit rebuilt from its spec is the planned unit: same config hash, same work key.
-    unit = workqueue.unit_from_spec(trials[0].user_attrs["unit"])
-    assert runner.work_key(unit.config, FINGERPRINT) == trials[0].user_attrs["unit"]["work_key"]
+    unit = queue.unit_from_spec(trials[0].user_attrs["unit"])
+    assert units.work_key(unit.config, FINGERPRINT) == trials[0].user_attrs["unit"]["work_key"]
 
 
 def test_a_worker_whose_data_differs_from_the_planners_stops_with_both_digests(tmp_path, cifar_path):
@@ -63,7 +64,7 @@ def test_a_worker_whose_data_differs_from_the_planners_stops_with_both_digests(t
     storage = tracking.open_storage(str(journal))[0]
     planned = LazySplits(cifar_path).fingerprint(validation_split=0.2, seed=0, train_subset=160, test_subset=100)
     wrong = {**planned, "digest": "ffffffffffffffff"}
-    workqueue.plan_units(storage, "units-other-data", ladder_specs()[:1], [wrong], print)
+    queue.plan_units(storage, "units-other-data", ladder_specs()[:1], [wrong], print)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "ablation.worker", "--storage", str(journal), "--data",
                            str(cifar_path), "--idle", "0"], env=env, capture_output=True, text=True, timeout=300)
@@ -99,14 +100,14 @@ def test_a_queue_whose_planner_died_before_it_had_queued_everything_is_an_error_
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     planner = f"{tracking.worker_id().rpartition(':')[0]}:{int(gone.stdout)}"  # a process of this host, exited
     study = optuna.create_study(study_name="units-half-planned", storage=storage)
-    study.set_user_attr(workqueue.OWNER_ATTR, planner)  # and never `planned`
+    study.set_user_attr(queue.OWNER_ATTR, planner)  # and never `planned`
     expected = re.escape(f"its planner ({planner}) died before it had queued every unit")
-    with pytest.raises(workqueue.WorkError, match=expected):
-        workqueue.wait_until_planned(study, print)
+    with pytest.raises(queue.WorkError, match=expected):
+        queue.wait_until_planned(study, print)
     alive = optuna.create_study(study_name="units-planned", storage=storage)
-    alive.set_user_attr(workqueue.OWNER_ATTR, planner)
-    alive.set_user_attr(workqueue.PLANNED_ATTR, 1)
-    workqueue.wait_until_planned(alive, print)  # planned: returns at once, whoever planned it
+    alive.set_user_attr(queue.OWNER_ATTR, planner)
+    alive.set_user_attr(queue.PLANNED_ATTR, 1)
+    queue.wait_until_planned(alive, print)  # planned: returns at once, whoever planned it
 
 
 WORKER_OPTIONS = ["--processes", "--gpus", "--per-gpu", "--idle", "--queue", "--storage", "--data", "--bogus"]

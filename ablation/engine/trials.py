@@ -14,12 +14,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ablation import interrupt, optuna_adapter, tracking
-from ablation.config import CONFIG_FIELDS, EPOCH_METRICS, Config, StudyError, get_profile, split_values, with_values
-from ablation.console import Display
+from ablation import tracking
+from ablation.core import interrupt
+from ablation.core.config import (CONFIG_FIELDS, EPOCH_METRICS, Config, StudyError, get_profile, split_values,
+                                  with_values)
+from ablation.core.console import Display
+from ablation.core.study import SearchParam, SearchSpace
 from ablation.data import LazySplits, resolve_data_path
-from ablation.runner import progress_printer, say_ui, train_in_run, work_key
-from ablation.study import SearchParam, SearchSpace
+from ablation.engine import optuna_internals
+from ablation.engine.units import progress_printer, say_ui, train_in_run, work_key
 from ablation.tracking import Kind, Tag
 
 MEDIAN_STARTUP_TRIALS = 3  # complete trials before the median pruner prunes
@@ -205,8 +208,8 @@ def sweep_stale_trials(study) -> list[tuple[int, str]]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not tracking.dead_here(trial.user_attrs.get("worker", "")):
             continue  # another machine's worker, or alive: not ours to judge
-        if optuna_adapter.fail_running(study, trial):  # else another process swept it first
-            optuna_adapter.requeue(study, trial, tracking.MAX_RETRIES)
+        if optuna_internals.fail_running(study, trial):  # else another process swept it first
+            optuna_internals.requeue(study, trial, tracking.MAX_RETRIES)
             swept.append((trial.number, trial.user_attrs.get("mlflow_run_id", "")))
     return swept
 
@@ -344,7 +347,7 @@ def run_search(study, profile, *, trials: int, data_path=None, seed=None, storag
 
     `pruner` is a --pruner name or an Optuna pruner; `out` prints a line, or `display` (bars on a
     terminal) shows the progress. `run_trials`: how the trials run, `run_trials_here` (default: in this
-    process) or the shared queue's (`workqueue.queue_trials`, same arguments). Returns a summary: the Optuna study name,
+    process) or the shared queue's (`queue.queue_trials`, same arguments). Returns a summary: the Optuna study name,
     storage, the top trials' rows, counts by state, epochs pruned, and the best step's TOML (or None).
     """
     display = display or Display(live=False, out=out)
