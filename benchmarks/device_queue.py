@@ -34,7 +34,7 @@ Exit codes: 0 every unit finished; 1 a unit failed (the planner names it; its ru
 (run the same command again); 130 / 143 stopped by Ctrl-C / SIGTERM (the same clean stop).
 
 Beside it, `benchmarks/device_ladder.py` trains a ladder with K processes without MLflow or Optuna
-(through `ablation.train` directly, results in a JSON-lines file; and `prepare` cuts the split on
+(through `ablation.training.fit` directly, results in a JSON-lines file; and `prepare` cuts the split on
 another machine): kept for a device image that lacks the tracking stack, where this script cannot run,
 and because docs/results.md's JAX measurement was made with it.
 """
