@@ -23,10 +23,9 @@ whole GPU's, shared by the K units running at the time.
 After --minutes it stops cleanly: SIGTERM to the planner and to the workers, each of which puts its
 unit in hand back in the queue (its MLflow run KILLED, its checkpoint kept). Finished units stay in the
 store. Running the same command again joins the same queue and goes on: finished units are not
-trained again, an interrupted one resumes from its last finished epoch. The queue retries a unit at
-most twice (a budget stop counts as one), so a unit longer than the budget can be carried over two
-budgets, not three (the fourth command reports it failed, "its worker died"): give a budget longer
-than one unit. A stopped unit goes back at the end of the queue, behind the units not yet started. A later command with more seeds reuses the
+trained again, an interrupted one resumes from its last finished epoch, in its place in the queue
+(before the units queued after it), however often it was stopped: a stop is not a failure (the
+queue's two retries are for workers that died). A later command with more seeds reuses the
 finished ones (the ladder's reuse by work key) and trains only the new seeds.
 
 Exit codes: 0 every unit finished; 1 a unit failed (the planner names it; its run says why);
@@ -323,8 +322,7 @@ def finish(reason, planner, workers, store, planned, sampler, seconds, stop_sign
     if done == len(planned):
         return 0
     how = "the budget ran out" if reason == "budget" else "stopped"
-    print(f"{how}: {len(planned) - done} unit(s) left, back in the queue; run the same command again to go on "
-          "(the queue takes a unit back after two stops, not three: see --help)")
+    print(f"{how}: {len(planned) - done} unit(s) left, back in the queue; run the same command again to go on")
     if reason == "signal":
         return 128 + stop_signal[0]
     return EXIT_BUDGET

@@ -73,6 +73,40 @@ def test_fail_running_wins_once_and_requeue_copies_the_trial_up_to_max_retry(tmp
     assert [t.system_attrs["failed_trial"] for t in copies] == [0, 0]  # each names the first attempt
 
 
+def test_a_queued_again_trial_is_taken_before_the_units_queued_after_it(tmp_path):
+    """A unit whose worker died (or was stopped) goes back in its place, not behind every unit not yet
+    started: on a device budget, seed 0's interrupted unit ran after all the later seeds' units."""
+    study = journal_study(tmp_path)
+    for unit in "abc":
+        study.enqueue_trial({"x": 0.5}, user_attrs={"unit": unit})
+    first = optuna_internals.take_waiting(study)
+    assert first.user_attrs["unit"] == "a" and optuna_internals.fail_running(study, first)
+    optuna_internals.requeue(study, first, max_retry=2)  # trial 3, a copy of trial 0
+    order = []
+    while (trial := optuna_internals.take_waiting(study)) is not None:
+        order.append(trial.user_attrs["unit"])
+    assert order == ["a", "b", "c"]
+
+
+def test_a_stopped_unit_is_queued_again_however_often_it_is_stopped(tmp_path):
+    """Stops (a budget, Ctrl-C) are not failures: Optuna's retry count (2 here) is for dead workers only.
+    A unit longer than a device script's budget must survive any number of budgeted invocations."""
+    from ablation.engine import queue
+
+    study = journal_study(tmp_path)
+    study.enqueue_trial({"x": 0.5}, user_attrs={"unit": "a"})
+    stopped = queue.Queue(study, execute=lambda trial: (_ for _ in ()).throw(KeyboardInterrupt))
+    for _ in range(4):
+        trial = optuna_internals.take_waiting(study)
+        assert trial is not None and trial.user_attrs["unit"] == "a" and trial.suggest_float("x", 0, 1) == 0.5
+        with pytest.raises(KeyboardInterrupt):
+            queue.attempt(stopped, trial)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 4 + [TrialState.WAITING]
+    assert {t.system_attrs["failed_trial"] for t in trials[1:]} == {0}  # every copy keeps the first one's place
+    assert all(not t.system_attrs.get("retry_history") for t in trials)  # no stop counted as a retry
+
+
 def test_heartbeats_keep_a_trial_alive_and_fail_stale_retries_it_once_they_stop(tmp_path):
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         storage = optuna.storages.RDBStorage(

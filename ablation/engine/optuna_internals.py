@@ -22,7 +22,9 @@ def take_waiting(study: optuna.Study) -> optuna.Trial | None:
     conditional update WAITING -> RUNNING (a row lock in an RDB storage, the journal's file lock).
     """
     storage = study._storage
-    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    waiting_trials = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+    # A queued-again copy keeps its place: it goes before the units queued after the one it copies.
+    for waiting in sorted(waiting_trials, key=lambda t: (t.system_attrs.get("failed_trial", t.number), t.number)):
         try:
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, waiting._trial_id)
@@ -46,6 +48,16 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial, max_retry: i
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         retry(study, study._storage.get_trial(trial._trial_id))
+
+
+def requeue_stopped(study: optuna.Study, trial: FrozenTrial | optuna.Trial):
+    """Queue a copy of a trial its worker was asked to stop (a budget, Ctrl-C): as `requeue` does, in the
+    original's place, but not counted as a retry, so a unit stopped any number of times is never given up."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
+        user_attrs=frozen.user_attrs,
+        system_attrs={**frozen.system_attrs, "failed_trial": frozen.system_attrs.get("failed_trial", frozen.number)}))
 
 
 def fail_stale(study: optuna.Study):

@@ -301,9 +301,9 @@ def attempt(queue: Queue, trial: optuna.Trial) -> tuple[TrialState | None, float
             return TrialState.PRUNED, None, ""
         except optuna.exceptions.UpdateFinishedTrialError:
             return None, None, ""
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a stop request: the unit goes back in its place, not counted as a retry
             queue.study.tell(trial, state=TrialState.FAIL)
-            optuna_internals.requeue(queue.study, trial, tracking.MAX_RETRIES)
+            optuna_internals.requeue_stopped(queue.study, trial)
             raise
         except Exception as error:  # noqa: BLE001 - a unit that fails is recorded, and the worker goes on
             return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:1000]
