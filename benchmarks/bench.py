@@ -19,8 +19,10 @@ Needs the `bench` extra for ratio 1 (`pip install -e '.[bench]'`: tf-keras, the 
    trained with `model.fit(ImageDataGenerator(...).flow(x, y, batch_size=32))`, as the assignment did;
    the final network also gets the source's EarlyStopping and ReduceLROnPlateau.
 2. ladder step vs bare fit (goal >= 0.95): `keras.Model.fit` of the same model (augmentation layers
-   included, same optimizer, loss and validation data) on in-memory arrays, no callbacks and no
-   tracking, divided into the project's cost: 0.95 means tracking, progress and data handling add 5%.
+   included, same optimizer, loss and validation data) on in-memory arrays, with the per-epoch
+   BatchNormalization check every run makes (its recompute and two passes: computation the run asks
+   for, as in the project's path), no other callbacks and no tracking, divided into the project's
+   cost: 0.95 means tracking, progress and data handling add 5%.
 3. search with pruning vs without (goal <= 0.5): the same search (sampler seed, trials, data),
    `ablation.engine.trials.run_search` with no pruner, with the median pruner (the default) and with
    Hyperband, on a small search sized for a CPU (SEARCH_STUDY below); for each pruner, epochs trained
@@ -74,7 +76,7 @@ from ablation.core.study import load_study
 from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
 from ablation.engine import trials, units
 from ablation.tracking import Kind, Tag
-from ablation.training.fit import build, make_optimizer, prepare_inputs
+from ablation.training.fit import batch_norm_check, build, make_optimizer, prepare_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "benchmarks.bench"  # what the workers run: `python -m benchmarks.bench --worker SPEC`
@@ -116,7 +118,7 @@ NETWORKS = {
     # The machinery's test: the template without identity blocks, traced in seconds.
     "tiny": {"step": "augmentation", "blocks": (0, 0, 0), "dropout_rate": 0.0, "schedule_callbacks": False},
 }
-GOALS = {1: (">=", 1.0), 2: (">=", 0.95), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0), 7: (">=", 1.0)}
+GOALS = {1: (">=", 1.0), 2: (">=", 0.95), "2 (wall)": (">=", 0.9), 3: ("<=", 0.5), 4: ("<=", 5.0), 5: ("<=", 1.0), 6: ("<=", 10.0), 7: (">=", 1.0)}
 PRUNERS = ("none", "median", "hyperband")  # the reference first
 
 
@@ -200,18 +202,21 @@ def train_project(network: str, splits, epochs: int, turns: Turns):
 
 
 def train_bare(network: str, splits, epochs: int, turns: Turns):
-    """keras.Model.fit of the project's model (augmentation included) on arrays: no tracking, no hooks."""
+    """keras.Model.fit of the project's model (augmentation included) on arrays, with the BatchNormalization
+    check every run makes per epoch (a recompute and two passes over 500 images: work the run asks for, not
+    overhead); no tracking, no other hooks."""
     _, step = project_step(network, splits, epochs)
     config = step.config
     memory.keep_freed_memory()  # as the project's training does: ratio 2 compares the rest
     keras.utils.set_random_seed(config.seed)
-    _, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
+    network, model = build(config, splits.x_train.shape[1:], len(splits.class_names))
     model.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=config.jit_compile)  # as the project compiles
     x_train, x_val, _, _ = prepare_inputs(splits, config)
+    check = batch_norm_check(config, network, x_train, x_val, splits.y_val)
     turn = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: turns.epoch_end())
     model.fit(x_train, splits.y_train, batch_size=config.batch_size, epochs=epochs,
-              validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[turn])
+              validation_data=(x_val, splits.y_val), shuffle=True, verbose=0, callbacks=[check, turn])
 
 
 def source_network(tf_keras, blocks=(5, 3, 1), dropout_rate=0.0):
@@ -640,6 +645,9 @@ def training_rows(only, size: Size, costs: dict) -> list[dict]:
                 f"{costs['project', network]['setup_cpu_ms']:.1f} CPU-ms/image"))
         if 2 in only and ("bare", network) in med:
             rows.append(_versus_project(2, network, "bare", "bare keras.Model.fit", med, costs, samples))
+            rows.append(_row("2 (wall)", network, med["bare", network]["wall_ms"] / med["project", network]["wall_ms"],
+                             "bare keras.Model.fit", med["bare", network]["wall_ms"], "project ladder step",
+                             med["project", network]["wall_ms"], "wall-ms/image", samples=samples))
         glibc = ("project-glibc", network)
         if 7 in only and glibc in med:
             rows.append(_versus_project(
@@ -849,7 +857,7 @@ def run_bench(only=(1, 2, 3, 4, 5, 6, 7), size: Size = SIZES["default"], data_pa
         if {4, 5, 6} & set(only):
             say("ratios 4-6: commands")
             rows += bench_commands(only, size, data_path, folder, env, say)
-    rows.sort(key=lambda row: row["ratio"])
+    rows.sort(key=lambda row: (int(str(row["ratio"]).split()[0]), str(row["ratio"])))  # "2 (wall)" after 2
     write_csv(rows, Path(out), machine())
     say(f"\nbenchmark took {time.perf_counter() - started:.0f} s; results in {out}")
     return rows

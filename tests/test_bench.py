@@ -110,12 +110,15 @@ def test_tiny_benchmark_writes_its_csv(tmp_path, cifar_path):
     lines = []
     rows = bench.run_bench(only, TINY, cifar_path, out, say=lines.append)
 
-    assert [row["ratio"] for row in rows] == sorted(only)
+    expected = [r for n in sorted(only) for r in ((n, "2 (wall)") if n == 2 else (n,))]  # ratio 2 in CPU and wall
+    assert [row["ratio"] for row in rows] == expected
     with open(out, newline="") as file:
         read = list(csv.DictReader(file))
     assert list(read[0]) == [*bench.COLUMNS, "machine"]
-    assert [int(row["ratio"]) for row in read] == sorted(only)
-    assert [row["met"] in ("True", "False") and float(row["value"]) > 0 for row in read] == [True] * len(only)
+    assert [row["ratio"] for row in read] == [str(r) for r in expected]
+    assert [row["met"] in ("True", "False") and float(row["value"]) > 0 for row in read] == [True] * len(expected)
+    wall = next(row for row in read if row["ratio"] == "2 (wall)")
+    assert wall["unit"] == "wall-ms/image" and float(wall["a_median"]) > 0 and float(wall["b_median"]) > 0
     training = [row for row in read if row["ratio"] in ("1", "2", "7")]
     assert [(row["unit"], float(row["a_median"]) > 0, float(row["b_median"]) > 0) for row in training] == \
         [("CPU-ms/image", True, True)] * (len(only) - 1)
