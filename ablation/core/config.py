@@ -76,6 +76,11 @@ class Config:
     # Keras' dtype policy for the network: "float32" (the recipe), "mixed_float16" (loss scaled) or
     # "mixed_bfloat16"; variables, BatchNormalization statistics and the classifier stay float32.
     precision: str = "float32"
+    # Batches per call into the compiled step, Keras' `compile(steps_per_execution=...)`: 1 (the recipe)
+    # hands control back to Python after every batch, which on TensorFlow waits for the batch's loss
+    # (docs/stack.md#keras-callbacks). N > 1: batch callbacks (stop requests, the divergence check,
+    # progress) run every N batches; the training itself is the same.
+    steps_per_execution: int = 1
     # What modern recipes ablate (docs/recipe.md#modern-training-changes); added after runs were recorded.
     label_smoothing: float = 0.0  # targets (1 - s) * one-hot + s / classes
     weight_decay: float = 0.0  # decoupled: each step multiplies every weight by 1 - learning_rate * weight_decay
@@ -136,9 +141,9 @@ def _plain(value):
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-LATER_FIELDS = frozenset({"data", "image_size",
-                          "bn_statistics", "jit_compile", "precision", "label_smoothing", "weight_decay", "nesterov",
-                          "lr_decay", "warmup_epochs", "mixup_alpha", "cutmix_alpha"})  # see Config.hash
+LATER_FIELDS = frozenset({"data", "image_size", "bn_statistics", "jit_compile", "precision", "steps_per_execution",
+                          "label_smoothing", "weight_decay", "nesterov", "lr_decay", "warmup_epochs",
+                          "mixup_alpha", "cutmix_alpha"})  # see Config.hash
 # What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.training.bn_statistics):
 # accuracy on a fixed set of validation images with the moving and with recomputed statistics.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
@@ -285,6 +290,7 @@ FIELD_RULES = {
     "test_subset": _optional(whole(1)),
     "run_eagerly": FLAG,
     "jit_compile": Rule('"auto", true or false', lambda v: isinstance(v, bool) or v == "auto", "choice"),
+    "steps_per_execution": whole(1),
     "label_smoothing": number(0, 1, high_open=True),
     "weight_decay": number(0),
     "nesterov": FLAG,

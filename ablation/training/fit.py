@@ -3,6 +3,9 @@
 Three guards run with every fit: a signal's stop request (see `ablation.core.interrupt`) is honoured at
 the next batch end; a non-finite loss ends training at the batch it appears in (`Diverged`); and,
 given a checkpoint folder, the state is saved after every epoch and a saved one is continued.
+With `steps_per_execution` N > 1 Keras runs N batches per call and "the next batch end" is the end
+of the call: stops, the divergence check and the batch hooks act every N batches (and at the epoch's
+last batch), still within the epoch.
 """
 
 import math
@@ -207,9 +210,20 @@ class EpochHooks(keras.callbacks.Callback):
             hook(epoch + 1, dict(logs or {}))
 
 
-class BatchHooks(keras.callbacks.Callback):
-    """Calls plain functions `hook(batch, {})` (batch from 1 within its epoch) after each training batch.
+def batches_done(callback: keras.callbacks.Callback, batch: int) -> int:
+    """The batches trained so far in the epoch at Keras' batch end `batch` (0-based).
 
+    Keras reports the last batch a call could have run: with steps_per_execution N, an epoch of 10
+    batches ends its calls at batches 4, 8 and "12"; the last call ran 2. Capped at the epoch's count.
+    """
+    steps = (callback.params or {}).get("steps")
+    return batch + 1 if not steps else min(batch + 1, steps)
+
+
+class BatchHooks(keras.callbacks.Callback):
+    """Calls plain functions `hook(batch, {})` (batches done in the epoch, from 1) after each training call.
+
+    A call is one batch, or `steps_per_execution` batches (the epoch's last call: those left).
     A callback of its own, added only when there are hooks (a progress bar): a batch-level callback
     that is not async-safe makes Keras wait for every batch's numbers.
     """
@@ -222,7 +236,7 @@ class BatchHooks(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         for hook in self.on_batch:
-            hook(batch + 1, {})
+            hook(batches_done(self, batch), {})
 
 
 class StopOnRequest(keras.callbacks.Callback):
@@ -242,7 +256,10 @@ class StopOnRequest(keras.callbacks.Callback):
 
 
 class StopOnDivergence(keras.callbacks.Callback):
-    """Raises `Diverged` at the first batch whose running loss is NaN or infinite (the epoch's mean stays so)."""
+    """Raises `Diverged` at the first batch end whose running loss is NaN or infinite (the epoch's mean stays so).
+
+    The running loss is the epoch's mean so far: a NaN in any batch of a multi-batch call shows at its end.
+    """
 
     def __init__(self):
         super().__init__()
@@ -255,7 +272,7 @@ class StopOnDivergence(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(keras.ops.convert_to_numpy(loss))):
             raise Diverged(f"training diverged: loss {float(keras.ops.convert_to_numpy(loss))} "
-                           f"at epoch {self.epoch}, batch {batch + 1}")
+                           f"at epoch {self.epoch}, batch {batches_done(self, batch)}")
 
 
 COUNTERS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")  # early stopping, ReduceLROnPlateau
@@ -365,7 +382,8 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
 
     `on_epoch`: functions called as `hook(epoch, logs)` after each epoch (epoch from 1, logs with
     loss, accuracy, val_loss, val_accuracy, learning_rate); `on_epoch_begin`: likewise before it;
-    `on_batch`: `hook(batch, {})` after each training batch (from 1 in each epoch).
+    `on_batch`: `hook(batch, {})` after each training batch, or each `steps_per_execution` batches (batch:
+    those done in the epoch, from 1).
     `checkpoint_folder`: save the training state there after every epoch and, if a save is there
     already, go on from it (the hooks then see only the epochs after it; the Result has them all).
     """
@@ -450,6 +468,8 @@ def compile_model(model: keras.Model, config: Config, num_classes: int):
         optimizer=make_optimizer(config), loss=loss,
         metrics=["accuracy", *([top5] if num_classes > 5 else [])], run_eagerly=config.run_eagerly,
         jit_compile=config.jit_compile,  # "auto": XLA when a GPU is visible (every layer here compiles)
+        # N batches per call: no host round trip per batch; the batch callbacks run every N batches.
+        steps_per_execution=config.steps_per_execution,
     )
 
 
