@@ -1,6 +1,8 @@
-"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a small tree cut from it, a smoke-ladder store."""
+"""Shared fixtures: the real CIFAR-10 archive from ../shared (or ABLATION_DATA), a small tree cut from it, a smoke-ladder
+store, and the tiny study (tiny_study, tiny_study_text) that the end-to-end tests train."""
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +20,55 @@ SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 # The data fingerprints the tests compute stay out of the user's cache (commands inherit this).
 os.environ["ABLATION_CACHE"] = tempfile.mkdtemp(prefix="ablation-test-cache-")
 atexit.register(shutil.rmtree, os.environ["ABLATION_CACHE"], ignore_errors=True)  # it holds 184 MB of decoded data
+
+
+# The tiny study, defined once for every test that trains one end to end: the template network without its
+# identity blocks (a few thousand weights) on 80 training and 64 test images, eager (no graph tracing: far
+# faster for a few batches), so a step trains in seconds of CPU.
+TINY_RESNET = {"model": "template_resnet",
+               "model_args": {"stage2_blocks": 0, "stage3_blocks": 0, "stage4_blocks": 0, "dropout_rate": 0.0},
+               "epochs": 1, "batch_size": 32, "train_subset": 80, "test_subset": 64, "run_eagerly": True}
+# The same size with a one-group VGG of 8 filters in batches of 16: the fault tests, whose signals are timed
+# on its epochs' lines.
+TINY_VGG = {**TINY_RESNET, "model": "vgg_like",
+            "model_args": {"filters": [8], "convs_per_group": 1, "dense_units": 16, "dropout_rate": 0.2},
+            "batch_size": 16, "test_subset": 32}
+ONE_STEP = '[[steps]]\nname = "only"\n'
+
+
+def toml_value(value) -> str:
+    """`value` (bool, number, string, list or dict) as a TOML value (a dict inline)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML value for {value!r}")
+
+
+def tiny_study_text(steps: str = ONE_STEP, *, name: str = "tiny", network: dict = TINY_RESNET,
+                    study: dict | None = None, after: str = "", **base) -> str:
+    """The tiny study's TOML: [study] `name` (with `study`'s keys), [base] `network` with `base`'s changes
+    (a key set to None is left out), then `steps` and `after` as written ([search], [attribution] ...)."""
+    head = {"name": name, **(study or {})}
+    fields = {k: v for k, v in {**network, **base}.items() if v is not None}
+    lines = ["[study]", *(f"{k} = {toml_value(v)}" for k, v in head.items()), "",
+             "[base]", *(f"{k} = {toml_value(v)}" for k, v in fields.items()), ""]
+    return "\n".join(lines) + "\n" + steps + ("\n" + after if after else "")
+
+
+def tiny_study(path: Path, steps: str = ONE_STEP, **changes) -> Path:
+    """Write tiny_study_text(steps, **changes) to `path` (a folder: to tiny.toml in it); the file's path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tiny.toml"
+    path.write_text(tiny_study_text(steps, **changes))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from mlflow.tracking import MlflowClient
 
-from probe_errors import TINY
+from probe_errors import tiny_vgg
 from test_resilience import ladder, stop_at
 
 pytestmark = pytest.mark.slow
-STUDY = TINY.format(epochs=2) + '[[steps]]\nname = "first"\n[[steps]]\nname = "second"\nlearning_rate = 0.002\n'
+STUDY = tiny_vgg('[[steps]]\nname = "first"\n[[steps]]\nname = "second"\nlearning_rate = 0.002\n', epochs=2)
 TRIGGERS = ["study 'tiny'", "loading CIFAR-10", "tracking:", "[1/2]", "epoch   1/2", "[2/2]"]
 
 
