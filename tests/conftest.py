@@ -71,6 +71,46 @@ def tiny_study(path: Path, steps: str = ONE_STEP, **changes) -> Path:
     return path
 
 
+# Scheduling under xdist (pyproject: -n 2 --dist loadfile). The files that read the session's smoke ladder
+# (smoke_store) go to one worker as one unit, so that it is trained once, not once per worker. Files are
+# handed out heaviest first (the seconds they took here, whole files), so that the last file to start is a
+# short one and the two workers end together; a file not listed is light and goes after these, in order.
+SMOKE_STORE_FILES = ("test_ladder.py", "test_experience.py", "test_report.py")
+HEAVY_FILES = ("<smoke store>", "test_signals.py", "test_ladder_runs.py", "test_attribution.py", "test_resilience.py", "test_workers.py",
+               "test_bn_statistics.py", "test_search.py", "test_errors.py", "test_postgres.py", "test_datasets.py",
+               "test_api.py", "test_training_fields.py", "test_own_model.py", "test_train.py", "test_data.py")
+
+
+def work_unit(path: str) -> str:
+    """The xdist work unit of the test file at `path`: `<smoke store>` for the smoke ladder's readers, else the path."""
+    return "<smoke store>" if Path(path).name in SMOKE_STORE_FILES else path
+
+
+def pytest_collection_modifyitems(items):
+    """Heaviest work unit first (HEAVY_FILES), a unit's files together; in a file, the tests keep their order."""
+    rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+    first_seen = {}
+    for item in items:
+        first_seen.setdefault(item.path.name, len(first_seen))
+    unit = lambda item: work_unit(str(item.path))  # noqa: E731
+    items.sort(key=lambda item: (rank.get(Path(unit(item)).name, len(rank)), first_seen[item.path.name]))
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown without xdist (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with the smoke ladder's readers as one unit, units in the collected order (heaviest first)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(super()._split_scope(nodeid))
+
+    config.option.loadscopereorder = False  # xdist's default order is by the number of tests: a long single test last
+    return Scheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def cifar_path() -> Path:
     """Path of the real CIFAR-10 archive; tests that need it fail loudly if it is missing."""
