@@ -24,24 +24,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from conftest import TINY_VGG, tiny_study_text
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 SMOKE_SEARCH = ("--profile", "smoke", "--data", "{data}")
 SMOKE = (*SMOKE_SEARCH, "--no-report")
-# A network of a few thousand weights on 64 images: the cases that train take seconds of CPU each.
-TINY = """
-[study]
-name = "tiny"
-cumulative = false
-[base]
-model = "vgg_like"
-model_args = {{ filters = [8], convs_per_group = 1, dense_units = 16, dropout_rate = 0.2 }}
-epochs = {epochs}
-batch_size = 16
-train_subset = 80
-test_subset = 32
-run_eagerly = true
-"""
+
+
+def tiny_vgg(steps: str, epochs: int) -> str:
+    """The fault cases' study: the tests' tiny study (conftest) on its VGG network, not cumulative, `epochs` epochs.
+
+    A network of a few thousand weights on 80 images: the cases that train take seconds of CPU each."""
+    return tiny_study_text(steps, network=TINY_VGG, study={"cumulative": False}, epochs=epochs)
+
+
 TINY_RUN = ("--study", "{folder}/tiny.toml", "--profile", "full", "--no-report", "--data", "{data}")
 VALID_STUDY = (REPO / "studies" / "assignment.toml").read_text()
 
@@ -150,7 +147,7 @@ def free_port() -> int:
 
 
 def tiny(steps: str, epochs: int = 3):
-    return study(TINY.format(epochs=epochs) + steps, "tiny.toml")
+    return study(tiny_vgg(steps, epochs), "tiny.toml")
 
 
 # --- the cases -------------------------------------------------------------------------------------

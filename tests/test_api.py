@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ablation.tracking import Kind, Tag
-from probe_errors import TINY
+from probe_errors import tiny_vgg
 from test_resilience import stop_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ except KeyboardInterrupt as stop:
 
 @pytest.mark.slow
 def test_ctrl_c_kills_the_running_step_keeps_its_checkpoint_and_restores_the_callers_handler(tmp_path, cifar_tree):
-    (tmp_path / "tiny.toml").write_text(TINY.format(epochs=4) + '[[steps]]\nname = "only"\n')
+    (tmp_path / "tiny.toml").write_text(tiny_vgg('[[steps]]\nname = "only"\n', epochs=4))
     process = python(INTERRUPTED.format(data=str(cifar_tree)), tmp_path, background=True)
     output = stop_at(process, "epoch   1/4", signal.SIGINT, 0.0)
     assert process.returncode == 0, output[-3000:]

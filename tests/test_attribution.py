@@ -21,23 +21,11 @@ from ablation.core.config import StudyError, get_profile
 from ablation.core.study import load_study
 from ablation.engine import designs, units
 from ablation.tracking import Kind, Tag
-from conftest import run_command
+from conftest import run_command, tiny_study_text
 
 ASSIGNMENT = "studies/assignment.toml"
-TINY = """
-[study]
-name = "tiny"
-seeds = 2
-
-[base]
-model = "template_resnet"
-model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }
-epochs = 1
-batch_size = 32
-train_subset = 80
-test_subset = 64
-run_eagerly = true  # no graph tracing: far faster for a few batches
-
+# The tests' tiny study (conftest), two seeds, three cumulative steps, the components and a search.
+STEPS = """
 [[steps]]
 name = "plain"
 
@@ -50,7 +38,8 @@ learning_rate = 2e-3
 name = "regularize"
 model_args = { dropout_rate = 0.2 }
 learning_rate = 3e-3
-
+"""
+AFTER = """
 [attribution.components]
 flip = { step = "flip" }
 dropout = { step = "regularize", fields = ["dropout_rate"] }
@@ -67,6 +56,7 @@ choices = [0.4, 0.5]
 type = "categorical"
 choices = [0.01, 0.02]
 """
+TINY = tiny_study_text(STEPS, study={"seeds": 2}, after=AFTER)
 
 
 # --- Components and the config of a subset ---------------------------------------------------------
@@ -146,7 +136,7 @@ def test_a_bad_attribution_table_names_the_file_and_key(tmp_path, table, message
 
 def test_attribution_needs_a_cumulative_ladder(tmp_path):
     path = tmp_path / "flat.toml"
-    path.write_text(TINY.replace("seeds = 2", "seeds = 2\ncumulative = false"))
+    path.write_text(tiny_study_text(STEPS, study={"seeds": 2, "cumulative": False}, after=AFTER))
     with pytest.raises(StudyError, match=r"flat.toml: \[attribution\] needs a cumulative ladder"):
         load_study(path)
 
@@ -362,8 +352,7 @@ def test_the_search_best_trial_is_attributed_knob_by_knob(tiny, shapley, cifar_p
     assert set(rows) == {"dropout_rate", "learning_rate"}
 
 
-DIVERGING = TINY.split("[[steps]]")[0] + """
-[[steps]]
+DIVERGING = tiny_study_text("""[[steps]]
 name = "plain"
 
 [[steps]]
@@ -376,7 +365,7 @@ name = "recover"
 optimizer = "adam"
 learning_rate = 1e-3
 horizontal_flip = true
-"""
+""", study={"seeds": 2})
 
 
 @pytest.mark.slow

@@ -25,35 +25,19 @@ from ablation.core.config import Config
 from ablation.core.study import load_study
 from ablation.data import load_cifar10, make_splits
 from ablation.tracking import Kind, Tag
-from conftest import run_command
+from conftest import run_command, tiny_study_text
 
 pty = pytest.importorskip("pty")  # pseudo-terminals: POSIX only
 
 STEPS = ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
 ETA = re.compile(r"ETA\s+\d+:\d\d:\d\d")  # rich's bar: "... 0:00:03 ETA 0:00:05"
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves
-TINY = """
-[study]
-name = "tiny"
-
-[base]
-model = "template_resnet"
-model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0 }
-epochs = 50  # 2 at the smoke profile
-train_subset = 200
-test_subset = 50
-run_eagerly = true
-
-[[steps]]
-name = "small"
-description = "the template without identity blocks"
-
-[search]
-[search.params.dropout_rate]
-type = "float"
-low = 0.0
-high = 0.5
-"""
+# The tests' tiny study (conftest) at the template's default dropout and batch size on 200 training images,
+# 50 epochs (2 at the smoke profile, so that a bar has an epoch to come), and a search.
+TINY = tiny_study_text('[[steps]]\nname = "small"\ndescription = "the template without identity blocks"\n',
+                       model_args={"stage2_blocks": 0, "stage3_blocks": 0, "stage4_blocks": 0}, batch_size=None,
+                       epochs=50, train_subset=200, test_subset=50,
+                       after='[search]\n[search.params.dropout_rate]\ntype = "float"\nlow = 0.0\nhigh = 0.5\n')
 
 
 def environment(store, **extra):

@@ -17,25 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_study_text
+
 REPO = Path(__file__).resolve().parents[1]
 DATABASE_NUMBERS = itertools.count()
 
-TINY_STUDY = """
-[study]
-name = "tiny_pg"
-
-[base]
-model = "template_resnet"
-model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }
-epochs = 1
-batch_size = 32
-train_subset = 80
-test_subset = 64
-run_eagerly = true  # no graph tracing: far faster for a few batches
-
-[[steps]]
-name = "small"
-
+TINY_STUDY = tiny_study_text('[[steps]]\nname = "small"\n', name="tiny_pg", after="""
 [search]
 monitor = "val_accuracy"
 
@@ -49,7 +36,7 @@ type = "float"
 low = 1e-4
 high = 1e-2
 log = true
-"""
+""")
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from ablation.tracking import Tag
 from conftest import run_command
-from probe_errors import TINY, snapshot, truncated_archive
+from probe_errors import snapshot, tiny_vgg, truncated_archive
 
 pytestmark = pytest.mark.slow
-ONE_STEP = TINY.format(epochs=3) + '[[steps]]\nname = "only"\ndescription = "the source step"\nreported_test_accuracy = 0.5\n'
+ONE_STEP = tiny_vgg('[[steps]]\nname = "only"\ndescription = "the source step"\nreported_test_accuracy = 0.5\n', epochs=3)
 
 
 def ladder(folder: Path, study: str, data: Path, *extra, **popen):
@@ -157,7 +157,7 @@ DIVERGING = ('[[steps]]\nname = "before"\n[[steps]]\nname = "diverging"\noptimiz
 
 
 def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_path, cifar_tree):
-    done = ladder(tmp_path, TINY.format(epochs=2) + DIVERGING, cifar_tree)
+    done = ladder(tmp_path, tiny_vgg(DIVERGING, epochs=2), cifar_tree)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
     client, runs = runs_of(tmp_path)
@@ -181,7 +181,7 @@ def test_a_diverging_step_fails_in_its_first_epoch_and_the_ladder_completes(tmp_
 
 
 def test_stop_on_failure_ends_the_ladder_at_the_failing_step(tmp_path, cifar_tree):
-    study = TINY.format(epochs=1) + DIVERGING[DIVERGING.index('[[steps]]\nname = "diverging"'):]
+    study = tiny_vgg(DIVERGING[DIVERGING.index('[[steps]]\nname = "diverging"'):], epochs=1)
     done = ladder(tmp_path, study, cifar_tree, "--stop-on-failure")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "error: diverging failed: Diverged" in done.stderr and "--stop-on-failure" in done.stderr

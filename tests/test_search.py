@@ -22,27 +22,8 @@ from ablation.core.config import StudyError, get_profile, with_values
 from ablation.core.study import apply_overrides, load_study
 from ablation.engine import trials
 from ablation.tracking import Kind, Tag
+from conftest import tiny_study
 
-TINY = """
-[study]
-name = "tiny"
-
-[base]
-model = "template_resnet"
-model_args = {{ stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }}
-epochs = {epochs}
-batch_size = 32
-train_subset = 80
-test_subset = 64
-run_eagerly = true  # no graph tracing: far faster for a few batches
-
-[[steps]]
-name = "small"
-
-[search]
-monitor = "{monitor}"
-{params}
-"""
 DEPTH_DROPOUT_LR = """
 [search.params.stage2_blocks]
 type = "int"
@@ -75,9 +56,9 @@ high = 3
 
 
 def write_study(tmp_path, params=DEPTH_DROPOUT_LR, epochs=1, monitor="val_accuracy"):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(epochs=epochs, monitor=monitor, params=params))
-    return path
+    """The tests' tiny study (conftest), one step "small", searched over `params` for `monitor`."""
+    return tiny_study(tmp_path / "tiny.toml", '[[steps]]\nname = "small"\n', epochs=epochs,
+                      after=f'[search]\nmonitor = "{monitor}"\n{params}')
 
 
 @pytest.fixture

@@ -17,28 +17,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_study_text
+
 REPO = Path(__file__).resolve().parents[1]
 
-STUDY = """
-[study]
-name = "queue_e2e"
-
-[base]
-model = "template_resnet"
-model_args = { stage2_blocks = 0, stage3_blocks = 0, stage4_blocks = 0, dropout_rate = 0.0 }
-epochs = 25  # 1 epoch at the smoke profile
-batch_size = 16
-train_subset = 80
-test_subset = 64
-run_eagerly = true
-
-[[steps]]
+# The tests' tiny study (conftest) in batches of 16, 25 epochs (1 at the smoke profile): two steps and a search.
+STEPS = """[[steps]]
 name = "small"
 
 [[steps]]
 name = "flip"
 horizontal_flip = true
-
+"""
+SEARCH = """
 [search]
 base_step = "small"
 
@@ -47,6 +38,7 @@ type = "float"
 low = 0.0
 high = 0.5
 """
+STUDY = tiny_study_text(STEPS, name="queue_e2e", epochs=25, batch_size=16, after=SEARCH)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +286,8 @@ def test_sigterm_to_a_worker_with_children_stops_every_child_and_requeues_their_
     from optuna.trial import TrialState
 
     study_file = tmp_path / "queue_e2e.toml"
-    study_file.write_text(STUDY.replace("epochs = 25", "epochs = 100"))  # 100 epochs at miniature: still training
+    # 100 epochs at miniature: still training
+    study_file.write_text(tiny_study_text(STEPS, name="queue_e2e", epochs=100, batch_size=16, after=SEARCH))
     env = local_env(tmp_path, cifar_slice)
     planner = start("ladder", ["--study", str(study_file), "--profile", "miniature", "--seeds", "2", "--no-report",
                                "--workers", "--plan-only"], env, tmp_path / "ladder.log")
