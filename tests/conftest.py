@@ -76,9 +76,11 @@ def tiny_study(path: Path, steps: str = ONE_STEP, **changes) -> Path:
 # handed out heaviest first (the seconds they took here, whole files), so that the last file to start is a
 # short one and the two workers end together; a file not listed is light and goes after these, in order.
 SMOKE_STORE_FILES = ("test_ladder.py", "test_experience.py", "test_report.py")
-HEAVY_FILES = ("<smoke store>", "test_signals.py", "test_ladder_runs.py", "test_attribution.py", "test_resilience.py", "test_workers.py",
-               "test_bn_statistics.py", "test_search.py", "test_errors.py", "test_postgres.py", "test_datasets.py",
-               "test_api.py", "test_training_fields.py", "test_own_model.py", "test_train.py", "test_data.py")
+HEAVY_FILES = ("<smoke store>", "test_signals.py", "test_device_script.py", "test_ladder_runs.py",
+               "test_attribution.py", "test_resilience.py", "test_workers.py", "test_steps_per_execution.py",
+               "test_bn_statistics.py", "test_search.py", "test_errors.py", "test_postgres.py",
+               "test_datasets.py", "test_api.py", "test_training_fields.py", "test_own_model.py",
+               "test_train.py", "test_data.py")
 
 
 def work_unit(path: str) -> str:

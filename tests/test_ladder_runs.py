@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ablation.study import load_study
+from ablation.core.study import load_study
 from ablation.tracking import Kind, Tag
 from test_ladder import ladder, runs_of
 

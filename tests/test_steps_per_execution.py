@@ -15,7 +15,7 @@ import pytest
 from ablation.core.config import Config
 from ablation.data import load_cifar10, make_splits
 from ablation.training.fit import Diverged, train
-from probe_errors import TINY as TINY_STUDY
+from conftest import TINY_VGG, tiny_study_text
 from test_resilience import history, ladder, runs_of
 
 # Compiled (the path a GPU takes), 64 training images in batches of 7: 10 batches an epoch, not a multiple of 4.
@@ -63,8 +63,8 @@ def test_a_diverging_run_is_caught_at_the_end_of_its_first_call(tiny_splits):
 
 
 # 64 training images in batches of 2: 32 batches, 8 calls an epoch.
-STUDY = (TINY_STUDY.format(epochs=3).replace("batch_size = 16", "batch_size = 2")
-         + 'steps_per_execution = 4\n[[steps]]\nname = "only"\n')
+STUDY = tiny_study_text(network=TINY_VGG, study={"cumulative": False}, epochs=3, batch_size=2,
+                        steps_per_execution=4)
 
 
 @pytest.mark.slow
