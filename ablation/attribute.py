@@ -20,7 +20,8 @@ from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add
                           add_storage_argument, add_workers_argument, check_replicates, configure, ended_by,
                           positive_count)
 from ablation.core import interrupt
-from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.config import StoreError, StudyError
+from ablation.core.profiles import get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
 

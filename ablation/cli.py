@@ -11,7 +11,9 @@ import re
 import signal
 import sys
 
-from ablation.core.config import PROFILES, SEED
+from ablation.core.config import SEED
+
+from ablation.core.profiles import PROFILES
 from ablation.core.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
 
 SHIPPED_NAMES = sorted(path.stem for path in SHIPPED_STUDIES.glob("*.toml"))

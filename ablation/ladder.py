@@ -14,7 +14,8 @@ from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add
                           add_replicate_arguments, add_storage_argument, add_workers_argument, check_plan_only,
                           check_replicates, configure, ended_by)
 from ablation.core import interrupt
-from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.config import StoreError, StudyError
+from ablation.core.profiles import get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError, check_data_path
 

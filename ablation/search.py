@@ -79,7 +79,8 @@ from ablation.cli import (ArgumentParser, add_common_arguments, add_plan_only_ar
                           add_workers_argument, check_plan_only, configure, ended_by, plain_name, positive_count,
                           positive_seconds)
 from ablation.core import interrupt
-from ablation.core.config import StoreError, StudyError, get_profile
+from ablation.core.config import StoreError, StudyError
+from ablation.core.profiles import get_profile
 from ablation.core.study import apply_overrides, load_study, parse_overrides
 from ablation.data import DataError
 

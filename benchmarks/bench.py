@@ -71,12 +71,14 @@ import optuna
 
 from ablation import tracking
 from ablation.core import memory
-from ablation.core.config import Profile, get_profile, with_values
+from ablation.core.config import with_values
+from ablation.core.profiles import Profile, get_profile
 from ablation.core.study import load_study
 from ablation.data import CLASS_NAMES, Splits, load_cifar10, make_splits, resolve_data_path
 from ablation.engine import trials, units
 from ablation.tracking import Kind, Tag
-from ablation.training.fit import batch_norm_check, build, make_optimizer, prepare_inputs
+from ablation.training.bn_statistics import batch_norm_check
+from ablation.training.fit import build, make_optimizer, prepare_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "benchmarks.bench"  # what the workers run: `python -m benchmarks.bench --worker SPEC`

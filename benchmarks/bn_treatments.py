@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ablation.core.config import get_profile
+from ablation.core.profiles import get_profile
 from ablation.core.study import load_study
 from ablation.data import LazySplits
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ablation.core.config import get_profile
+from ablation.core.profiles import get_profile
 from ablation.core.study import load_study
 
 

@@ -158,3 +158,12 @@ def test_every_function_fits_on_a_screen():
                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))), reverse=True)
     assert len(lengths) > 100  # the package's functions were read
     assert lengths[0][0] <= SCREEN, f"longer than {SCREEN} lines: {[item for item in lengths if item[0] > SCREEN]}"
+
+
+MODULE_LINES = 500  # a module one reader holds in mind: one idea, not seven
+
+
+def test_every_module_holds_one_idea_in_at_most_500_lines():
+    lines = sorted(((len(path.read_text().splitlines()), module_name(path)) for path in SOURCES), reverse=True)
+    assert len(lines) > 50  # the package's modules were read
+    assert lines[0][0] <= MODULE_LINES, f"over {MODULE_LINES} lines: {[item for item in lines if item[0] > MODULE_LINES]}"

@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from ablation import attribute
 from ablation.analysis import stats
-from ablation.core.config import StudyError, get_profile
+from ablation.core.config import StudyError
+from ablation.core.profiles import get_profile
 from ablation.core.study import load_study
 from ablation.engine import designs, units
 from ablation.tracking import Kind, Tag

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from ablation.core.config import get_profile
+from ablation.core.profiles import get_profile
 from ablation.core.study import load_study
 from ablation.data import LazySplits
 from ablation.models import build_model

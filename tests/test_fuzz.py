@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from ablation import attribute, calibration, ladder, migrate, search, worker
 from ablation.cli import one_line
-from ablation.core.config import CONFIG_FIELDS, FIELD_RULES, PROFILES, StoreError, StudyError, knob_rule
+from ablation.core.config import CONFIG_FIELDS, FIELD_RULES, StoreError, StudyError, knob_rule
+from ablation.core.profiles import PROFILES
 from ablation.core.study import load_study
 from ablation.data import DataError
 from ablation.models import MODELS

@@ -161,7 +161,7 @@ def test_the_verdict_table_of_one_seed_says_no_verdict_and_of_three_says_which()
 
     from ablation import ladder as ladder_command
     from ablation.analysis import stats
-    from ablation.core.config import get_profile
+    from ablation.core.profiles import get_profile
     from ablation.engine import units
 
     study = load_study("studies/assignment.toml")

@@ -11,7 +11,7 @@ import pytest
 CHURN = """
 import resource, sys
 import numpy as np
-from ablation import memory
+from ablation.core import memory
 print(memory.keep_freed_memory())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(100):

@@ -51,7 +51,7 @@ def test_an_unreadable_save_means_start_over(tmp_path, damage):
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from ablation import checkpoint
+    from ablation.training import checkpoint
     root = Path(sys.argv[1])
     for epoch in range(1, 100000):
         history = {"loss": [1.0 / e for e in range(1, epoch + 1)]}
@@ -219,7 +219,7 @@ def test_in_a_pipe_a_display_prints_plain_lines_and_draws_no_bars():
 def test_hidden_native_stderr_swallows_fd_2_and_gives_it_back():
     code = textwrap.dedent("""
         import os
-        from ablation import console
+        from ablation.core import console
         console.configure(verbose=False)
         with console.native_stderr_hidden():
             os.write(2, b"native chatter\\n")

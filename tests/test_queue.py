@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ablation import tracking, worker
-from ablation.core.config import StudyError, get_profile
+from ablation.core.config import StudyError
+from ablation.core.profiles import get_profile
 from ablation.core.study import load_study
 from ablation.data import LazySplits
 from ablation.engine import queue, units

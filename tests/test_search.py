@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ablation import search, tracking
-from ablation.core.config import StudyError, get_profile, with_values
+from ablation.core.config import StudyError, with_values
+from ablation.core.profiles import get_profile
 from ablation.core.study import apply_overrides, load_study
 from ablation.engine import trials
 from ablation.tracking import Kind, Tag

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from ablation import tracking
 from ablation.core import interrupt
-from ablation.core.config import (CONFIG_FIELDS, EPOCH_METRICS, Config, StudyError, get_profile, split_values,
-                                  with_values)
+from ablation.core.config import CONFIG_FIELDS, EPOCH_METRICS, Config, StudyError, split_values, with_values
+from ablation.core.profiles import get_profile
 from ablation.core.console import Display
 from ablation.core.study import SearchParam, SearchSpace
 from ablation.data import LazySplits, resolve_data_path

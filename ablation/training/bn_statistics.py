@@ -15,6 +15,7 @@ normalizing with the same set's statistics), dropout off: the statistics the net
 import keras
 import numpy as np
 
+from ablation.core.config import Config
 from ablation.models.layers import training_forward
 
 RECOMPUTE_IMAGES = 500  # training images the statistics are recomputed from: fixed per run (its seed)
@@ -124,3 +125,16 @@ class BatchNormCheck(keras.callbacks.Callback):
         set_moving_statistics(self.network, self.moving)
         logs["val_accuracy_moving_bn"] = accuracy(self.network, self.check_x, self.check_y)
         set_moving_statistics(self.network, current)
+
+
+def batch_norm_check(config: Config, network, x_train, x_val, y_val):
+    """The per-epoch BatchNormalization check (and treatment: `before_test` readies the test pass).
+
+    Both image sets are drawn once from the run's seed and are not augmented: the statistics the
+    network should test with are those of the images it is tested on.
+    """
+    statistics_images = fixed_images(x_train, RECOMPUTE_IMAGES, config.seed)
+    check = fixed_images(np.arange(len(x_val)), CHECK_IMAGES, config.seed + 1)
+    network.run_eagerly = config.run_eagerly  # the check's predict, as the training runs
+    return BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
+                          use_recomputed=config.bn_statistics == "recomputed", compiled=not config.run_eagerly)

@@ -401,7 +401,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     validation = (AugmentedImages(x_val, y_val, config) if config.augment_validation
                   and has_augmentation(config) else (x_val, y_val))
     feed = MixedBatches(x_train, y_train, config, config.batch_size) if has_mixing(config) else None
-    bn_check = batch_norm_check(config, network, x_train, x_val, splits.y_val)
+    bn_check = bn_statistics.batch_norm_check(config, network, x_train, x_val, splits.y_val)
 
     # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
     saved, seeds, clock = resume(checkpoint_folder, model, validation)
@@ -484,21 +484,6 @@ def test_scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
     predictions = np.argmax(probabilities, axis=1).astype("int64")
     return float(-np.log(picked).mean()), float((predictions == labels).mean()), predictions
-
-
-def batch_norm_check(config: Config, network, x_train, x_val, y_val):
-    """The per-epoch BatchNormalization check (and treatment: `before_test` readies the test pass).
-
-    Both image sets are drawn once from the run's seed and are not augmented: the statistics the
-    network should test with are those of the images it is tested on.
-    """
-    statistics_images = bn_statistics.fixed_images(x_train, bn_statistics.RECOMPUTE_IMAGES, config.seed)
-    check = bn_statistics.fixed_images(np.arange(len(x_val)), bn_statistics.CHECK_IMAGES, config.seed + 1)
-    network.run_eagerly = config.run_eagerly  # the check's predict, as the training runs
-    callback = bn_statistics.BatchNormCheck(network, statistics_images, x_val[check], y_val[check],
-                                            use_recomputed=config.bn_statistics == "recomputed",
-                                            compiled=not config.run_eagerly)
-    return callback
 
 
 def _cpu_seconds() -> float:
