@@ -71,7 +71,7 @@ PROFILES = {
         bn_statistics="recomputed",
     ),
     # The recipe's own epochs and patiences, so early stopping and LR drops happen where the recipe
-    # has them, on fewer images: the alternative to quick's shortened ramp-up, at about 1.5x its CPU.
+    # has them, on fewer images: the alternative to quick, at 1.8x its CPU a seed (docs/results.md: quick detects less per CPU-hour).
     "miniature": Profile(
         "miniature", 1.0, 1250, 2000,
         "the recipe's epochs and patiences, 1,250 training (1,000 train / 250 validation) and 2,000 test images",
