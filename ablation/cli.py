@@ -12,7 +12,6 @@ import signal
 import sys
 
 from ablation.core.config import SEED
-
 from ablation.core.profiles import PROFILES
 from ablation.core.study import MAX_SEEDS, SHIPPED_STUDIES, STUDY_NAME
 

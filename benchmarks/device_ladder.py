@@ -114,18 +114,24 @@ def train_unit(splits_path: str, name: str, fields: dict, deadline: float) -> di
 
 
 class GpuMonitor:
-    """Samples nvidia-smi's utilisation every two seconds, if it answers; mean over a time interval."""
+    """Samples nvidia-smi's utilisation every two seconds, if it answers; mean over a time interval.
 
-    def __init__(self):
+    `gpu`: nvidia-smi's number of the GPU to sample (default: the first it lists); `enabled=False` samples
+    nothing (a run on CPUs), and every mean is then NaN.
+    """
+
+    def __init__(self, gpu: int | None = None, enabled: bool = True):
         self.samples: list[tuple[float, float]] = []
         self.stopped = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
+        self.query = ["nvidia-smi", *([f"--id={gpu}"] if gpu is not None else []),
+                      "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        if enabled:
+            threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while not self.stopped.wait(2.0):
             try:
-                text = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
+                text = subprocess.run(self.query, capture_output=True, text=True, timeout=10).stdout
                 self.samples.append((time.time(), float(text.split()[0])))
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
                 return

@@ -41,13 +41,13 @@ and because docs/results.md's JAX measurement was made with it.
 import argparse
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from benchmarks.device_ladder import GpuMonitor  # nvidia-smi's samples: one sampler for both scripts
 
 EXIT_FAILED, EXIT_INPUT_ERROR, EXIT_BUDGET = 1, 2, 3
 STOP_GRACE_SECONDS = 300.0  # how long a stopped process may take to reach its batch end and requeue its unit
@@ -99,29 +99,6 @@ def commands(args) -> tuple[list[str], list[str]]:
     return planner, workers
 
 
-class GpuSampler:
-    """nvidia-smi's utilisation of one GPU every two seconds, if it answers; mean over a time interval."""
-
-    def __init__(self, gpu):
-        self.gpu, self.samples = gpu, []
-        self.stopped = threading.Event()
-        if gpu is not None and shutil.which("nvidia-smi"):
-            threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self):
-        while not self.stopped.wait(2.0):
-            try:
-                text = subprocess.run(["nvidia-smi", f"--id={self.gpu}", "--query-gpu=utilization.gpu",
-                                       "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10).stdout
-                self.samples.append((time.time(), float(text.split()[0])))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-                return
-
-    def mean(self, start: float, end: float) -> float:
-        values = [u for t, u in self.samples if start <= t <= end]
-        return sum(values) / len(values) if values else math.nan
-
-
 class Store:
     """The units of this plan as the MLflow store holds them, read through `ablation.tracking` (the package's one
     door to MLflow) once the planner has made its parent run."""
@@ -168,7 +145,7 @@ class Store:
                 found[key] = run
         return found
 
-    def gpu_utilisation(self, run, sampler: GpuSampler) -> float:
+    def gpu_utilisation(self, run, sampler: GpuMonitor) -> float:
         """Mean GPU utilisation while the run ran: its system metrics, else this script's nvidia-smi samples."""
         if self.gpu is not None:
             history = self.client.get_metric_history(run.info.run_id, f"system/gpu_{self.gpu}_utilization_percentage")
@@ -180,7 +157,7 @@ class Store:
 HEADER = f"{'unit':<34}{'wall s':>8}{'fit s':>8}{'img/s':>8}{'test acc':>10}{'GPU %':>7}  note"
 
 
-def unit_line(seed: int, step: str, run, store: Store, sampler: GpuSampler) -> str:
+def unit_line(seed: int, step: str, run, store: Store, sampler: GpuMonitor) -> str:
     """wall time, fit time, images per second, test accuracy, GPU utilisation of a finished unit."""
     from ablation.tracking import Tag
 
@@ -260,7 +237,7 @@ def main(argv=None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop_signal.append(number))
     began = time.monotonic()
-    deadline, sampler = began + 60 * args.minutes, GpuSampler(args.gpu)
+    deadline, sampler = began + 60 * args.minutes, GpuMonitor(args.gpu, enabled=args.gpu is not None)
     planner = start(planner_command, env, folder / "logs" / "planner.log")
     workers = start(workers_command, env, folder / "logs" / "workers.log")
     shown, before, reason, last_look = set(), None, None, 0.0

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from ablation.core.config import Config, StudyError
-
 from ablation.core.profiles import PROFILES
 from ablation.core.study import apply_overrides, load_study, parse_overrides
 

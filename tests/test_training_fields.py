@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from ablation.core.config import Config, StudyError, check_combination
-
 from ablation.core.profiles import PROFILES
 from ablation.core.study import load_study
 from ablation.data import load_cifar10, make_splits
