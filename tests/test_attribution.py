@@ -111,7 +111,8 @@ def test_conflicting_settings_are_resolved_by_ladder_order_and_listed():
     assert (both.early_stopping_monitor, both.restore_best_weights) == ("val_loss", "on_stop")
     assert compose("lr_schedule", "deeper_dropout").epochs == 75 and compose("deeper_dropout").epochs == 75
     deeper = compose("deeper_dropout", "stage2_depth")
-    assert dict(deeper.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}
+    assert dict(deeper.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5,
+                                       "block": "post"}
     assert not deeper.horizontal_flip and deeper.reduce_lr_monitor == ""
 
 

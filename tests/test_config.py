@@ -37,7 +37,8 @@ def test_assignment_study_is_the_report_ladder():
     assert steps["lr_schedule"].config.rotation_range == 15.0
     assert steps["lr_schedule"].config.model_args["stage2_blocks"] == 7
     final = steps["deeper_dropout"].config
-    assert dict(final.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}
+    assert dict(final.model_args) == {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5,
+                                      "block": "post"}
     assert (final.epochs, final.early_stopping_monitor, final.reduce_lr_monitor) == (75, "val_loss", "val_loss")
     vgg = steps["vgg_like"]
     # A new model starts from its own defaults, every knob spelled out.
@@ -121,9 +122,12 @@ def test_a_shipped_study_by_name_and_the_names_when_missing():
 
 
 def test_every_knob_is_in_the_config_and_a_default_spelled_out_is_the_same_work():
-    assert dict(Config().model_args) == {"stage2_blocks": 5, "stage3_blocks": 3, "stage4_blocks": 1, "dropout_rate": 0.0}
+    assert dict(Config().model_args) == {"stage2_blocks": 5, "stage3_blocks": 3, "stage4_blocks": 1, "dropout_rate": 0.0,
+                                         "block": "post"}
     assert Config(model_args={"dropout_rate": 0.0}).hash() == Config().hash()
     assert Config(model_args={"dropout_rate": 0.5}).hash() != Config().hash()
+    # A knob added later (the block design) enters the work only when set away from its default.
+    assert Config(model_args={"block": "post"}).hash() == Config().hash() != Config(model_args={"block": "pre"}).hash()
 
 
 @pytest.mark.parametrize("text, needles", [

@@ -14,7 +14,7 @@ gamma, beta and the two moving statistics; every conv has a bias unless noted):
   (tf.nn.relu → keras.ops.relu) and built on a 32x32x3 batch; count_params() agrees with the
   builder and with a closed-form count (bias-carrying 1x1 shortcuts without BN; the "valid" stem
   conv changes the maps, 30/15/8/4, not the count).
-- preact_resnet, inception_resnet: our own designs (see their docstrings); a closed-form count by
+- template_resnet with block "pre", inception_resnet: our own designs (see their docstrings); a closed-form count by
   hand agrees with Keras, for the defaults and for the variants below.
 """
 
@@ -39,16 +39,17 @@ EXPECTED_PARAMS = {
     "resnet_v2": 1_673_738,  # depth 56
     "resnet18": 11_184_778,
     "resnet34": 21_304_074,
-    # The template's 316,394 - 1,536: the BNs move to each conv's input (same sizes in identity
-    # blocks), the two shortcut BNs and the first block's BN(64) go, a final BN(256) comes.
-    "preact_resnet": 314_858,
     "inception_resnet": 388_842,
 }
 
 VARIANT_PARAMS = [
     # The ladder's last step: stage 2 with 7 blocks, stage 3 with 1 + 5, stage 4 with 1 + 2, dropout.
     ("template_resnet", {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}, 434_346),
-    ("preact_resnet", {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5}, 432_810),
+    # Pre-activation blocks: the template's 316,394 - 1,536: the BNs move to each conv's input (same sizes
+    # in identity blocks), the two shortcut BNs and the first block's BN(64) go, a final BN(256) comes.
+    ("template_resnet", {"block": "pre"}, 314_858),
+    ("template_resnet", {"stage2_blocks": 7, "stage3_blocks": 5, "stage4_blocks": 2, "dropout_rate": 0.5,
+                         "block": "pre"}, 432_810),
     # Tutorial 003's code; the ResNet paper (option A shortcuts: zero padding, no parameters) says
     # 0.27M / 0.46M / 0.85M / 1.7M; the tutorial's 1x1 projections and conv biases add ~1-2%.
     ("resnet_v1", {"depth": 20}, 274_442),

@@ -127,11 +127,13 @@ class Config:
     def hash(self) -> str:
         """Stable short hash of everything that determines the run's work.
 
-        A field added after runs were recorded enters it only when set away from its default, so a
-        config that leaves it alone keeps the hash (and the finished work) it had before.
+        A field or model knob added after runs were recorded enters it only when set away from its default,
+        so a config that leaves it alone keeps the hash (and the finished work) it had before.
         """
         data = {name: value for name, value in self.to_dict().items()
                 if name not in LATER_FIELDS or value != CONFIG_FIELDS[name].default}
+        data["model_args"] = {knob: value for knob, value in data["model_args"].items()
+                              if f"{self.model}.{knob}" not in LATER_KNOBS or value != MODELS[self.model][knob]}
         text = json.dumps({**data, **self.model_source()}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -144,6 +146,7 @@ CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 LATER_FIELDS = frozenset({"data", "image_size", "bn_statistics", "jit_compile", "precision", "steps_per_execution",
                           "label_smoothing", "weight_decay", "nesterov", "lr_decay", "warmup_epochs",
                           "mixup_alpha", "cutmix_alpha"})  # see Config.hash
+LATER_KNOBS = frozenset({"template_resnet.block"})  # model knobs added after runs were recorded: the same rule
 # What training logs per epoch: Keras' numbers, then the BatchNormalization check (ablation.training.bn_statistics):
 # accuracy on a fixed set of validation images with the moving and with recomputed statistics.
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
@@ -319,6 +322,7 @@ KNOB_RULES = {
     # One 2x2 pooling per group: 32 pixels allow at most five.
     "filters": Rule("a list of 1 to 5 integers in 1..4096 (filters per group)", lambda v: isinstance(v, (list, tuple))
                     and 1 <= len(v) <= 5 and all(_whole_number(f) and 1 <= f <= 4096 for f in v), convert=tuple),
+    "template_resnet.block": one_of("post", "pre"),  # ReLU after the add (the report's), or pre-activation
     "resnet_v1.depth": Rule(f"6n + 2 with 1 <= n <= {MAX_BLOCKS} (20, 32, 44, 56, 110)",
                             lambda v: _whole_number(v) and 8 <= v <= 6 * MAX_BLOCKS + 2 and (v - 2) % 6 == 0),
     "resnet_v2.depth": Rule(f"9n + 2 with 1 <= n <= {MAX_BLOCKS} (56, 110)",
