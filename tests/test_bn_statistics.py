@@ -55,7 +55,7 @@ def test_the_treatment_is_part_of_the_work_it_names():
 
 @pytest.mark.slow
 def test_a_shrunk_profiles_logged_test_accuracy_is_the_networks_not_the_lag(cifar_path):
-    """900 training images, one epoch: the moving statistics still hold mostly their starting values.
+    """About 500 training images, one epoch (16 steps): the moving statistics still hold mostly their starting values.
 
     The recipe's moving statistics ("moving") score far from the same network with recomputed ones;
     the profile's treatment logs that network's accuracy.
@@ -63,7 +63,7 @@ def test_a_shrunk_profiles_logged_test_accuracy_is_the_networks_not_the_lag(cifa
     from ablation.training.fit import prepare_inputs, train
 
     smoke = get_profile("smoke").apply(load_study("assignment").step("template").config)
-    config = dataclasses.replace(smoke, train_subset=1200, test_subset=500, epochs=1)
+    config = dataclasses.replace(smoke, train_subset=640, test_subset=400, epochs=1)
     splits = LazySplits(cifar_path).splits(**config.split_args())
     gaps = {}
     for treatment in ("moving", config.bn_statistics):

@@ -1,4 +1,5 @@
-"""The smoke ladder end to end on stores of their own: the network studies, more seeds, --until-decided.
+"""The smoke ladder end to end on stores of their own: the network studies, more seeds, --until-decided (these
+two on the tiny study's network, with the assignment's first steps).
 (test_ladder.py reads the session's smoke ladder; apart, each file is a unit of work for xdist.)"""
 
 import json
@@ -8,6 +9,7 @@ import pytest
 
 from ablation.core.study import load_study
 from ablation.tracking import Kind, Tag
+from conftest import tiny_study
 from test_ladder import ladder, runs_of
 
 pytestmark = pytest.mark.slow
@@ -39,14 +41,23 @@ def test_network_studies_leave_one_run_per_network(tmp_path, cifar_path, study, 
         assert f"{int(by_name[name].data.metrics['num_params']):,}" in line
 
 
+AUGMENTATION = ("rotation_range=15.0", "width_shift_range=0.1", "height_shift_range=0.1", "horizontal_flip=true",
+                "zoom_range=0.1")
+# The assignment's first three steps on the tiny network (a deeper stage 2 for the third).
+FIRST_STEPS = ('[[steps]]\nname = "template"\n\n[[steps]]\nname = "augmentation"\n'
+               + "".join(f"{line.replace('=', ' = ')}\n" for line in AUGMENTATION)
+               + '\n[[steps]]\nname = "deeper_early_stopping"\nmodel_args = { stage2_blocks = 1 }\n')
+
+
 def test_more_seeds_train_only_the_new_replicates(tmp_path, cifar_path):
     """--seeds 3 after --seeds 2 trains one more replicate per step and reuses the rest; the changes get tested."""
-    first = ladder(["--data", str(cifar_path), "--steps", "template,augmentation", "--seeds", "2"], tmp_path)
+    study = ["--study", str(tiny_study(tmp_path, FIRST_STEPS)), "--data", str(cifar_path)]
+    first = ladder([*study, "--steps", "template,augmentation", "--seeds", "2"], tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    again = ladder(["--data", str(cifar_path), "--steps", "template,augmentation", "--seeds", "3"], tmp_path)
+    again = ladder([*study, "--steps", "template,augmentation", "--seeds", "3"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("reused finished run") == 4
-    _, runs = runs_of(tmp_path)
+    _, runs = runs_of(tmp_path, "tiny")
     trained = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.LADDER_STEP and Tag.REUSED_FROM not in r.data.tags]
     assert sorted((r.data.tags[Tag.STEP], r.data.tags[Tag.SEED]) for r in trained) == [
         ("augmentation", "0"), ("augmentation", "1"), ("augmentation", "2"),
@@ -64,9 +75,8 @@ def test_until_decided_adds_seeds_only_to_undecided_changes_and_stops(tmp_path, 
     """--until-decided: augmentation given to every step (--set) makes augmentation vs template a zero difference,
     equivalent within the wide margin at the first look; only the steps of changes still undecided get more
     seeds, and the store holds exactly the replicates the table counts."""
-    same = [item for field in ("rotation_range=15.0", "width_shift_range=0.1", "height_shift_range=0.1",
-                               "horizontal_flip=true", "zoom_range=0.1") for item in ("--set", field)]
-    done = ladder(["--data", str(cifar_path), "--steps", "template,augmentation,deeper_early_stopping", *same,
+    same = [item for field in AUGMENTATION for item in ("--set", field)]
+    done = ladder(["--study", str(tiny_study(tmp_path, FIRST_STEPS)), "--data", str(cifar_path), *same,
                    "--seeds", "3", "--until-decided", "--max-seeds", "5", "--rope", "50"], tmp_path)
     (tmp_path / "stdout.txt").write_text(done.stdout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -76,7 +86,7 @@ def test_until_decided_adds_seeds_only_to_undecided_changes_and_stops(tmp_path, 
     assert n_of["augmentation"] == 3 and "equivalent" in table["augmentation"]  # decided at the first look
     # A change stops below --max-seeds only once decided; the one left undecided runs to the end.
     assert n_of["deeper_early_stopping"] == 5 or "undecided" not in table["deeper_early_stopping"]
-    _, runs = runs_of(tmp_path)
+    _, runs = runs_of(tmp_path, "tiny")
     seeds = {}
     for run in runs:
         if run.data.tags.get(Tag.KIND) == Kind.LADDER_STEP:

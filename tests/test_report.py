@@ -28,6 +28,7 @@ from ablation.report import gather
 from ablation.tracking import Kind, Tag
 
 STEPS = ["template", "augmentation", "deeper_early_stopping", "lr_schedule", "deeper_dropout", "vgg_like"]
+SEEDED_STEPS = STEPS[:3]  # the two-seed ladder: two changes are enough to pair by seed and judge
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["ladder.png", "curves.png", "overfitting.png", "batchnorm.png", "baselines.png", "confusion.png", "search_history.png",
            "search_params.png"]
@@ -97,11 +98,12 @@ def ladder_runs(smoke):
 
 @pytest.fixture(scope="module")
 def seeded(smoke, cifar_path, tmp_path_factory):
-    """A copy of the smoke store where a two-seed ladder with a 3-point margin ran last, and its report (not logged)."""
+    """A copy of the smoke store where a two-seed ladder of its first steps with a 3-point margin ran last, and its
+    report (not logged)."""
     store = tmp_path_factory.mktemp("seeded") / "store"
     shutil.copytree(smoke[0], store, ignore=shutil.ignore_patterns("report", "search-reports"))
-    done = command("ladder", ["--profile", "smoke", "--seeds", "2", "--rope", "3", "--no-report", "--data", str(cifar_path)],
-                   store)
+    done = command("ladder", ["--profile", "smoke", "--seeds", "2", "--rope", "3", "--no-report", "--data", str(cifar_path),
+                              "--steps", ",".join(SEEDED_STEPS)], store)
     assert done.returncode == 0, done.stdout + done.stderr
     out = store / "report"
     made = command("report", ["--data", str(cifar_path), "--out", str(out), "--no-log"], store)
@@ -340,9 +342,9 @@ def test_unknown_experiment_and_study_are_errors(smoke):
 def test_summary_over_seeds_matches_mlflow(seeded):
     store, out = seeded
     _, _, parent, steps = latest_ladder(store)
-    assert json.loads(parent.data.tags[Tag.SEEDS]) == [0, 1] and len(steps) == 2 * len(STEPS)
+    assert json.loads(parent.data.tags[Tag.SEEDS]) == [0, 1] and len(steps) == 2 * len(SEEDED_STEPS)
     summary = pd.read_csv(out / "ladder_summary.csv")
-    assert list(summary["step"]) == STEPS
+    assert list(summary["step"]) == SEEDED_STEPS
     for row in summary.to_dict("records"):
         mine = [r for r in steps if r.data.tags[Tag.STEP] == row["step"]]
         assert row["n"] == 2 and row["seeds"] == "0 1"
@@ -354,7 +356,7 @@ def test_summary_over_seeds_matches_mlflow(seeded):
             assert math.isclose(row[f"{metric}_low"], expected.low) and math.isclose(row[f"{metric}_high"],
                                                                                       expected.high)
     table = markdown_table((out / "report.md").read_text(), "Ladder")
-    assert list(table["n"]) == ["2"] * len(STEPS) and all(table["test 95% interval"])
+    assert list(table["n"]) == ["2"] * len(SEEDED_STEPS) and all(table["test 95% interval"])
 
 
 @pytest.mark.slow
@@ -368,7 +370,7 @@ def test_changes_over_seeds_are_paired_by_seed_and_judged_at_the_ladders_margin(
     judged = stats.with_verdicts([stats.paired_change([accuracy[(against, s)] for s in (0, 1)],
                                                       [accuracy[(step, s)] for s in (0, 1)]) for step, against in pairs],
                                  rope=0.03)  # the ladder's --rope 3
-    assert len(table) == len(pairs) == len(STEPS) - 1
+    assert len(table) == len(pairs) == len(SEEDED_STEPS) - 1
     for row, (step, against), change in zip(table.to_dict("records"), pairs, judged, strict=True):
         differences = [accuracy[(step, s)] - accuracy[(against, s)] for s in (0, 1)]
         assert row["change"] == f"{step} vs {against}" and row["n seeds"] == "2"
