@@ -278,6 +278,21 @@ class StopOnDivergence(keras.callbacks.Callback):
 COUNTERS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")  # early stopping, ReduceLROnPlateau
 
 
+class EpochHistory(keras.callbacks.Callback):
+    """One value an epoch for every metric logged, a save's epochs first (what the Result and the next save hold).
+
+    A metric that a save from an older version lacks (the BatchNorm check, top-5) is NaN for the epochs before."""
+
+    def __init__(self, saved):
+        super().__init__()
+        self.values = {key: list(values) for key, values in (saved.history if saved else {}).items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in EPOCH_METRICS:
+            if key in (logs or {}) or key in self.values:  # top-5 only where there are more than 5 classes
+                self.values.setdefault(key, [math.nan] * epoch).append(float((logs or {}).get(key, math.nan)))
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Saves the whole training state after every epoch (see `ablation.training.checkpoint`) and puts a saved one back.
 
@@ -288,11 +303,11 @@ class Checkpoint(keras.callbacks.Callback):
     Not restorable: tf.data's shuffling state, so batches after a resume come in another order.
     """
 
-    def __init__(self, folder: Path, saved, schedule: list, seed_variables: list, clock):
+    def __init__(self, folder: Path, saved, schedule: list, seed_variables: list, clock, history: EpochHistory):
         super().__init__()
         self.folder, self.saved, self.schedule, self.seed_variables = folder, saved, schedule, seed_variables
         self.clock = clock  # () -> (wall, cpu) seconds of training so far, earlier runs included
-        self.history = {key: list(values) for key, values in (saved.history if saved else {}).items()}
+        self.history = history  # recorded before this callback runs
 
     def on_train_begin(self, logs=None):
         # After the schedule callbacks' own on_train_begin, which resets these counters.
@@ -305,10 +320,6 @@ class Checkpoint(keras.callbacks.Callback):
                 callback.best_weights = self.saved.best_weights()
 
     def on_epoch_end(self, epoch, logs=None):
-        for key in EPOCH_METRICS:
-            if key in (logs or {}) or key in self.history:  # top-5 only where there are more than 5 classes
-                # A metric the save lacks (written by an older version) is NaN for the epochs before.
-                self.history.setdefault(key, [math.nan] * epoch).append(float((logs or {}).get(key, math.nan)))
         wall, cpu = self.clock()
         state = {"counters": [{name: _plain(getattr(c, name)) for name in COUNTERS if hasattr(c, name)}
                               for c in self.schedule],
@@ -316,7 +327,7 @@ class Checkpoint(keras.callbacks.Callback):
                  "numpy_random": _numpy_state(), "python_random": random.getstate(),
                  "train_seconds": wall, "train_cpu_seconds": cpu, "stopped": bool(self.model.stop_training)}
         best = next((c.best_weights for c in self.schedule if isinstance(c, keras.callbacks.EarlyStopping)), None)
-        checkpoint.write(self.folder, epoch + 1, self.history, state,
+        checkpoint.write(self.folder, epoch + 1, self.history.values, state,
                          lambda path: self.model.save_weights(path), best)
 
 
@@ -405,17 +416,17 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
 
     # Phase 1: a save to go on from, put back; Phase 2: the epochs left, guarded.
     saved, seeds, clock = resume(checkpoint_folder, model, validation)
-    schedule = schedule_callbacks(config)
-    saving = [Checkpoint(checkpoint_folder, saved, schedule, seeds, clock)] if checkpoint_folder else []
-    fit = model.fit(
+    schedule, recorded = schedule_callbacks(config), EpochHistory(saved)
+    saving = [Checkpoint(checkpoint_folder, saved, schedule, seeds, clock, recorded)] if checkpoint_folder else []
+    model.fit(
         x_train if feed is None else feed, y_train if feed is None else None,
         batch_size=config.batch_size if feed is None else None,  # the feed makes its own batches
         initial_epoch=saved.epoch if saved else 0,
         epochs=saved.epoch if saved and saved.state["stopped"] else config.epochs,  # early stopping had fired
         validation_data=validation,
         # The BatchNormalization check first: the schedule, the checkpoint and the hooks see its numbers.
-        callbacks=[bn_check, _KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(), *saving,
-                   EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else []),
+        callbacks=[bn_check, _KeepFreedMemory(), StopOnRequest(), StopOnDivergence(), *schedule, _RecordLearningRate(),
+                   recorded, *saving, EpochHooks(on_epoch, on_epoch_begin), *([BatchHooks(on_batch)] if on_batch else []),
                    *([] if feed is None else [SetMixingEpoch(feed)])],
         shuffle=feed is None,  # the mixed feed draws its own order each epoch
         verbose=verbose,
@@ -423,7 +434,7 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
     wall, cpu = clock()
 
     # Phase 3: one pass over the test set gives predictions, loss and accuracy (augmentation is off here).
-    history = merged_history(saved, fit.history)
+    history = {key: recorded.values.get(key, []) for key in EPOCH_METRICS}
     epochs_run = len(history["loss"])
     bn_check.before_test()
     probabilities = model.predict(x_test, batch_size=256, verbose=0)
@@ -435,15 +446,6 @@ def train(config: Config, splits: Splits, on_epoch=(), on_epoch_begin=(), verbos
         network=network, input_mean=input_mean,
         test_top5_accuracy=top_k_accuracy(probabilities, splits.y_test, 5) if num_classes > 5 else None,
     )
-
-
-def merged_history(saved, fitted: dict) -> dict[str, list[float]]:
-    """The save's epochs then this fit's, one value an epoch for every metric logged; a metric that a save from
-    an older version lacks (the BatchNorm check, top-5) is NaN for the epochs before it."""
-    history = {key: (saved.history.get(key, []) if saved else []) + [float(v) for v in fitted.get(key, [])]
-               for key in EPOCH_METRICS}
-    epochs = len(history["loss"])
-    return {key: [math.nan] * (epochs - len(values)) + values if values else [] for key, values in history.items()}
 
 
 def soft_targets(config: Config) -> bool:
