@@ -8,8 +8,8 @@ check, the history, the BatchNormalization check), validation (with the recipe's
 images, drawn on the host), all at the full profile's batch of 32. It is measured by training the project's
 own step (`ablation.training.fit.train`, the study's config at the full profile) with its network replaced
 by a linear probe (global average pooling and the classifier: about 31 multiply-adds an image), so that
-what is left is the host side. Per variant, the CPU-seconds of one epoch are those of a 2-epoch training
-less those of a 1-epoch one (start-up and tracing cancel), divided by the epoch's steps.
+what is left is the host side. Per variant, the CPU-seconds of a training's second epoch (start-up and
+tracing are over by then), from its start to its end (validation and callbacks included), over its steps.
 
 Variants, interleaved round by round (medians printed):
 - template, 1 batch per call (the recipe);
@@ -17,7 +17,7 @@ Variants, interleaved round by round (medians printed):
   once per 8 batches);
 - augmentation, 1 batch per call: the training images' augmentation (a layer of the model: on a GPU it
   runs on the device, here it is counted) and the validation images' (drawn on the host).
-Beside them, the template network's own step, by the same epoch difference on `--step-images` images: the
+Beside them, the template network's own step, measured the same way on `--step-images` images: the
 share is host side / that step, both CPU-ms on this machine. A GPU's step is far shorter than this CPU's,
 so the line printed last gives the GPU step time below which the host side would exceed 10% of a step.
 """
@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
+import time
 
 import keras
 
@@ -54,14 +55,17 @@ def step_config(study, step: str, images: int, probe: bool, **fields):
 
 
 def epoch_cpu_ms_per_step(config, source: LazySplits) -> float:
-    """CPU-ms per training step of one epoch: a 2-epoch training less a 1-epoch one, over the epoch's steps."""
+    """CPU-ms per training step of a training's second epoch (its steps, validation and callbacks), over its steps."""
     from ablation.training.fit import train
 
     splits = source.splits(**config.split_args())
-    # No early stopping or LR schedule can act within two epochs of the recipe (patience 10).
-    one, two = (train(dataclasses.replace(config, epochs=epochs), splits).train_cpu_seconds for epochs in (1, 2))
+    marks = {}
+    # The second epoch: start-up and tracing are over. No early stopping or LR schedule of the recipe acts so early.
+    train(dataclasses.replace(config, epochs=2), splits,
+          on_epoch_begin=[lambda epoch, logs: marks.setdefault(("begin", epoch), time.process_time())],
+          on_epoch=[lambda epoch, logs: marks.setdefault(("end", epoch), time.process_time())])
     steps = -(-len(splits.y_train) // config.batch_size)
-    return 1000 * (two - one) / steps
+    return 1000 * (marks["end", 2] - marks["begin", 2]) / steps
 
 
 def measure(data: str, rounds: int, images: int, step_images: int, say=print, only=None) -> dict[str, list[float]]:
