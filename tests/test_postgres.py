@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import urllib.request
 from pathlib import Path
 
@@ -195,3 +196,52 @@ def test_two_workers_share_one_study_through_postgres_and_the_tracking_server(
     for parent in parents:
         assert parent.data.tags["ablation.optuna_storage_kind"] == "postgresql"
         assert "best_step.toml" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # uploaded via proxy
+
+
+def test_runs_logging_the_same_images_together_through_the_server_all_succeed(mlflow_tracking_server):
+    """Every run logs its images as MLflow dataset inputs, keyed by (experiment, name, digest). MLflow looks the
+    dataset up, then inserts it: runs of workers that start together race, and the losers hit PostgreSQL's unique
+    key ("duplicate key value violates unique constraint"). A loser links the row the winner made.
+
+    Threads stand in for the workers (they start together without paying imports); before the fix, a queued
+    ladder's unit failed so, with three test workers on two cores.
+    """
+    import mlflow
+    import numpy as np
+
+    from ablation.tracking import record
+
+    client = mlflow.MlflowClient(mlflow_tracking_server)
+    experiment = client.create_experiment(f"datasets_{next(DATABASE_NUMBERS)}")
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 16)
+    splits = types.SimpleNamespace(fingerprint={"dataset": "cifar10", "digest": "0123456789abcdef"},
+                                   x_train=images, y_train=labels, x_val=images[:8], y_val=labels[:8],
+                                   x_test=images[8:], y_test=labels[8:])
+    workers = 8
+    together, errors, runs = threading.Barrier(workers), [], []
+
+    def worker():
+        with mlflow.start_run(experiment_id=experiment) as run:  # the active run is the thread's own
+            runs.append(run.info.run_id)
+            together.wait()
+            try:
+                record.log_datasets(splits, None)
+            except Exception as error:  # noqa: BLE001 - every failure is reported below
+                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_tracking_server)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not errors, f"{len(errors)} of {workers} runs could not log their images: {errors}"
+    assert len(runs) == workers
+    for run_id in runs:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == ["cifar10-test", "cifar10-train", "cifar10-validation"]

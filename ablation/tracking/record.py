@@ -87,7 +87,8 @@ def log_datasets(splits, data_file: Path | None):
         try:
             mlflow.log_input(dataset, context=context)
         except mlflow.exceptions.MlflowException as error:
-            if "UNIQUE constraint" not in str(error):
+            # SQLite: "UNIQUE constraint failed"; PostgreSQL: "duplicate key value violates unique constraint".
+            if "unique constraint" not in str(error).lower():
                 raise
             # Another worker inserted the same dataset (experiment, name, digest) between MLflow's look-up
             # and its insert: the row exists now, and a second call links it.
