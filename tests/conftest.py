@@ -71,10 +71,10 @@ def tiny_study(path: Path, steps: str = ONE_STEP, **changes) -> Path:
     return path
 
 
-# Scheduling under xdist (pyproject: -n 2 --dist loadfile). The files that read the session's smoke ladder
+# Scheduling under xdist (pyproject: -n 3 --dist loadfile). The files that read the session's smoke ladder
 # (smoke_store) go to one worker as one unit, so that it is trained once, not once per worker. Files are
 # handed out heaviest first (the seconds they took here, whole files), so that the last file to start is a
-# short one and the two workers end together; a file not listed is light and goes after these, in order.
+# short one and the workers end together; a file not listed is light and goes after these, in order.
 SMOKE_STORE_FILES = ("test_ladder.py", "test_experience.py", "test_report.py")
 HEAVY_FILES = ("<smoke store>", "test_signals.py", "test_device_script.py", "test_ladder_runs.py",
                "test_attribution.py", "test_resilience.py", "test_workers.py", "test_steps_per_execution.py",
