@@ -52,6 +52,27 @@ def env_with(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
 
 
+def all_at_once(count: int, work) -> list[str]:
+    """Run `work(index, start)` in `count` threads that pass `start()` together; each failure, in one line.
+
+    Threads stand in for worker processes where the race is in a database: they start together without
+    paying imports."""
+    together, errors = threading.Barrier(count), []
+
+    def thread(index):
+        try:
+            work(index, together.wait)
+        except Exception as error:  # noqa: BLE001 - every failure is reported by the caller
+            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+    threads = [threading.Thread(target=thread, args=(index,)) for index in range(count)]
+    for each in threads:
+        each.start()
+    for each in threads:
+        each.join(120)
+    return errors
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -117,29 +138,19 @@ def test_mlflow_server_logs_and_reads_back_through_http(mlflow_tracking_server, 
 def test_workers_opening_a_fresh_storage_together_all_succeed(postgres):
     """Each worker opens the storage as it starts: on an empty database that creates Optuna's schema.
 
-    Threads of this process stand in for worker processes (the race is in the database, and threads
-    start together without paying imports); two databases, two openers each: each pair collided every
-    time here before `tracking.rdb_storage` retried the creation.
+    Two databases, two openers each (threads: `all_at_once`): each pair collided every time here before
+    `tracking.rdb_storage` retried the creation.
     """
     from ablation import tracking
 
     urls = [postgres.create_database(f"fresh_{next(DATABASE_NUMBERS)}") for _ in range(2)]
-    together = threading.Barrier(2 * len(urls))
-    errors = []
 
-    def worker(url):
-        together.wait()
-        try:
-            tracking.open_storage(url)
-        except Exception as error:  # noqa: BLE001 - every failure is reported below
-            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+    def worker(index, start):
+        start()
+        tracking.open_storage(urls[index // 2])
 
-    threads = [threading.Thread(target=worker, args=(url,)) for url in urls for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors, f"{len(errors)} of {len(threads)} workers could not open a fresh storage: {errors}"
+    errors = all_at_once(2 * len(urls), worker)
+    assert not errors, f"{len(errors)} of {2 * len(urls)} workers could not open a fresh storage: {errors}"
 
 
 @pytest.mark.slow
@@ -203,8 +214,8 @@ def test_runs_logging_the_same_images_together_through_the_server_all_succeed(ml
     dataset up, then inserts it: runs of workers that start together race, and the losers hit PostgreSQL's unique
     key ("duplicate key value violates unique constraint"). A loser links the row the winner made.
 
-    Threads stand in for the workers (they start together without paying imports); before the fix, a queued
-    ladder's unit failed so, with three test workers on two cores.
+    Eight runs in threads (`all_at_once`); before the fix, a queued ladder's unit failed so, with three test
+    workers on two cores.
     """
     import mlflow
     import numpy as np
@@ -218,26 +229,18 @@ def test_runs_logging_the_same_images_together_through_the_server_all_succeed(ml
     splits = types.SimpleNamespace(fingerprint={"dataset": "cifar10", "digest": "0123456789abcdef"},
                                    x_train=images, y_train=labels, x_val=images[:8], y_val=labels[:8],
                                    x_test=images[8:], y_test=labels[8:])
-    workers = 8
-    together, errors, runs = threading.Barrier(workers), [], []
+    workers, runs = 8, []
 
-    def worker():
+    def worker(index, start):
         with mlflow.start_run(experiment_id=experiment) as run:  # the active run is the thread's own
             runs.append(run.info.run_id)
-            together.wait()
-            try:
-                record.log_datasets(splits, None)
-            except Exception as error:  # noqa: BLE001 - every failure is reported below
-                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+            start()
+            record.log_datasets(splits, None)
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(mlflow_tracking_server)
     try:
-        threads = [threading.Thread(target=worker) for _ in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        errors = all_at_once(workers, worker)
     finally:
         mlflow.set_tracking_uri(previous)
     assert not errors, f"{len(errors)} of {workers} runs could not log their images: {errors}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ablation.core.config import Config, StudyError
 
+
 @dataclass(frozen=True)
 class Profile:
     """How a study is shrunk: epochs (and epoch-counted patience) scaled, data subsetted."""
