@@ -17,7 +17,7 @@ import sys
 import time
 
 from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_replicate_arguments,
-                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by,
+                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by, exit_with,
                           positive_count)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
@@ -124,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -8,12 +8,11 @@ The simulation itself (synthetic ladders with known effects, judged by the ladde
 """
 
 import argparse
-import sys
 
 from ablation.analysis import stats
 from ablation.analysis.simulation import (CHANGES, TEST_IMAGES, calibration_table, markdown, monte_carlo_bound,
                                           sequential_table)
-from ablation.cli import ArgumentParser, positive_count
+from ablation.cli import ArgumentParser, exit_with, positive_count
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,4 +33,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -72,12 +72,11 @@ step), printed, logged as the parent run's `best_step.toml` and written to
 
 import argparse
 import functools
-import sys
 import time
 
 from ablation.cli import (ArgumentParser, add_common_arguments, add_plan_only_argument, add_storage_argument,
-                          add_workers_argument, check_plan_only, configure, ended_by, plain_name, positive_count,
-                          positive_seconds)
+                          add_workers_argument, check_plan_only, configure, ended_by, exit_with, plain_name,
+                          positive_count, positive_seconds)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.core.profiles import get_profile
@@ -172,4 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())
