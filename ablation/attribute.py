@@ -17,8 +17,8 @@ import sys
 import time
 
 from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_replicate_arguments,
-                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by, exit_with,
-                          positive_count)
+                          add_storage_argument, add_workers_argument, check_replicates, configure, ended_by,
+                          positive_count, run_and_exit)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.core.profiles import get_profile
@@ -124,4 +124,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

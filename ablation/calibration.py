@@ -12,7 +12,7 @@ import argparse
 from ablation.analysis import stats
 from ablation.analysis.simulation import (CHANGES, TEST_IMAGES, calibration_table, markdown, monte_carlo_bound,
                                           sequential_table)
-from ablation.cli import ArgumentParser, exit_with, positive_count
+from ablation.cli import ArgumentParser, positive_count, run_and_exit
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,4 +33,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

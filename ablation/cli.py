@@ -23,15 +23,24 @@ EXIT_INPUT_ERROR = 2  # a bad study file, option, data source or store: one line
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, the shell's convention
 
 
-def exit_with(code: int | None):
-    """End the command with `code` (sys.exit), without the garbage collector's passes over every object at shutdown.
+# Python collects its youngest objects every 700 allocations by default (and the older ones every 10th and 100th
+# time); a command that imports TensorFlow, Keras and MLflow allocates millions of objects that live until it ends,
+# and those collections walk them again and again. Every 10,000 allocations saves about a CPU-second a command
+# here (docs/results.md), for at most 10,000 objects of garbage in cycles waiting a little longer.
+YOUNG_OBJECTS_PER_COLLECTION = 10_000
 
-    A process that has imported TensorFlow, Keras and MLflow holds millions of objects, and Python's shutdown
-    walks them all looking for garbage: about 1.5 CPU-seconds a command here (docs/results.md). One collection
-    first frees what is garbage already (finalizers run, as at a normal exit); gc.freeze() then hides what is
-    still alive from the shutdown's collections. Objects are still released, atexit handlers (MLflow's included)
-    still run and threads are still waited for.
+
+def run_and_exit(main):
+    """Run a command's main() in this process and exit with the code it returns, its garbage collector set for it.
+
+    Its collections come every YOUNG_OBJECTS_PER_COLLECTION allocations. At the end, Python's shutdown would walk
+    every object once more looking for garbage (about 1.5 CPU-seconds a command here): one collection frees what
+    is garbage already (finalizers run, as at a normal exit), then gc.freeze() hides what is still alive from the
+    shutdown's collections. Objects are still released, atexit handlers (MLflow's included) still run and threads
+    are still waited for.
     """
+    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION)
+    code = main()
     gc.collect()
     gc.freeze()
     sys.exit(code)

@@ -12,7 +12,7 @@ import time
 
 from ablation.cli import (EXIT_FAILED, ArgumentParser, add_common_arguments, add_plan_only_argument,
                           add_replicate_arguments, add_storage_argument, add_workers_argument, check_plan_only,
-                          check_replicates, configure, ended_by, exit_with)
+                          check_replicates, configure, ended_by, run_and_exit)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.core.profiles import get_profile
@@ -307,4 +307,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

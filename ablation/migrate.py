@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation.cli import ArgumentParser, ended_by, exit_with
+from ablation.cli import ArgumentParser, ended_by, run_and_exit
 from ablation.core.config import StoreError, StudyError
 
 
@@ -74,4 +74,4 @@ def copy_studies(tracking, from_storage, to_storage, source_uri: str):
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

@@ -75,8 +75,8 @@ import functools
 import time
 
 from ablation.cli import (ArgumentParser, add_common_arguments, add_plan_only_argument, add_storage_argument,
-                          add_workers_argument, check_plan_only, configure, ended_by, exit_with, plain_name,
-                          positive_count, positive_seconds)
+                          add_workers_argument, check_plan_only, configure, ended_by, plain_name, positive_count,
+                          positive_seconds, run_and_exit)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.core.profiles import get_profile
@@ -171,4 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

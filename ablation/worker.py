@@ -29,7 +29,7 @@ import sys
 import time
 
 from ablation.cli import (EXIT_INPUT_ERROR, ArgumentParser, add_output_arguments, add_storage_argument, configure,
-                          ended_by, exit_with, idle_seconds, positive_count)
+                          ended_by, idle_seconds, positive_count, run_and_exit)
 from ablation.core import interrupt
 from ablation.core.config import StoreError, StudyError
 from ablation.data import DataError
@@ -169,4 +169,4 @@ def stop_children(children: list, signum: int):
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)

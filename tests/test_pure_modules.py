@@ -162,22 +162,26 @@ def later():  # a thread that is not a daemon: the process waits for it
     time.sleep(0.5)
     open(folder + "/thread.txt", "w").write("thread done")
 
-leave_a_cycle()
-atexit.register(lambda: open(folder + "/atexit.txt", "w").write("atexit ran"))
-threading.Thread(target=later).start()
-print("printed", end="")  # still in stdout's buffer: no newline
-cli.exit_with(3)
+def main():
+    leave_a_cycle()
+    atexit.register(lambda: open(folder + "/atexit.txt", "w").write("atexit ran"))
+    threading.Thread(target=later).start()
+    print("printed", end="")  # still in stdout's buffer: no newline
+    return 3
+
+cli.run_and_exit(main)
 """
 
 
-def test_exit_with_keeps_what_a_normal_exit_does(tmp_path):
-    """exit_with(code) ends with `code`, flushes stdout, finalizes an object left in a garbage cycle (as a normal exit
-    does; frozen uncollected, it would not be), waits for a thread and runs the atexit handlers."""
+def test_run_and_exit_keeps_what_a_normal_exit_does(tmp_path):
+    """run_and_exit(main) ends with main's code, flushes stdout, finalizes an object left in a garbage cycle (as a
+    normal exit does; frozen uncollected, it would not be), waits for a thread and runs the atexit handlers."""
     done = subprocess.run([sys.executable, "-c", EXIT_PROGRAM, str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 3 and done.stdout == "printed", done.stderr
     written = {name: (tmp_path / name).read_text() for name in ("cycle.txt", "thread.txt", "atexit.txt")}
     assert written == {"cycle.txt": "finalized", "thread.txt": "thread done", "atexit.txt": "atexit ran"}
+
 
 # ---------------------------------------------------------------------------------------------
 # evidence: a ladder's replicates in, steps and changes out

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ablation.cli import ArgumentParser, exit_with
+from ablation.cli import ArgumentParser, run_and_exit
 from ablation.core.config import StoreError, StudyError
 from ablation.report import DEFAULT_STUDY, ReportError, write_report
 
@@ -42,4 +42,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    run_and_exit(main)
