@@ -25,8 +25,8 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, the shell's c
 
 # Python collects its youngest objects every 700 allocations by default (and the older ones every 10th and 100th
 # time); a command that imports TensorFlow, Keras and MLflow allocates millions of objects that live until it ends,
-# and those collections walk them again and again. Every 10,000 allocations saves about a CPU-second a command
-# here (docs/results.md), for at most 10,000 objects of garbage in cycles waiting a little longer.
+# and those collections walk them again and again. Every 10,000 allocations costs at most 10,000 objects of
+# garbage in cycles waiting a little longer.
 YOUNG_OBJECTS_PER_COLLECTION = 10_000
 
 
@@ -34,10 +34,9 @@ def run_and_exit(main):
     """Run a command's main() in this process and exit with the code it returns, its garbage collector set for it.
 
     Its collections come every YOUNG_OBJECTS_PER_COLLECTION allocations. At the end, Python's shutdown would walk
-    every object once more looking for garbage (about 1.5 CPU-seconds a command here): one collection frees what
-    is garbage already (finalizers run, as at a normal exit), then gc.freeze() hides what is still alive from the
-    shutdown's collections. Objects are still released, atexit handlers (MLflow's included) still run and threads
-    are still waited for.
+    every object once more looking for garbage: one collection frees what is garbage already (finalizers run, as at
+    a normal exit), then gc.freeze() hides what is still alive from the shutdown's collections. Objects are still released, atexit handlers (MLflow's included) still run and threads
+    are still waited for. Both together save about 3 CPU-seconds a command on a 2-core CPU (docs/results.md).
     """
     gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION)
     code = main()
