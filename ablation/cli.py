@@ -34,9 +34,10 @@ def run_and_exit(main):
     """Run a command's main() in this process and exit with the code it returns, its garbage collector set for it.
 
     Its collections come every YOUNG_OBJECTS_PER_COLLECTION allocations. At the end, Python's shutdown would walk
-    every object once more looking for garbage: one collection frees what is garbage already (finalizers run, as at
-    a normal exit), then gc.freeze() hides what is still alive from the shutdown's collections. Objects are still released, atexit handlers (MLflow's included) still run and threads
-    are still waited for. Both together save about 3 CPU-seconds a command on a 2-core CPU (docs/results.md).
+    every object once more looking for garbage: one collection frees what is garbage already (finalizers run, as
+    at a normal exit), then gc.freeze() hides what is still alive from the shutdown's collections. Objects are
+    still released, atexit handlers (MLflow's included) still run and threads are still waited for. Both together
+    save about 3 CPU-seconds a command on a 2-core CPU (docs/results.md).
     """
     gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION)
     code = main()
