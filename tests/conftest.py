@@ -2,6 +2,7 @@
 store, and the tiny study (tiny_study, tiny_study_text) that the end-to-end tests train."""
 
 import atexit
+import gc
 import json
 import os
 import shutil
@@ -96,6 +97,17 @@ def pytest_collection_modifyitems(items):
         first_seen.setdefault(item.path.name, len(first_seen))
     unit = lambda item: work_unit(str(item.path))  # noqa: E731
     items.sort(key=lambda item: (rank.get(Path(unit(item)).name, len(rank)), first_seen[item.path.name]))
+
+
+def pytest_collection_finish(session):
+    """Collection imported TensorFlow, Keras and MLflow into this process: its garbage collector is set as the
+    commands set theirs (ablation.cli.run_and_exit), so that in-process tests do not walk those objects again and
+    again."""
+    from ablation.cli import YOUNG_OBJECTS_PER_COLLECTION
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION)
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown without xdist (-p no:xdist)
