@@ -8,9 +8,9 @@ check, the history, the BatchNormalization check), validation (with the recipe's
 images, drawn on the host), all at the full profile's batch of 32. It is measured by training the project's
 own step (`ablation.training.fit.train`, the study's config at the full profile) with its network replaced
 by a linear probe (global average pooling and a 3-to-10 softmax classifier: a few thousand additions an
-image against the template's 54 million multiply-adds), so that
-what is left is the host side. Per variant, the CPU-seconds of a training's second epoch (start-up and
-tracing are over by then), from its start to its end (validation and callbacks included), over its steps.
+image against the template's 54 million multiply-adds), so that what is left is the host side. Per
+variant, the CPU-seconds of a training's second epoch (start-up and tracing are over by then), from its
+start to its end (validation and callbacks included), over its steps.
 
 Variants, interleaved round by round (medians printed):
 - template, 1 batch per call (the recipe);
